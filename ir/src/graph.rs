@@ -1,0 +1,222 @@
+//! The graph: a DAG of single-result ops over tensor values. petgraph's `StableDiGraph` holds
+//! it; the rest of tpc sees typed `ValueId`s and never raw indices. Edges point from operand to
+//! user and carry the operand's position.
+
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+
+use crate::infer::{broadcast_shapes, infer, InferError};
+use crate::mesh::Mesh;
+use crate::op::Op;
+use crate::span::Span;
+use crate::types::TensorType;
+
+/// A value (equivalently, the node that produces it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(NodeIndex<u32>);
+
+impl ValueId {
+    /// A stable number for the value, for maps and debug output.
+    pub fn index(self) -> usize {
+        self.0.index()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// The SSA name without `%` (`h.0.attn.qkv.weight`).
+    pub name: String,
+    pub op: Op,
+    pub ty: TensorType,
+    /// The whole statement (or parameter declaration) in the source.
+    pub span: Span,
+    /// Whether the source wrote this value's type (a parameter's, or `: type` after an op); the
+    /// source printer writes exactly those, so `fmt` keeps what the user wrote.
+    pub explicit_type: bool,
+}
+
+/// One function over a mesh.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    pub mesh: Mesh,
+    /// The function's name without `@`.
+    pub name: String,
+    /// Span of the `func` header.
+    pub span: Span,
+    graph: StableDiGraph<Node, u32>,
+    /// Program order: parameters first, then ops, each after its operands.
+    order: Vec<ValueId>,
+    params: Vec<ValueId>,
+    outputs: Vec<ValueId>,
+    /// The declared result types, when the source gave them (`-> bf16[B, S, 768]`).
+    pub result_types: Vec<(TensorType, Span)>,
+    /// Span of the `return` statement.
+    pub return_span: Span,
+}
+
+impl Graph {
+    pub fn new(name: impl Into<String>, mesh: Mesh) -> Graph {
+        Graph {
+            mesh,
+            name: name.into(),
+            span: Span::DUMMY,
+            graph: StableDiGraph::default(),
+            order: Vec::new(),
+            params: Vec::new(),
+            outputs: Vec::new(),
+            result_types: Vec::new(),
+            return_span: Span::DUMMY,
+        }
+    }
+
+    pub fn node(&self, v: ValueId) -> &Node {
+        &self.graph[v.0]
+    }
+
+    pub fn node_mut(&mut self, v: ValueId) -> &mut Node {
+        &mut self.graph[v.0]
+    }
+
+    pub fn ty(&self, v: ValueId) -> &TensorType {
+        &self.graph[v.0].ty
+    }
+
+    pub fn name(&self, v: ValueId) -> &str {
+        &self.graph[v.0].name
+    }
+
+    pub fn op(&self, v: ValueId) -> &Op {
+        &self.graph[v.0].op
+    }
+
+    /// Every value in program order.
+    pub fn values(&self) -> &[ValueId] {
+        &self.order
+    }
+
+    pub fn params(&self) -> &[ValueId] {
+        &self.params
+    }
+
+    pub fn outputs(&self) -> &[ValueId] {
+        &self.outputs
+    }
+
+    pub fn set_outputs(&mut self, outputs: Vec<ValueId>) {
+        self.outputs = outputs;
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The value named `name` (without `%`).
+    pub fn find(&self, name: &str) -> Option<ValueId> {
+        self.order.iter().copied().find(|&v| self.name(v) == name)
+    }
+
+    /// The operands of `v`, in order.
+    pub fn operands(&self, v: ValueId) -> Vec<ValueId> {
+        let mut edges: Vec<(u32, ValueId)> = self
+            .graph
+            .edges_directed(v.0, Direction::Incoming)
+            .map(|e| (*e.weight(), ValueId(e.source())))
+            .collect();
+        edges.sort();
+        edges.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// The values that use `v`, in program order, once each.
+    pub fn users(&self, v: ValueId) -> Vec<ValueId> {
+        let mut users: Vec<ValueId> = self
+            .graph
+            .edges_directed(v.0, Direction::Outgoing)
+            .map(|e| ValueId(e.target()))
+            .collect();
+        users.sort_by_key(|u| self.position(*u));
+        users.dedup();
+        users
+    }
+
+    fn position(&self, v: ValueId) -> usize {
+        self.order
+            .iter()
+            .position(|&x| x == v)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Adds a parameter with a declared type.
+    pub fn add_param(&mut self, name: impl Into<String>, ty: TensorType, span: Span) -> ValueId {
+        let index = self.params.len();
+        let node = Node {
+            name: name.into(),
+            op: Op::Param { index },
+            ty,
+            span,
+            explicit_type: true,
+        };
+        let v = ValueId(self.graph.add_node(node));
+        self.order.push(v);
+        self.params.push(v);
+        v
+    }
+
+    /// Adds an op with a type given by the caller (no inference, no broadcasting): for passes
+    /// and the parser. The verifier checks the type later.
+    pub fn add_node(&mut self, node: Node, operands: &[ValueId]) -> ValueId {
+        let v = ValueId(self.graph.add_node(node));
+        for (i, &o) in operands.iter().enumerate() {
+            self.graph.add_edge(o.0, v.0, i as u32);
+        }
+        self.order.push(v);
+        v
+    }
+
+    /// Adds an op, inferring its type. Operands of broadcasting ops (`add`, `where`, …) whose
+    /// shapes differ get implicit `broadcast` nodes named `<name>.bcast<i>`.
+    pub fn add_op(
+        &mut self,
+        name: impl Into<String>,
+        op: Op,
+        operands: &[ValueId],
+        span: Span,
+    ) -> Result<ValueId, InferError> {
+        let name = name.into();
+        let mut operands = operands.to_vec();
+        if op.broadcasts_operands() {
+            let shapes: Vec<&[crate::dim::Dim]> = operands
+                .iter()
+                .map(|&o| self.ty(o).shape.as_slice())
+                .collect();
+            let target = broadcast_shapes(&shapes).map_err(|message| InferError {
+                message,
+                operand: None,
+                hint: None,
+            })?;
+            for (i, o) in operands.iter_mut().enumerate() {
+                if self.ty(*o).shape != target {
+                    let b = Op::Broadcast {
+                        shape: target.clone(),
+                        implicit: true,
+                    };
+                    *o = self.add_op(format!("{name}.bcast{i}"), b, &[*o], span)?;
+                }
+            }
+        }
+        let tys: Vec<&TensorType> = operands.iter().map(|&o| self.ty(o)).collect();
+        let (dtype, shape) = infer(&op, &tys)?;
+        let node = Node {
+            name,
+            op,
+            ty: TensorType::new(dtype, shape),
+            span,
+            explicit_type: false,
+        };
+        Ok(self.add_node(node, &operands))
+    }
+}

@@ -1,0 +1,37 @@
+//! tpc-ir: the IR of the tpc tensor-parallel compiler.
+//!
+//! dtypes, symbolic dims, meshes, shardings, ops with shape inference, the graph, its text form
+//! (parser and printer), the verifier, and diagnostics rendered like rustc's.
+
+pub mod diag;
+pub mod dim;
+pub mod dtype;
+pub mod graph;
+pub mod infer;
+pub mod mesh;
+pub mod op;
+pub mod span;
+pub mod types;
+
+pub use diag::{Diagnostic, Severity, SourceFile};
+pub use dim::{Dim, DimError};
+pub use dtype::DType;
+pub use graph::{Graph, Node, ValueId};
+pub use mesh::{Mesh, MeshAxis};
+pub use op::{AttrValue, BinaryOp, GeluApprox, Op, ReduceKind, UnaryOp};
+pub use span::Span;
+pub use types::{DimSharding, Factor, Partial, ReduceOp, Sharding, TensorType};
+
+/// Errors of the IR crate that are not source diagnostics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Parse or verify errors, each located in the source.
+    #[error("{} error(s) in the program", .0.len())]
+    Diagnostics(Vec<Diagnostic>),
+    #[error(transparent)]
+    Dim(#[from] DimError),
+    #[error(transparent)]
+    Mesh(#[from] mesh::MeshError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
