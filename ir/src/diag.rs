@@ -83,7 +83,8 @@ pub fn render(file: &SourceFile, diags: &[Diagnostic]) -> String {
 /// Renders diagnostics to a terminal-aware writer (colour where the writer supports it).
 pub fn render_to(file: &SourceFile, diags: &[Diagnostic], out: &mut dyn termcolor::WriteColor) {
     let files = SimpleFile::new(file.name.as_str(), file.text.as_str());
-    let config = term::Config::default();
+    // ASCII drawing (`-->`, `|`, `^`) reads like rustc's and survives any terminal or log.
+    let config = term::Config { chars: term::Chars::ascii(), ..term::Config::default() };
     let len = file.text.len();
     for d in diags {
         let base = match d.severity {

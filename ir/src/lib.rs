@@ -12,6 +12,7 @@ pub mod mesh;
 pub mod op;
 pub mod span;
 pub mod types;
+pub mod verify;
 
 pub use diag::{Diagnostic, Severity, SourceFile};
 pub use dim::{Dim, DimError};
