@@ -1,11 +1,262 @@
 //! The verifier: checks a graph and collects every problem (not just the first).
 //! Validation gates everything after it: passes, executors and codegen see only verified graphs.
 
+use std::collections::BTreeMap;
+
 use crate::diag::Diagnostic;
-use crate::graph::Graph;
+use crate::dim::Dim;
+use crate::graph::{Graph, ValueId};
+use crate::infer::{infer, numel, MAX_ELEMENTS};
+use crate::op::Op;
+use crate::types::TensorType;
 
 /// Every problem found in `g`, in program order. Empty means the graph is valid.
 pub fn verify(g: &Graph) -> Vec<Diagnostic> {
-    let _ = g;
-    Vec::new()
+    let mut diags = Vec::new();
+    check_mesh(g, &mut diags);
+    let mut defined: BTreeMap<&str, ValueId> = BTreeMap::new();
+    let mut position: BTreeMap<ValueId, usize> = BTreeMap::new();
+    for (pos, &v) in g.values().iter().enumerate() {
+        let node = g.node(v);
+        if let Some(&first) = defined.get(node.name.as_str()) {
+            diags.push(
+                Diagnostic::error(format!("`%{}` is defined twice", node.name), node.span, "defined again here")
+                    .with_secondary(g.node(first).span, "first defined here")
+                    .with_help("every value needs its own name"),
+            );
+        }
+        defined.insert(node.name.as_str(), v);
+        check_op(g, v, &position, &mut diags);
+        check_type(g, v, &node.ty, &mut diags);
+        position.insert(v, pos);
+    }
+    check_params(g, &mut diags);
+    check_outputs(g, &position, &mut diags);
+    diags
+}
+
+fn check_mesh(g: &Graph, diags: &mut Vec<Diagnostic>) {
+    for (i, a) in g.mesh.axes.iter().enumerate() {
+        if g.mesh.axes[..i].iter().any(|b| b.name == a.name) {
+            diags.push(Diagnostic::error(format!("mesh axis `{}` is declared twice", a.name), a.span, "declared again here"));
+        }
+        if let Some(size) = a.size {
+            if size < 1 || size > 1 << 20 {
+                diags.push(
+                    Diagnostic::error(format!("mesh axis `{}` has size {size}", a.name), a.span, "invalid size")
+                        .with_help("a mesh axis needs between 1 and 1048576 devices"),
+                );
+            }
+        }
+    }
+}
+
+fn check_params(g: &Graph, diags: &mut Vec<Diagnostic>) {
+    for (i, &p) in g.params().iter().enumerate() {
+        if g.op(p) != &(Op::Param { index: i }) {
+            diags.push(Diagnostic::error(
+                format!("parameter {i} (`%{}`) is not a parameter node with index {i}", g.name(p)),
+                g.node(p).span,
+                "malformed parameter",
+            ));
+        }
+    }
+}
+
+fn check_op(g: &Graph, v: ValueId, position: &BTreeMap<ValueId, usize>, diags: &mut Vec<Diagnostic>) {
+    let node = g.node(v);
+    let operands = g.operands(v);
+    if let Op::Param { .. } = node.op {
+        if !operands.is_empty() {
+            diags.push(Diagnostic::error("a parameter has operands", node.span, "here"));
+        }
+        return;
+    }
+    for &o in &operands {
+        if !position.contains_key(&o) {
+            diags.push(
+                Diagnostic::error(
+                    format!("`%{}` uses `%{}` before it is defined", node.name, g.name(o)),
+                    node.span,
+                    "used here",
+                )
+                .with_secondary(g.node(o).span, "defined here"),
+            );
+            return;
+        }
+    }
+    let tys: Vec<&TensorType> = operands.iter().map(|&o| g.ty(o)).collect();
+    match infer(&node.op, &tys) {
+        Err(e) => {
+            let mut d = Diagnostic::error(e.message, node.span, format!("in `{}`", node.op.name()));
+            if let Some(h) = e.hint {
+                d = d.with_help(h);
+            }
+            diags.push(d);
+        }
+        Ok((dtype, shape)) => {
+            if dtype != node.ty.dtype || shape != node.ty.shape {
+                let want = TensorType::new(dtype, shape);
+                diags.push(
+                    Diagnostic::error(
+                        format!(
+                            "`%{}` is declared {}{} but `{}` gives {}{}",
+                            node.name,
+                            node.ty.dtype,
+                            node.ty.shape_string(),
+                            node.op.name(),
+                            want.dtype,
+                            want.shape_string()
+                        ),
+                        node.span,
+                        "type differs from the op's result",
+                    )
+                    .with_help(format!("declare it as {}{}, or change the operands", want.dtype, want.shape_string())),
+                );
+            }
+        }
+    }
+}
+
+/// Shape limits and sharding well-formedness of one value's type.
+pub fn check_type(g: &Graph, v: ValueId, ty: &TensorType, diags: &mut Vec<Diagnostic>) {
+    let node = g.node(v);
+    let err = |msg: String, label: &str| Diagnostic::error(msg, node.span, label);
+    for d in &ty.shape {
+        if let Some(n) = d.as_const() {
+            if !(0..=MAX_ELEMENTS).contains(&n) {
+                diags.push(
+                    err(format!("`%{}` has a dim of extent {n}", node.name), "extent out of range")
+                        .with_help("extents lie between 0 and 2^40"),
+                );
+                return;
+            }
+        }
+    }
+    match numel(&ty.shape).and_then(|n| n.as_const().map(Some).unwrap_or(Some(0)).map(|c| (n, c))) {
+        None => diags.push(err(format!("`%{}` has more elements than can be counted", node.name), "too large")),
+        Some((_, c)) if c > MAX_ELEMENTS => diags.push(
+            err(format!("`%{}` has {c} elements", node.name), "tensor too large")
+                .with_help("a tensor holds at most 2^40 elements"),
+        ),
+        _ => {}
+    }
+    let sh = &ty.sharding;
+    if sh.dims.len() != ty.shape.len() {
+        diags.push(err(
+            format!("`%{}` has a sharding for {} dims but a shape of rank {}", node.name, sh.dims.len(), ty.rank()),
+            "malformed sharding",
+        ));
+        return;
+    }
+    if g.mesh.is_empty() && !sh.is_replicated() {
+        diags.push(
+            err(format!("`%{}` is sharded, but the program declares no mesh", node.name), "sharding without a mesh")
+                .with_help("declare the mesh first, for example `mesh tp`"),
+        );
+        return;
+    }
+    let mut seen: Vec<&String> = Vec::new();
+    for axis in sh.axes() {
+        if g.mesh.axis(axis).is_none() {
+            let names: Vec<String> = g.mesh.axes.iter().map(|a| format!("`{}`", a.name)).collect();
+            diags.push(
+                err(format!("`%{}` names mesh axis `{axis}`, which the mesh does not have", node.name), "unknown mesh axis")
+                    .with_help(format!("the mesh's axes are {}", names.join(", "))),
+            );
+        } else if seen.contains(&axis) {
+            diags.push(
+                err(format!("`%{}` uses mesh axis `{axis}` twice", node.name), "axis used twice")
+                    .with_help("a tensor is split or partial over each mesh axis at most once"),
+            );
+        }
+        seen.push(axis);
+    }
+    for (i, (ds, extent)) in sh.dims.iter().zip(&ty.shape).enumerate() {
+        if ds.factors.is_empty() {
+            continue;
+        }
+        let mut product = Dim::constant(1);
+        for f in &ds.factors {
+            match product.mul(&f.extent) {
+                Ok(p) => product = p,
+                Err(e) => {
+                    diags.push(err(format!("factors of dim {i} of `%{}`: {e}", node.name), "bad factors"));
+                    return;
+                }
+            }
+        }
+        if product != *extent {
+            let fs: Vec<String> = ds.factors.iter().map(|f| f.extent.to_string()).collect();
+            diags.push(
+                err(
+                    format!("dim {i} of `%{}` is {extent}, but its factors ({}) multiply to {product}", node.name, fs.join(", ")),
+                    "factors do not match the dim",
+                )
+                .with_help("a dim's factors are its row-major decomposition, so their product is the dim"),
+            );
+        }
+    }
+}
+
+fn check_outputs(g: &Graph, position: &BTreeMap<ValueId, usize>, diags: &mut Vec<Diagnostic>) {
+    if g.outputs().is_empty() {
+        diags.push(
+            Diagnostic::error(format!("`@{}` returns nothing", g.name), g.span, "no results")
+                .with_help("end the function with `return %value`"),
+        );
+    }
+    for &o in g.outputs() {
+        if !position.contains_key(&o) {
+            diags.push(Diagnostic::error("the function returns a value that is not in it", g.return_span, "here"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DType;
+    use crate::mesh::{Mesh, MeshAxis};
+    use crate::span::Span;
+    use crate::types::{Factor, Sharding};
+
+    fn mesh_tp() -> Mesh {
+        Mesh { axes: vec![MeshAxis { name: "tp".into(), size: None, span: Span::DUMMY }], span: Span::DUMMY }
+    }
+
+    #[test]
+    fn valid_graph_passes() {
+        let mut g = Graph::new("f", mesh_tp());
+        let x = g.add_param("x", TensorType::new(DType::F32, vec![Dim::symbol("B"), 8.into()]), Span::DUMMY);
+        let y = g.add_op("y", Op::Unary(crate::op::UnaryOp::Exp), &[x], Span::DUMMY).unwrap();
+        g.set_outputs(vec![y]);
+        assert!(verify(&g).is_empty());
+    }
+
+    #[test]
+    fn collects_every_problem() {
+        let mut g = Graph::new("f", mesh_tp());
+        let mut ty = TensorType::new(DType::F32, vec![48.into(), 8.into()]);
+        ty.sharding = Sharding::replicated(2);
+        ty.sharding.dims[0].factors = vec![
+            Factor { extent: 3.into(), axes: vec![] },
+            Factor { extent: 15.into(), axes: vec!["tp".into()] },
+        ];
+        ty.sharding.dims[1].factors = vec![Factor { extent: 8.into(), axes: vec!["dp".into()] }];
+        let x = g.add_param("x", ty, Span::DUMMY);
+        let mut node = g.node(x).clone();
+        node.op = Op::Unary(crate::op::UnaryOp::Exp);
+        node.ty = TensorType::new(DType::BF16, vec![48.into(), 8.into()]);
+        let y = g.add_node(node, &[x]);
+        let _ = y;
+        let diags = verify(&g);
+        let messages: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(diags.len(), 5, "{messages:#?}");
+        assert!(messages[0].contains("`dp`"));
+        assert!(messages[1].contains("multiply to 45"));
+        assert!(messages[2].contains("defined twice"));
+        assert!(messages[3].contains("declared bf16"));
+        assert!(messages[4].contains("returns nothing"));
+    }
 }
