@@ -1,1 +1,96 @@
-//! tpc
+//! tpc: a tensor-parallel compiler.
+//!
+//! This crate is the embedding API; the `tpc` binary is a thin layer over it. A program comes in
+//! as text (or as a [`Graph`] built in Rust), is parsed and verified, and can be run on the CPU
+//! reference executor:
+//!
+//! ```
+//! let src = "func @f(%x: f32[2, 3]) -> f32[2, 3] {\n  %y = exp(%x)\n  return %y\n}\n";
+//! let graph = tpc::load("example.ir", src).expect("a valid program");
+//! assert_eq!(graph.outputs().len(), 1);
+//! ```
+
+use std::collections::BTreeMap;
+
+pub use tpc_ir as ir;
+pub use tpc_passes as passes;
+pub use tpc_runtime as runtime;
+
+pub use tpc_ir::{Diagnostic, Graph, SourceFile};
+
+/// Errors of the tpc API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The program has errors; each diagnostic is located in `file`.
+    #[error("{} error(s) in {}", .diagnostics.len(), .file.name)]
+    Program { file: SourceFile, diagnostics: Vec<Diagnostic> },
+    #[error(transparent)]
+    Runtime(#[from] tpc_runtime::Error),
+    #[error(transparent)]
+    Mesh(#[from] tpc_ir::mesh::MeshError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+}
+
+impl Error {
+    /// The error as a person should read it: diagnostics rendered with source lines and carets.
+    pub fn render(&self) -> String {
+        match self {
+            Error::Program { file, diagnostics } => tpc_ir::diag::render(file, diagnostics),
+            other => format!("error: {other}\n"),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Parses and verifies a program given as text; `name` is what diagnostics call the file.
+pub fn load(name: &str, text: &str) -> Result<Graph> {
+    let file = SourceFile::new(name, text);
+    tpc_ir::parse(&file).map_err(|diagnostics| Error::Program { file, diagnostics })
+}
+
+/// Parses `B=2,S=128` (also `B=2 S=128`) into symbol bindings.
+pub fn parse_bindings(text: &str) -> Result<BTreeMap<String, i64>> {
+    let mut out = BTreeMap::new();
+    for part in text.split([',', ' ']).map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, value) = part
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("`{part}` is not a binding; write it as NAME=VALUE, like B=2")))?;
+        let name = name.trim();
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(Error::Usage(format!("`{name}` is not a symbol name (letters, digits, `_`)")));
+        }
+        let value: i64 = value
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v| *v >= 0)
+            .ok_or_else(|| Error::Usage(format!("`{}` in `{part}` is not a non-negative whole number", value.trim())))?;
+        if out.insert(name.to_string(), value).is_some() {
+            return Err(Error::Usage(format!("symbol `{name}` is bound twice")));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bindings_parse_and_reject_garbage() {
+        let b = parse_bindings("B=2,S=128").unwrap();
+        assert_eq!(b.get("B"), Some(&2));
+        assert_eq!(b.get("S"), Some(&128));
+        assert!(parse_bindings("B").is_err());
+        assert!(parse_bindings("B=-1").is_err());
+        assert!(parse_bindings("B=2,B=3").is_err());
+        assert!(parse_bindings("1B=2").is_err());
+        assert!(parse_bindings("B=99999999999999999999999").is_err());
+    }
+}

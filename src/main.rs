@@ -1,1 +1,24 @@
-fn main() {}
+//! The `tpc` command-line tool.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    let result = match args.command {
+        cli::Command::Check(a) => commands::check(a),
+        cli::Command::Fmt(a) => commands::fmt(a),
+        cli::Command::Run(a) => commands::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprint!("{}", e.render());
+            ExitCode::from(1)
+        }
+    }
+}

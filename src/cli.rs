@@ -1,0 +1,73 @@
+//! Command-line arguments (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tpc",
+    version,
+    about = "tpc, a tensor-parallel compiler: shards tensor programs across devices",
+    long_about = "tpc reads a tensor program in its text IR (.ir), checks it, prints it in canonical \
+                  form, and runs it on the CPU reference executor. See docs/ir.md for the IR.",
+    after_help = "Examples:\n  tpc check examples/mlp.ir\n  tpc fmt examples/block.ir\n  \
+                  tpc run examples/mlp.ir --bind B=2,S=128\n  cat prog.ir | tpc check -"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Parse and verify a program; report every error with its location.
+    #[command(after_help = "Example:\n  tpc check examples/mlp.ir\n\nExits 0 when the program is valid, 1 otherwise.")]
+    Check(CheckArgs),
+    /// Print a program in canonical form on standard output.
+    #[command(after_help = "Examples:\n  tpc fmt examples/mlp.ir\n  tpc fmt --check examples/mlp.ir   \
+                            # exit 1 if the file is not canonical\n\nComments are not kept.")]
+    Fmt(FmtArgs),
+    /// Run a program on the CPU reference executor and summarize its outputs.
+    #[command(after_help = "Examples:\n  tpc run examples/mlp.ir --bind B=2,S=128\n  \
+                            tpc run examples/mlp.ir --inputs in.safetensors --outputs out.safetensors\n\n\
+                            Inputs missing from --inputs are drawn from --seed. Symbols not given by --bind \
+                            are read off the input tensors' shapes.")]
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// The program (`-` reads standard input).
+    pub file: PathBuf,
+    /// Number of devices, to check the mesh against (`mesh tp` takes them all).
+    #[arg(long)]
+    pub devices: Option<i64>,
+}
+
+#[derive(Args, Debug)]
+pub struct FmtArgs {
+    /// The program (`-` reads standard input).
+    pub file: PathBuf,
+    /// Print nothing; exit 1 if the file is not already in canonical form.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The program (`-` reads standard input).
+    pub file: PathBuf,
+    /// A safetensors file with input tensors, keyed by parameter name without `%`.
+    #[arg(long, value_name = "IN.safetensors")]
+    pub inputs: Option<PathBuf>,
+    /// Write the outputs to this safetensors file, keyed by the returned values' names.
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub outputs: Option<PathBuf>,
+    /// Seed for inputs that --inputs does not give.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Values of the program's symbols, like `B=2,S=128` (may be repeated).
+    #[arg(long, value_name = "SYM=N,...")]
+    pub bind: Vec<String>,
+}

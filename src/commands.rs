@@ -1,0 +1,107 @@
+//! The subcommands: each reads its input, calls the library, prints.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use tpc::ir::{print, PrintMode};
+use tpc::{Error, Result};
+
+use crate::cli::{CheckArgs, FmtArgs, RunArgs};
+
+/// The file's text and the name diagnostics use for it; `-` is standard input.
+fn read_source(path: &Path) -> Result<(String, String)> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|source| Error::Read { path: "<stdin>".into(), source })?;
+        return Ok(("<stdin>".into(), text));
+    }
+    let name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|source| Error::Read { path: name.clone(), source })?;
+    // Invalid UTF-8 is replaced, so the parser reports it at its location instead of failing here.
+    Ok((name, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+pub fn check(args: CheckArgs) -> Result<ExitCode> {
+    let (name, text) = read_source(&args.file)?;
+    let graph = tpc::load(&name, &text)?;
+    let mesh = match args.devices {
+        Some(d) if d < 1 => return Err(Error::Usage(format!("--devices must be 1 or more, got {d}"))),
+        Some(d) => {
+            let axes = graph.mesh.resolve(Some(d))?;
+            let axes: Vec<String> = axes.iter().map(|(n, s)| format!("{n} = {s}")).collect();
+            format!(", mesh {}", axes.join(", "))
+        }
+        None => String::new(),
+    };
+    let ops = graph.len() - graph.params().len();
+    println!(
+        "{name}: ok (@{}: {} parameters, {ops} ops, {} results{mesh})",
+        graph.name,
+        graph.params().len(),
+        graph.outputs().len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn fmt(args: FmtArgs) -> Result<ExitCode> {
+    let (name, text) = read_source(&args.file)?;
+    let graph = tpc::load(&name, &text)?;
+    let printed = print(&graph, PrintMode::Source);
+    if args.check {
+        if printed != text {
+            eprintln!("{name} is not in canonical form; `tpc fmt {name}` prints it");
+            return Ok(ExitCode::from(1));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{printed}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let (name, text) = read_source(&args.file)?;
+    let graph = tpc::load(&name, &text)?;
+    let mut explicit = BTreeMap::new();
+    for b in &args.bind {
+        for (k, v) in tpc::parse_bindings(b)? {
+            if explicit.insert(k.clone(), v).is_some() {
+                return Err(Error::Usage(format!("symbol `{k}` is bound twice")));
+            }
+        }
+    }
+    let mut inputs = match &args.inputs {
+        Some(p) => tpc::runtime::load_safetensors(p)?,
+        None => BTreeMap::new(),
+    };
+    let bindings = tpc::runtime::bind_symbols(&graph, &inputs, &explicit)?;
+    let drawn = tpc::runtime::random_inputs(&graph, &bindings, args.seed)?;
+    for (k, v) in drawn {
+        inputs.entry(k).or_insert(v);
+    }
+    let start = Instant::now();
+    let outputs = tpc::runtime::run_reference(&graph, &inputs, &bindings)?;
+    let elapsed = start.elapsed();
+    for (&v, t) in graph.outputs().iter().zip(&outputs) {
+        println!(
+            "%{}: {}{:?}  mean {:.6}  max|x| {:.6}",
+            graph.name(v),
+            t.dtype(),
+            t.shape(),
+            t.mean(),
+            t.max_abs()
+        );
+    }
+    println!("wall time: {:.3} ms", elapsed.as_secs_f64() * 1e3);
+    if let Some(path) = &args.outputs {
+        let named: Vec<(String, &tpc::runtime::Tensor)> =
+            graph.outputs().iter().zip(&outputs).map(|(&v, t)| (graph.name(v).to_string(), t)).collect();
+        tpc::runtime::save_safetensors(path, &named)?;
+        println!("wrote {} output(s) to {}", named.len(), path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
