@@ -1,0 +1,145 @@
+//! The `tpc` binary end to end: exit codes, messages, standard input, safetensors in and out.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn tpc(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tpc"))
+        .args(args)
+        .current_dir(common::root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tpc starts");
+    {
+        let mut pipe = child.stdin.take().expect("stdin");
+        if let Some(s) = stdin {
+            pipe.write_all(s.as_bytes()).expect("write stdin");
+        }
+    }
+    child.wait_with_output().expect("tpc finishes")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_accepts_every_example() {
+    for f in common::ir_files("examples") {
+        let rel = f.strip_prefix(common::root()).expect("under root").display().to_string();
+        let out = tpc(&["check", &rel], None);
+        assert!(out.status.success(), "{rel}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("ok"), "{}", text(&out.stdout));
+    }
+}
+
+#[test]
+fn check_with_devices_resolves_the_mesh() {
+    let out = tpc(&["check", "examples/mlp.ir", "--devices", "8"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("mesh tp = 8"), "{}", text(&out.stdout));
+    let src = "mesh dp = 2, tp = 4\n\nfunc @f(%x: f32[8]) -> f32[8] {\n  return %x\n}\n";
+    let out = tpc(&["check", "-", "--devices", "6"], Some(src));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("need 8 devices"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn errors_are_located_and_exit_1() {
+    let src = "func @f(%x: f32[4]) -> f32[4] {\n  %y = exp(%z)\n  %w = frobnicate(%x)\n  return %y\n}\n";
+    let out = tpc(&["check", "-"], Some(src));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("<stdin>:2:"), "{err}");
+    assert!(err.contains("<stdin>:3:"), "both errors are reported: {err}");
+    assert!(err.contains('^'), "{err}");
+}
+
+#[test]
+fn huge_extents_and_garbage_are_errors_not_crashes() {
+    for src in [
+        "func @f(%x: f32[1000000000000000000]) -> f32[1] {\n  return %x\n}\n",
+        "\u{0}\u{1}\u{ff}garbage((((",
+        "",
+        "func @f(%x: f32[B]) {\n  %y = exp(%x)\n  return %y\n}\n",
+    ] {
+        let out = tpc(&["check", "-"], Some(src));
+        let code = out.status.code();
+        if src.contains("[B]") {
+            assert_eq!(code, Some(0), "{}", text(&out.stderr));
+        } else {
+            assert_eq!(code, Some(1), "{src:?}: {}", text(&out.stderr));
+            assert!(text(&out.stderr).contains("error"), "{}", text(&out.stderr));
+        }
+    }
+    // A binding far beyond memory is refused before allocating.
+    let src = "func @f(%x: f32[B, 1024]) -> f32[B, 1024] {\n  %y = exp(%x)\n  return %y\n}\n";
+    let out = tpc(&["run", "-", "--bind", "B=1000000000000"], Some(src));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
+
+#[test]
+fn fmt_is_canonical_and_check_mode_detects_drift() {
+    let messy = "func @f(%x:f32[4],%y :f32[4])->f32[4]{\n%z=add(%x,%y)\n  return %z\n}\n";
+    let out = tpc(&["fmt", "-"], Some(messy));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let canonical = text(&out.stdout);
+    assert!(canonical.contains("%z = add(%x, %y)"), "{canonical}");
+    let again = tpc(&["fmt", "-"], Some(&canonical));
+    assert_eq!(text(&again.stdout), canonical);
+    assert_eq!(tpc(&["fmt", "--check", "-"], Some(messy)).status.code(), Some(1));
+    assert_eq!(tpc(&["fmt", "--check", "-"], Some(&canonical)).status.code(), Some(0));
+}
+
+#[test]
+fn run_prints_stats_and_round_trips_safetensors() {
+    let dir = std::env::temp_dir().join(format!("tpc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let out_path = dir.join("out.safetensors");
+    let out_str = out_path.to_string_lossy().into_owned();
+    let out = tpc(&["run", "examples/mlp.ir", "--bind", "B=2,S=4", "--outputs", &out_str], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("%o: bf16[2, 4, 768]"), "{stdout}");
+    assert!(stdout.contains("mean") && stdout.contains("max|x|") && stdout.contains("wall time"), "{stdout}");
+    let saved = tpc::runtime::load_safetensors(&out_path).expect("outputs readable");
+    assert_eq!(saved["o"].shape(), &[2, 4, 768]);
+
+    // Feed a program's output back in as another program's input: symbols come from the shapes.
+    let src = "func @g(%o: bf16[B, S, 768]) -> f32[B, S, 768] {\n  %c = cast(%o) {dtype = f32}\n  return %c\n}\n";
+    let prog = dir.join("g.ir");
+    std::fs::write(&prog, src).expect("write program");
+    let out2 = tpc(&["run", &prog.to_string_lossy(), "--inputs", &out_str], None);
+    assert!(out2.status.success(), "{}", text(&out2.stderr));
+    let mean_line = |s: &str, name: &str| {
+        s.lines().find(|l| l.starts_with(name)).map(|l| l.split("mean").nth(1).unwrap_or("").to_string())
+    };
+    assert_eq!(mean_line(&stdout, "%o"), mean_line(&text(&out2.stdout), "%c"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn help_explains_itself_with_examples() {
+    for args in [vec!["--help"], vec!["check", "--help"], vec!["fmt", "--help"], vec!["run", "--help"]] {
+        let out = tpc(&args, None);
+        assert!(out.status.success());
+        assert!(text(&out.stdout).contains("Example"), "{args:?}: {}", text(&out.stdout));
+    }
+}
+
+#[test]
+fn bad_usage_is_an_error() {
+    let out = tpc(&["run", "examples/mlp.ir", "--bind", "B=two"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("B=two") || text(&out.stderr).contains("two"), "{}", text(&out.stderr));
+    let out = tpc(&["run", "examples/mlp.ir"], None);
+    assert_eq!(out.status.code(), Some(1), "unbound symbols must be an error");
+    assert!(text(&out.stderr).contains("--bind"), "{}", text(&out.stderr));
+    let out = tpc(&["check", "no/such/file.ir"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no/such/file.ir"));
+}

@@ -1,0 +1,31 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every `*.ir` file in `dir` (relative to the root), sorted by name.
+pub fn ir_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
+        .unwrap_or_else(|e| panic!("cannot list {dir}: {e}"))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ir"))
+        .collect();
+    files.sort();
+    files
+}
+
+pub fn stem(p: &Path) -> String {
+    p.file_stem().expect("file name").to_string_lossy().into_owned()
+}
+
+/// Parses and verifies a file, panicking with the rendered diagnostics if it has errors.
+pub fn load(path: &Path) -> tpc::Graph {
+    let text = std::fs::read_to_string(path).expect("readable file");
+    let rel = path.strip_prefix(root()).unwrap_or(path).display().to_string();
+    tpc::load(&rel, &text).unwrap_or_else(|e| panic!("{}", e.render()))
+}
