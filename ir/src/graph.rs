@@ -150,6 +150,18 @@ impl Graph {
             .unwrap_or(usize::MAX)
     }
 
+    /// Removes a value that nothing uses and that is not a parameter or an output.
+    /// Returns false (and changes nothing) otherwise.
+    pub fn remove_unused(&mut self, v: ValueId) -> bool {
+        let used = self.graph.edges_directed(v.0, Direction::Outgoing).next().is_some();
+        if used || self.params.contains(&v) || self.outputs.contains(&v) || !self.graph.contains_node(v.0) {
+            return false;
+        }
+        self.graph.remove_node(v.0);
+        self.order.retain(|&x| x != v);
+        true
+    }
+
     /// Adds a parameter with a declared type.
     pub fn add_param(&mut self, name: impl Into<String>, ty: TensorType, span: Span) -> ValueId {
         let index = self.params.len();

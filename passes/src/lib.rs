@@ -1,1 +1,30 @@
-//! placeholder
+//! tpc-passes: the pass manager and the passes.
+//!
+//! A pass has a kebab-case name, runs on a [`Graph`], and reports whether it changed it. The
+//! manager runs a pipeline given as a string (`dce`), verifies the graph after every pass when
+//! asked (always in tests and debug builds), and can print the IR after a pass and time passes.
+//! The sharding passes of DESIGN.md (propagate-sharding, insert-resharding, …) join the registry
+//! as they land.
+
+mod dce;
+mod manager;
+
+pub use manager::{registry, PassInfo, PassManager, PassRecord, PrintAfter};
+
+use tpc_ir::{Diagnostic, Graph};
+
+/// Errors of the pass crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown pass `{name}`; the passes are: {valid}")]
+    UnknownPass { name: String, valid: String },
+    #[error("the pipeline is empty; name at least one pass, like `dce`")]
+    EmptyPipeline,
+    #[error("the graph is invalid after pass `{pass}` ({} error(s))", .diagnostics.len())]
+    InvalidAfter { pass: String, diagnostics: Vec<Diagnostic> },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs one pass function: the signature every pass has.
+pub type PassFn = fn(&mut Graph) -> Result<bool>;
