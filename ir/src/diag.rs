@@ -84,7 +84,10 @@ pub fn render(file: &SourceFile, diags: &[Diagnostic]) -> String {
 pub fn render_to(file: &SourceFile, diags: &[Diagnostic], out: &mut dyn termcolor::WriteColor) {
     let files = SimpleFile::new(file.name.as_str(), file.text.as_str());
     // ASCII drawing (`-->`, `|`, `^`) reads like rustc's and survives any terminal or log.
-    let config = term::Config { chars: term::Chars::ascii(), ..term::Config::default() };
+    let config = term::Config {
+        chars: term::Chars::ascii(),
+        ..term::Config::default()
+    };
     let len = file.text.len();
     for d in diags {
         let base = match d.severity {

@@ -153,8 +153,16 @@ impl Graph {
     /// Removes a value that nothing uses and that is not a parameter or an output.
     /// Returns false (and changes nothing) otherwise.
     pub fn remove_unused(&mut self, v: ValueId) -> bool {
-        let used = self.graph.edges_directed(v.0, Direction::Outgoing).next().is_some();
-        if used || self.params.contains(&v) || self.outputs.contains(&v) || !self.graph.contains_node(v.0) {
+        let used = self
+            .graph
+            .edges_directed(v.0, Direction::Outgoing)
+            .next()
+            .is_some();
+        if used
+            || self.params.contains(&v)
+            || self.outputs.contains(&v)
+            || !self.graph.contains_node(v.0)
+        {
             return false;
         }
         self.graph.remove_node(v.0);

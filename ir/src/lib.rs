@@ -11,6 +11,7 @@ pub mod infer;
 pub mod mesh;
 pub mod op;
 pub mod span;
+pub mod syntax;
 pub mod types;
 pub mod verify;
 
@@ -21,6 +22,7 @@ pub use graph::{Graph, Node, ValueId};
 pub use mesh::{Mesh, MeshAxis};
 pub use op::{AttrValue, BinaryOp, GeluApprox, Op, ReduceKind, UnaryOp};
 pub use span::Span;
+pub use syntax::{parse, print, PrintMode};
 pub use types::{DimSharding, Factor, Partial, ReduceOp, Sharding, TensorType};
 
 /// Errors of the IR crate that are not source diagnostics.

@@ -20,9 +20,13 @@ pub fn verify(g: &Graph) -> Vec<Diagnostic> {
         let node = g.node(v);
         if let Some(&first) = defined.get(node.name.as_str()) {
             diags.push(
-                Diagnostic::error(format!("`%{}` is defined twice", node.name), node.span, "defined again here")
-                    .with_secondary(g.node(first).span, "first defined here")
-                    .with_help("every value needs its own name"),
+                Diagnostic::error(
+                    format!("`%{}` is defined twice", node.name),
+                    node.span,
+                    "defined again here",
+                )
+                .with_secondary(g.node(first).span, "first defined here")
+                .with_help("every value needs its own name"),
             );
         }
         defined.insert(node.name.as_str(), v);
@@ -38,13 +42,21 @@ pub fn verify(g: &Graph) -> Vec<Diagnostic> {
 fn check_mesh(g: &Graph, diags: &mut Vec<Diagnostic>) {
     for (i, a) in g.mesh.axes.iter().enumerate() {
         if g.mesh.axes[..i].iter().any(|b| b.name == a.name) {
-            diags.push(Diagnostic::error(format!("mesh axis `{}` is declared twice", a.name), a.span, "declared again here"));
+            diags.push(Diagnostic::error(
+                format!("mesh axis `{}` is declared twice", a.name),
+                a.span,
+                "declared again here",
+            ));
         }
         if let Some(size) = a.size {
             if size < 1 || size > 1 << 20 {
                 diags.push(
-                    Diagnostic::error(format!("mesh axis `{}` has size {size}", a.name), a.span, "invalid size")
-                        .with_help("a mesh axis needs between 1 and 1048576 devices"),
+                    Diagnostic::error(
+                        format!("mesh axis `{}` has size {size}", a.name),
+                        a.span,
+                        "invalid size",
+                    )
+                    .with_help("a mesh axis needs between 1 and 1048576 devices"),
                 );
             }
         }
@@ -55,7 +67,10 @@ fn check_params(g: &Graph, diags: &mut Vec<Diagnostic>) {
     for (i, &p) in g.params().iter().enumerate() {
         if g.op(p) != &(Op::Param { index: i }) {
             diags.push(Diagnostic::error(
-                format!("parameter {i} (`%{}`) is not a parameter node with index {i}", g.name(p)),
+                format!(
+                    "parameter {i} (`%{}`) is not a parameter node with index {i}",
+                    g.name(p)
+                ),
                 g.node(p).span,
                 "malformed parameter",
             ));
@@ -63,12 +78,21 @@ fn check_params(g: &Graph, diags: &mut Vec<Diagnostic>) {
     }
 }
 
-fn check_op(g: &Graph, v: ValueId, position: &BTreeMap<ValueId, usize>, diags: &mut Vec<Diagnostic>) {
+fn check_op(
+    g: &Graph,
+    v: ValueId,
+    position: &BTreeMap<ValueId, usize>,
+    diags: &mut Vec<Diagnostic>,
+) {
     let node = g.node(v);
     let operands = g.operands(v);
     if let Op::Param { .. } = node.op {
         if !operands.is_empty() {
-            diags.push(Diagnostic::error("a parameter has operands", node.span, "here"));
+            diags.push(Diagnostic::error(
+                "a parameter has operands",
+                node.span,
+                "here",
+            ));
         }
         return;
     }
@@ -76,7 +100,11 @@ fn check_op(g: &Graph, v: ValueId, position: &BTreeMap<ValueId, usize>, diags: &
         if !position.contains_key(&o) {
             diags.push(
                 Diagnostic::error(
-                    format!("`%{}` uses `%{}` before it is defined", node.name, g.name(o)),
+                    format!(
+                        "`%{}` uses `%{}` before it is defined",
+                        node.name,
+                        g.name(o)
+                    ),
                     node.span,
                     "used here",
                 )
@@ -111,7 +139,11 @@ fn check_op(g: &Graph, v: ValueId, position: &BTreeMap<ValueId, usize>, diags: &
                         node.span,
                         "type differs from the op's result",
                     )
-                    .with_help(format!("declare it as {}{}, or change the operands", want.dtype, want.shape_string())),
+                    .with_help(format!(
+                        "declare it as {}{}, or change the operands",
+                        want.dtype,
+                        want.shape_string()
+                    )),
                 );
             }
         }
@@ -126,48 +158,82 @@ pub fn check_type(g: &Graph, v: ValueId, ty: &TensorType, diags: &mut Vec<Diagno
         if let Some(n) = d.as_const() {
             if !(0..=MAX_ELEMENTS).contains(&n) {
                 diags.push(
-                    err(format!("`%{}` has a dim of extent {n}", node.name), "extent out of range")
-                        .with_help("extents lie between 0 and 2^40"),
+                    err(
+                        format!("`%{}` has a dim of extent {n}", node.name),
+                        "extent out of range",
+                    )
+                    .with_help("extents lie between 0 and 2^40"),
                 );
                 return;
             }
         }
     }
     match numel(&ty.shape).and_then(|n| n.as_const().map(Some).unwrap_or(Some(0)).map(|c| (n, c))) {
-        None => diags.push(err(format!("`%{}` has more elements than can be counted", node.name), "too large")),
+        None => diags.push(err(
+            format!("`%{}` has more elements than can be counted", node.name),
+            "too large",
+        )),
         Some((_, c)) if c > MAX_ELEMENTS => diags.push(
-            err(format!("`%{}` has {c} elements", node.name), "tensor too large")
-                .with_help("a tensor holds at most 2^40 elements"),
+            err(
+                format!("`%{}` has {c} elements", node.name),
+                "tensor too large",
+            )
+            .with_help("a tensor holds at most 2^40 elements"),
         ),
         _ => {}
     }
     let sh = &ty.sharding;
     if sh.dims.len() != ty.shape.len() {
         diags.push(err(
-            format!("`%{}` has a sharding for {} dims but a shape of rank {}", node.name, sh.dims.len(), ty.rank()),
+            format!(
+                "`%{}` has a sharding for {} dims but a shape of rank {}",
+                node.name,
+                sh.dims.len(),
+                ty.rank()
+            ),
             "malformed sharding",
         ));
         return;
     }
     if g.mesh.is_empty() && !sh.is_replicated() {
         diags.push(
-            err(format!("`%{}` is sharded, but the program declares no mesh", node.name), "sharding without a mesh")
-                .with_help("declare the mesh first, for example `mesh tp`"),
+            err(
+                format!(
+                    "`%{}` is sharded, but the program declares no mesh",
+                    node.name
+                ),
+                "sharding without a mesh",
+            )
+            .with_help("declare the mesh first, for example `mesh tp`"),
         );
         return;
     }
     let mut seen: Vec<&String> = Vec::new();
     for axis in sh.axes() {
         if g.mesh.axis(axis).is_none() {
-            let names: Vec<String> = g.mesh.axes.iter().map(|a| format!("`{}`", a.name)).collect();
+            let names: Vec<String> = g
+                .mesh
+                .axes
+                .iter()
+                .map(|a| format!("`{}`", a.name))
+                .collect();
             diags.push(
-                err(format!("`%{}` names mesh axis `{axis}`, which the mesh does not have", node.name), "unknown mesh axis")
-                    .with_help(format!("the mesh's axes are {}", names.join(", "))),
+                err(
+                    format!(
+                        "`%{}` names mesh axis `{axis}`, which the mesh does not have",
+                        node.name
+                    ),
+                    "unknown mesh axis",
+                )
+                .with_help(format!("the mesh's axes are {}", names.join(", "))),
             );
         } else if seen.contains(&axis) {
             diags.push(
-                err(format!("`%{}` uses mesh axis `{axis}` twice", node.name), "axis used twice")
-                    .with_help("a tensor is split or partial over each mesh axis at most once"),
+                err(
+                    format!("`%{}` uses mesh axis `{axis}` twice", node.name),
+                    "axis used twice",
+                )
+                .with_help("a tensor is split or partial over each mesh axis at most once"),
             );
         }
         seen.push(axis);
@@ -181,7 +247,10 @@ pub fn check_type(g: &Graph, v: ValueId, ty: &TensorType, diags: &mut Vec<Diagno
             match product.mul(&f.extent) {
                 Ok(p) => product = p,
                 Err(e) => {
-                    diags.push(err(format!("factors of dim {i} of `%{}`: {e}", node.name), "bad factors"));
+                    diags.push(err(
+                        format!("factors of dim {i} of `%{}`: {e}", node.name),
+                        "bad factors",
+                    ));
                     return;
                 }
             }
@@ -190,10 +259,16 @@ pub fn check_type(g: &Graph, v: ValueId, ty: &TensorType, diags: &mut Vec<Diagno
             let fs: Vec<String> = ds.factors.iter().map(|f| f.extent.to_string()).collect();
             diags.push(
                 err(
-                    format!("dim {i} of `%{}` is {extent}, but its factors ({}) multiply to {product}", node.name, fs.join(", ")),
+                    format!(
+                        "dim {i} of `%{}` is {extent}, but its factors ({}) multiply to {product}",
+                        node.name,
+                        fs.join(", ")
+                    ),
                     "factors do not match the dim",
                 )
-                .with_help("a dim's factors are its row-major decomposition, so their product is the dim"),
+                .with_help(
+                    "a dim's factors are its row-major decomposition, so their product is the dim",
+                ),
             );
         }
     }
@@ -202,13 +277,21 @@ pub fn check_type(g: &Graph, v: ValueId, ty: &TensorType, diags: &mut Vec<Diagno
 fn check_outputs(g: &Graph, position: &BTreeMap<ValueId, usize>, diags: &mut Vec<Diagnostic>) {
     if g.outputs().is_empty() {
         diags.push(
-            Diagnostic::error(format!("`@{}` returns nothing", g.name), g.span, "no results")
-                .with_help("end the function with `return %value`"),
+            Diagnostic::error(
+                format!("`@{}` returns nothing", g.name),
+                g.span,
+                "no results",
+            )
+            .with_help("end the function with `return %value`"),
         );
     }
     for &o in g.outputs() {
         if !position.contains_key(&o) {
-            diags.push(Diagnostic::error("the function returns a value that is not in it", g.return_span, "here"));
+            diags.push(Diagnostic::error(
+                "the function returns a value that is not in it",
+                g.return_span,
+                "here",
+            ));
         }
     }
 }
@@ -222,14 +305,27 @@ mod tests {
     use crate::types::{Factor, Sharding};
 
     fn mesh_tp() -> Mesh {
-        Mesh { axes: vec![MeshAxis { name: "tp".into(), size: None, span: Span::DUMMY }], span: Span::DUMMY }
+        Mesh {
+            axes: vec![MeshAxis {
+                name: "tp".into(),
+                size: None,
+                span: Span::DUMMY,
+            }],
+            span: Span::DUMMY,
+        }
     }
 
     #[test]
     fn valid_graph_passes() {
         let mut g = Graph::new("f", mesh_tp());
-        let x = g.add_param("x", TensorType::new(DType::F32, vec![Dim::symbol("B"), 8.into()]), Span::DUMMY);
-        let y = g.add_op("y", Op::Unary(crate::op::UnaryOp::Exp), &[x], Span::DUMMY).unwrap();
+        let x = g.add_param(
+            "x",
+            TensorType::new(DType::F32, vec![Dim::symbol("B"), 8.into()]),
+            Span::DUMMY,
+        );
+        let y = g
+            .add_op("y", Op::Unary(crate::op::UnaryOp::Exp), &[x], Span::DUMMY)
+            .unwrap();
         g.set_outputs(vec![y]);
         assert!(verify(&g).is_empty());
     }
@@ -240,10 +336,19 @@ mod tests {
         let mut ty = TensorType::new(DType::F32, vec![48.into(), 8.into()]);
         ty.sharding = Sharding::replicated(2);
         ty.sharding.dims[0].factors = vec![
-            Factor { extent: 3.into(), axes: vec![] },
-            Factor { extent: 15.into(), axes: vec!["tp".into()] },
+            Factor {
+                extent: 3.into(),
+                axes: vec![],
+            },
+            Factor {
+                extent: 15.into(),
+                axes: vec!["tp".into()],
+            },
         ];
-        ty.sharding.dims[1].factors = vec![Factor { extent: 8.into(), axes: vec!["dp".into()] }];
+        ty.sharding.dims[1].factors = vec![Factor {
+            extent: 8.into(),
+            axes: vec!["dp".into()],
+        }];
         let x = g.add_param("x", ty, Span::DUMMY);
         let mut node = g.node(x).clone();
         node.op = Op::Unary(crate::op::UnaryOp::Exp);

@@ -1,0 +1,9 @@
+//! The text form: lexer, parser (with diagnostics) and printer.
+
+mod attrs;
+mod lexer;
+mod parser;
+mod printer;
+
+pub use parser::parse;
+pub use printer::{print, PrintMode};

@@ -1,0 +1,190 @@
+//! The printer. `Source` mode is what `tpc fmt` writes: types only where the source wrote them,
+//! implicit broadcasts folded back into their users. `Full` mode shows every node and every
+//! value's type, for IR after passes. Comments are not kept.
+
+use std::fmt::Write;
+
+use crate::dim::Dim;
+use crate::graph::{Graph, ValueId};
+use crate::mesh::Mesh;
+use crate::op::Op;
+use crate::types::{DimSharding, Factor, Partial, TensorType};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrintMode {
+    Source,
+    Full,
+}
+
+/// Signatures longer than this put one parameter per line.
+const MAX_LINE: usize = 100;
+
+fn factor_string(f: &Factor) -> String {
+    let mut s = f.extent.to_string();
+    for a in &f.axes {
+        s.push('@');
+        s.push_str(a);
+    }
+    s
+}
+
+fn dim_string(extent: &Dim, ds: &DimSharding) -> String {
+    let mut s = match ds.factors.as_slice() {
+        [] => extent.to_string(),
+        [one] => factor_string(one),
+        many => format!(
+            "({})",
+            many.iter()
+                .map(factor_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    if ds.closed {
+        s.push('!');
+    }
+    s
+}
+
+fn partial_string(partial: &[Partial]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < partial.len() {
+        let op = partial[i].op;
+        let mut axes = Vec::new();
+        while i < partial.len() && partial[i].op == op {
+            axes.push(partial[i].axis.as_str());
+            i += 1;
+        }
+        let name = match op {
+            crate::types::ReduceOp::Sum => "partial",
+            crate::types::ReduceOp::Max => "partial.max",
+            crate::types::ReduceOp::Min => "partial.min",
+        };
+        let _ = write!(out, " {name}({})", axes.join(", "));
+    }
+    out
+}
+
+/// A type as the text form writes it: `bf16[B, S, (3, 16@tp, 48)] partial(dp)`.
+pub fn type_string(ty: &TensorType) -> String {
+    let default = DimSharding::default();
+    let dims: Vec<String> = ty
+        .shape
+        .iter()
+        .enumerate()
+        .map(|(i, d)| dim_string(d, ty.sharding.dims.get(i).unwrap_or(&default)))
+        .collect();
+    format!(
+        "{}[{}]{}",
+        ty.dtype,
+        dims.join(", "),
+        partial_string(&ty.sharding.partial)
+    )
+}
+
+fn mesh_string(m: &Mesh) -> String {
+    let axes: Vec<String> = m
+        .axes
+        .iter()
+        .map(|a| match a.size {
+            Some(n) => format!("{} = {n}", a.name),
+            None => a.name.clone(),
+        })
+        .collect();
+    format!("mesh {}\n", axes.join(", "))
+}
+
+fn is_folded(g: &Graph, v: ValueId, mode: PrintMode) -> bool {
+    mode == PrintMode::Source
+        && matches!(g.op(v), Op::Broadcast { implicit: true, .. })
+        && !g.node(v).explicit_type
+}
+
+/// The name a user of `v` prints: through folded broadcasts to what the source wrote.
+fn operand_name(g: &Graph, mut v: ValueId, mode: PrintMode) -> String {
+    while is_folded(g, v, mode) {
+        match g.operands(v).first() {
+            Some(&o) => v = o,
+            None => break,
+        }
+    }
+    format!("%{}", g.name(v))
+}
+
+/// Prints a graph as text.
+pub fn print(g: &Graph, mode: PrintMode) -> String {
+    let mut out = String::new();
+    if !g.mesh.is_empty() {
+        out.push_str(&mesh_string(&g.mesh));
+        out.push('\n');
+    }
+    let params: Vec<String> = g
+        .params()
+        .iter()
+        .map(|&p| format!("%{}: {}", g.name(p), type_string(g.ty(p))))
+        .collect();
+    let results = match g.result_types.as_slice() {
+        [] => String::new(),
+        [(one, _)] => format!(" -> {}", type_string(one)),
+        many => format!(
+            " -> ({})",
+            many.iter()
+                .map(|(t, _)| type_string(t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let head = format!("func @{}(", g.name);
+    let one_line = format!("{head}{}){results} {{", params.join(", "));
+    if one_line.len() <= MAX_LINE || params.len() <= 1 {
+        out.push_str(&one_line);
+    } else {
+        let indent = " ".repeat(head.len());
+        out.push_str(&head);
+        for (i, p) in params.iter().enumerate() {
+            if i > 0 {
+                out.push_str(",\n");
+                out.push_str(&indent);
+            }
+            out.push_str(p);
+        }
+        let _ = write!(out, "){results} {{");
+    }
+    out.push('\n');
+    for &v in g.values() {
+        if matches!(g.op(v), Op::Param { .. }) || is_folded(g, v, mode) {
+            continue;
+        }
+        let node = g.node(v);
+        let operands: Vec<String> = g
+            .operands(v)
+            .into_iter()
+            .map(|o| operand_name(g, o, mode))
+            .collect();
+        let _ = write!(
+            out,
+            "  %{} = {}({})",
+            node.name,
+            node.op.name(),
+            operands.join(", ")
+        );
+        let attrs = node.op.attrs();
+        if !attrs.is_empty() {
+            let attrs: Vec<String> = attrs.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            let _ = write!(out, " {{{}}}", attrs.join(", "));
+        }
+        if mode == PrintMode::Full || node.explicit_type {
+            let _ = write!(out, " : {}", type_string(&node.ty));
+        }
+        out.push('\n');
+    }
+    let outs: Vec<String> = g
+        .outputs()
+        .iter()
+        .map(|&o| operand_name(g, o, mode))
+        .collect();
+    let _ = writeln!(out, "  return {}", outs.join(", "));
+    out.push_str("}\n");
+    out
+}
