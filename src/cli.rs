@@ -22,17 +22,23 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Parse and verify a program; report every error with its location.
-    #[command(after_help = "Example:\n  tpc check examples/mlp.ir\n\nExits 0 when the program is valid, 1 otherwise.")]
+    #[command(
+        after_help = "Example:\n  tpc check examples/mlp.ir\n\nExits 0 when the program is valid, 1 otherwise."
+    )]
     Check(CheckArgs),
     /// Print a program in canonical form on standard output.
-    #[command(after_help = "Examples:\n  tpc fmt examples/mlp.ir\n  tpc fmt --check examples/mlp.ir   \
-                            # exit 1 if the file is not canonical\n\nComments are not kept.")]
+    #[command(
+        after_help = "Examples:\n  tpc fmt examples/mlp.ir\n  tpc fmt --check examples/mlp.ir   \
+                            # exit 1 if the file is not canonical\n\nComments are not kept."
+    )]
     Fmt(FmtArgs),
     /// Run a program on the CPU reference executor and summarize its outputs.
-    #[command(after_help = "Examples:\n  tpc run examples/mlp.ir --bind B=2,S=128\n  \
+    #[command(
+        after_help = "Examples:\n  tpc run examples/mlp.ir --bind B=2,S=128\n  \
                             tpc run examples/mlp.ir --inputs in.safetensors --outputs out.safetensors\n\n\
                             Inputs missing from --inputs are drawn from --seed. Symbols not given by --bind \
-                            are read off the input tensors' shapes.")]
+                            are read off the input tensors' shapes."
+    )]
     Run(RunArgs),
 }
 

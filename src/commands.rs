@@ -17,11 +17,17 @@ fn read_source(path: &Path) -> Result<(String, String)> {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
-            .map_err(|source| Error::Read { path: "<stdin>".into(), source })?;
+            .map_err(|source| Error::Read {
+                path: "<stdin>".into(),
+                source,
+            })?;
         return Ok(("<stdin>".into(), text));
     }
     let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| Error::Read { path: name.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+        path: name.clone(),
+        source,
+    })?;
     // Invalid UTF-8 is replaced, so the parser reports it at its location instead of failing here.
     Ok((name, String::from_utf8_lossy(&bytes).into_owned()))
 }
@@ -30,7 +36,11 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
     let (name, text) = read_source(&args.file)?;
     let graph = tpc::load(&name, &text)?;
     let mesh = match args.devices {
-        Some(d) if d < 1 => return Err(Error::Usage(format!("--devices must be 1 or more, got {d}"))),
+        Some(d) if d < 1 => {
+            return Err(Error::Usage(format!(
+                "--devices must be 1 or more, got {d}"
+            )))
+        }
         Some(d) => {
             let axes = graph.mesh.resolve(Some(d))?;
             let axes: Vec<String> = axes.iter().map(|(n, s)| format!("{n} = {s}")).collect();
@@ -98,8 +108,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     println!("wall time: {:.3} ms", elapsed.as_secs_f64() * 1e3);
     if let Some(path) = &args.outputs {
-        let named: Vec<(String, &tpc::runtime::Tensor)> =
-            graph.outputs().iter().zip(&outputs).map(|(&v, t)| (graph.name(v).to_string(), t)).collect();
+        let named: Vec<(String, &tpc::runtime::Tensor)> = graph
+            .outputs()
+            .iter()
+            .zip(&outputs)
+            .map(|(&v, t)| (graph.name(v).to_string(), t))
+            .collect();
         tpc::runtime::save_safetensors(path, &named)?;
         println!("wrote {} output(s) to {}", named.len(), path.display());
     }

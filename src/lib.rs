@@ -23,7 +23,10 @@ pub use tpc_ir::{Diagnostic, Graph, SourceFile};
 pub enum Error {
     /// The program has errors; each diagnostic is located in `file`.
     #[error("{} error(s) in {}", .diagnostics.len(), .file.name)]
-    Program { file: SourceFile, diagnostics: Vec<Diagnostic> },
+    Program {
+        file: SourceFile,
+        diagnostics: Vec<Diagnostic>,
+    },
     #[error(transparent)]
     Runtime(#[from] tpc_runtime::Error),
     #[error(transparent)]
@@ -31,7 +34,10 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -55,22 +61,38 @@ pub fn load(name: &str, text: &str) -> Result<Graph> {
 /// Parses `B=2,S=128` (also `B=2 S=128`) into symbol bindings.
 pub fn parse_bindings(text: &str) -> Result<BTreeMap<String, i64>> {
     let mut out = BTreeMap::new();
-    for part in text.split([',', ' ']).map(str::trim).filter(|p| !p.is_empty()) {
-        let (name, value) = part
-            .split_once('=')
-            .ok_or_else(|| Error::Usage(format!("`{part}` is not a binding; write it as NAME=VALUE, like B=2")))?;
+    for part in text
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let (name, value) = part.split_once('=').ok_or_else(|| {
+            Error::Usage(format!(
+                "`{part}` is not a binding; write it as NAME=VALUE, like B=2"
+            ))
+        })?;
         let name = name.trim();
-        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            return Err(Error::Usage(format!("`{name}` is not a symbol name (letters, digits, `_`)")));
+            return Err(Error::Usage(format!(
+                "`{name}` is not a symbol name (letters, digits, `_`)"
+            )));
         }
         let value: i64 = value
             .trim()
             .parse()
             .ok()
             .filter(|v| *v >= 0)
-            .ok_or_else(|| Error::Usage(format!("`{}` in `{part}` is not a non-negative whole number", value.trim())))?;
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "`{}` in `{part}` is not a non-negative whole number",
+                    value.trim()
+                ))
+            })?;
         if out.insert(name.to_string(), value).is_some() {
             return Err(Error::Usage(format!("symbol `{name}` is bound twice")));
         }

@@ -30,7 +30,11 @@ fn text(b: &[u8]) -> String {
 #[test]
 fn check_accepts_every_example() {
     for f in common::ir_files("examples") {
-        let rel = f.strip_prefix(common::root()).expect("under root").display().to_string();
+        let rel = f
+            .strip_prefix(common::root())
+            .expect("under root")
+            .display()
+            .to_string();
         let out = tpc(&["check", &rel], None);
         assert!(out.status.success(), "{rel}: {}", text(&out.stderr));
         assert!(text(&out.stdout).contains("ok"), "{}", text(&out.stdout));
@@ -41,21 +45,33 @@ fn check_accepts_every_example() {
 fn check_with_devices_resolves_the_mesh() {
     let out = tpc(&["check", "examples/mlp.ir", "--devices", "8"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("mesh tp = 8"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("mesh tp = 8"),
+        "{}",
+        text(&out.stdout)
+    );
     let src = "mesh dp = 2, tp = 4\n\nfunc @f(%x: f32[8]) -> f32[8] {\n  return %x\n}\n";
     let out = tpc(&["check", "-", "--devices", "6"], Some(src));
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("need 8 devices"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("need 8 devices"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn errors_are_located_and_exit_1() {
-    let src = "func @f(%x: f32[4]) -> f32[4] {\n  %y = exp(%z)\n  %w = frobnicate(%x)\n  return %y\n}\n";
+    let src =
+        "func @f(%x: f32[4]) -> f32[4] {\n  %y = exp(%z)\n  %w = frobnicate(%x)\n  return %y\n}\n";
     let out = tpc(&["check", "-"], Some(src));
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("<stdin>:2:"), "{err}");
-    assert!(err.contains("<stdin>:3:"), "both errors are reported: {err}");
+    assert!(
+        err.contains("<stdin>:3:"),
+        "both errors are reported: {err}"
+    );
     assert!(err.contains('^'), "{err}");
 }
 
@@ -91,8 +107,16 @@ fn fmt_is_canonical_and_check_mode_detects_drift() {
     assert!(canonical.contains("%z = add(%x, %y)"), "{canonical}");
     let again = tpc(&["fmt", "-"], Some(&canonical));
     assert_eq!(text(&again.stdout), canonical);
-    assert_eq!(tpc(&["fmt", "--check", "-"], Some(messy)).status.code(), Some(1));
-    assert_eq!(tpc(&["fmt", "--check", "-"], Some(&canonical)).status.code(), Some(0));
+    assert_eq!(
+        tpc(&["fmt", "--check", "-"], Some(messy)).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        tpc(&["fmt", "--check", "-"], Some(&canonical))
+            .status
+            .code(),
+        Some(0)
+    );
 }
 
 #[test]
@@ -101,11 +125,24 @@ fn run_prints_stats_and_round_trips_safetensors() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let out_path = dir.join("out.safetensors");
     let out_str = out_path.to_string_lossy().into_owned();
-    let out = tpc(&["run", "examples/mlp.ir", "--bind", "B=2,S=4", "--outputs", &out_str], None);
+    let out = tpc(
+        &[
+            "run",
+            "examples/mlp.ir",
+            "--bind",
+            "B=2,S=4",
+            "--outputs",
+            &out_str,
+        ],
+        None,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("%o: bf16[2, 4, 768]"), "{stdout}");
-    assert!(stdout.contains("mean") && stdout.contains("max|x|") && stdout.contains("wall time"), "{stdout}");
+    assert!(
+        stdout.contains("mean") && stdout.contains("max|x|") && stdout.contains("wall time"),
+        "{stdout}"
+    );
     let saved = tpc::runtime::load_safetensors(&out_path).expect("outputs readable");
     assert_eq!(saved["o"].shape(), &[2, 4, 768]);
 
@@ -113,21 +150,38 @@ fn run_prints_stats_and_round_trips_safetensors() {
     let src = "func @g(%o: bf16[B, S, 768]) -> f32[B, S, 768] {\n  %c = cast(%o) {dtype = f32}\n  return %c\n}\n";
     let prog = dir.join("g.ir");
     std::fs::write(&prog, src).expect("write program");
-    let out2 = tpc(&["run", &prog.to_string_lossy(), "--inputs", &out_str], None);
+    let out2 = tpc(
+        &["run", &prog.to_string_lossy(), "--inputs", &out_str],
+        None,
+    );
     assert!(out2.status.success(), "{}", text(&out2.stderr));
     let mean_line = |s: &str, name: &str| {
-        s.lines().find(|l| l.starts_with(name)).map(|l| l.split("mean").nth(1).unwrap_or("").to_string())
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split("mean").nth(1).unwrap_or("").to_string())
     };
-    assert_eq!(mean_line(&stdout, "%o"), mean_line(&text(&out2.stdout), "%c"));
+    assert_eq!(
+        mean_line(&stdout, "%o"),
+        mean_line(&text(&out2.stdout), "%c")
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn help_explains_itself_with_examples() {
-    for args in [vec!["--help"], vec!["check", "--help"], vec!["fmt", "--help"], vec!["run", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["check", "--help"],
+        vec!["fmt", "--help"],
+        vec!["run", "--help"],
+    ] {
         let out = tpc(&args, None);
         assert!(out.status.success());
-        assert!(text(&out.stdout).contains("Example"), "{args:?}: {}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).contains("Example"),
+            "{args:?}: {}",
+            text(&out.stdout)
+        );
     }
 }
 
@@ -135,10 +189,22 @@ fn help_explains_itself_with_examples() {
 fn bad_usage_is_an_error() {
     let out = tpc(&["run", "examples/mlp.ir", "--bind", "B=two"], None);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("B=two") || text(&out.stderr).contains("two"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("B=two") || text(&out.stderr).contains("two"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = tpc(&["run", "examples/mlp.ir"], None);
-    assert_eq!(out.status.code(), Some(1), "unbound symbols must be an error");
-    assert!(text(&out.stderr).contains("--bind"), "{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "unbound symbols must be an error"
+    );
+    assert!(
+        text(&out.stderr).contains("--bind"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = tpc(&["check", "no/such/file.ir"], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no/such/file.ir"));

@@ -20,12 +20,19 @@ pub fn ir_files(dir: &str) -> Vec<PathBuf> {
 }
 
 pub fn stem(p: &Path) -> String {
-    p.file_stem().expect("file name").to_string_lossy().into_owned()
+    p.file_stem()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Parses and verifies a file, panicking with the rendered diagnostics if it has errors.
 pub fn load(path: &Path) -> tpc::Graph {
     let text = std::fs::read_to_string(path).expect("readable file");
-    let rel = path.strip_prefix(root()).unwrap_or(path).display().to_string();
+    let rel = path
+        .strip_prefix(root())
+        .unwrap_or(path)
+        .display()
+        .to_string();
     tpc::load(&rel, &text).unwrap_or_else(|e| panic!("{}", e.render()))
 }

@@ -9,7 +9,9 @@ use tpc::ir::{print, PrintMode};
 use tpc::runtime::{random_inputs, run_reference, Tensor};
 
 fn small() -> BTreeMap<String, i64> {
-    [("B".to_string(), 2), ("S".to_string(), 8)].into_iter().collect()
+    [("B".to_string(), 2), ("S".to_string(), 8)]
+        .into_iter()
+        .collect()
 }
 
 fn run(g: &tpc::Graph, seed: u64) -> Vec<Tensor> {
@@ -18,14 +20,22 @@ fn run(g: &tpc::Graph, seed: u64) -> Vec<Tensor> {
 }
 
 fn bits(ts: &[Tensor]) -> Vec<Vec<u32>> {
-    ts.iter().map(|t| t.to_f32_vec().iter().map(|x| x.to_bits()).collect()).collect()
+    ts.iter()
+        .map(|t| t.to_f32_vec().iter().map(|x| x.to_bits()).collect())
+        .collect()
 }
 
 #[test]
 fn examples_exist() {
-    let names: Vec<String> = common::ir_files("examples").iter().map(|p| common::stem(p)).collect();
+    let names: Vec<String> = common::ir_files("examples")
+        .iter()
+        .map(|p| common::stem(p))
+        .collect();
     for want in ["mlp", "attention_glm", "block"] {
-        assert!(names.iter().any(|n| n == want), "examples/{want}.ir is missing");
+        assert!(
+            names.iter().any(|n| n == want),
+            "examples/{want}.ir is missing"
+        );
     }
 }
 
@@ -36,8 +46,13 @@ fn examples_print_canonically_and_idempotently() {
         let g = common::load(&path);
         for (mode, tag) in [(PrintMode::Source, "source"), (PrintMode::Full, "full")] {
             let printed = print(&g, mode);
-            let again = tpc::load("printed.ir", &printed).unwrap_or_else(|e| panic!("{}\n{}", printed, e.render()));
-            assert_eq!(print(&again, mode), printed, "{name}: printing is not idempotent ({tag})");
+            let again = tpc::load("printed.ir", &printed)
+                .unwrap_or_else(|e| panic!("{}\n{}", printed, e.render()));
+            assert_eq!(
+                print(&again, mode),
+                printed,
+                "{name}: printing is not idempotent ({tag})"
+            );
             insta::assert_snapshot!(format!("{name}_{tag}"), printed);
         }
     }
@@ -49,16 +64,35 @@ fn examples_have_the_signatures_other_issues_rely_on() {
         let g = common::load(&common::root().join("examples").join(file));
         g.params()
             .iter()
-            .map(|&p| format!("%{}: {}{}", g.name(p), g.ty(p).dtype, g.ty(p).shape_string()))
+            .map(|&p| {
+                format!(
+                    "%{}: {}{}",
+                    g.name(p),
+                    g.ty(p).dtype,
+                    g.ty(p).shape_string()
+                )
+            })
             .collect::<Vec<_>>()
     };
     assert_eq!(
         sig("mlp.ir"),
-        ["%x: bf16[B, S, 768]", "%w0: bf16[3072, 768]", "%b0: bf16[3072]", "%w1: bf16[768, 3072]", "%b1: bf16[768]"]
+        [
+            "%x: bf16[B, S, 768]",
+            "%w0: bf16[3072, 768]",
+            "%b0: bf16[3072]",
+            "%w1: bf16[768, 3072]",
+            "%b1: bf16[768]"
+        ]
     );
     assert_eq!(
         sig("attention_glm.ir"),
-        ["%x: bf16[B, S, 768]", "%wqkv: bf16[2304, 768]", "%bqkv: bf16[2304]", "%wo: bf16[768, 768]", "%bo: bf16[768]"]
+        [
+            "%x: bf16[B, S, 768]",
+            "%wqkv: bf16[2304, 768]",
+            "%bqkv: bf16[2304]",
+            "%wo: bf16[768, 768]",
+            "%bo: bf16[768]"
+        ]
     );
 }
 
@@ -68,13 +102,27 @@ fn examples_run_and_are_deterministic() {
         let g = common::load(&path);
         let first = run(&g, 1);
         let second = run(&g, 1);
-        assert_eq!(bits(&first), bits(&second), "{}: two runs differ", path.display());
+        assert_eq!(
+            bits(&first),
+            bits(&second),
+            "{}: two runs differ",
+            path.display()
+        );
         for t in &first {
-            assert!(t.to_f32_vec().iter().all(|x| x.is_finite()), "{}: non-finite output", path.display());
+            assert!(
+                t.to_f32_vec().iter().all(|x| x.is_finite()),
+                "{}: non-finite output",
+                path.display()
+            );
             assert!(t.max_abs() > 0.0, "{}: all-zero output", path.display());
         }
         let other_seed = run(&g, 2);
-        assert_ne!(bits(&first), bits(&other_seed), "{}: the seed changes nothing", path.display());
+        assert_ne!(
+            bits(&first),
+            bits(&other_seed),
+            "{}: the seed changes nothing",
+            path.display()
+        );
     }
 }
 
@@ -84,9 +132,19 @@ fn annotations_never_change_results() {
     for path in common::ir_files("examples") {
         let text = std::fs::read_to_string(&path).expect("readable");
         let plain_text = text.replace("@tp", "").replace("@dp", "");
-        assert_ne!(text, plain_text, "{} carries no annotation to strip", path.display());
+        assert_ne!(
+            text,
+            plain_text,
+            "{} carries no annotation to strip",
+            path.display()
+        );
         let sharded = tpc::load("sharded.ir", &text).expect("valid");
         let plain = tpc::load("plain.ir", &plain_text).unwrap_or_else(|e| panic!("{}", e.render()));
-        assert_eq!(bits(&run(&sharded, 5)), bits(&run(&plain, 5)), "{}", path.display());
+        assert_eq!(
+            bits(&run(&sharded, 5)),
+            bits(&run(&plain, 5)),
+            "{}",
+            path.display()
+        );
     }
 }

@@ -21,7 +21,10 @@ pub enum Error {
     #[error("the pipeline is empty; name at least one pass, like `dce`")]
     EmptyPipeline,
     #[error("the graph is invalid after pass `{pass}` ({} error(s))", .diagnostics.len())]
-    InvalidAfter { pass: String, diagnostics: Vec<Diagnostic> },
+    InvalidAfter {
+        pass: String,
+        diagnostics: Vec<Diagnostic>,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

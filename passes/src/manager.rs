@@ -18,8 +18,11 @@ pub struct PassInfo {
 
 /// Every pass, in the order a default pipeline would run them.
 pub fn registry() -> &'static [PassInfo] {
-    const PASSES: &[PassInfo] =
-        &[PassInfo { name: "dce", description: "remove values that no result depends on", run: dce::run }];
+    const PASSES: &[PassInfo] = &[PassInfo {
+        name: "dce",
+        description: "remove values that no result depends on",
+        run: dce::run,
+    }];
     PASSES
 }
 
@@ -66,16 +69,28 @@ impl PassManager {
     pub fn parse(pipeline: &str) -> Result<PassManager> {
         let mut passes = Vec::new();
         for name in pipeline.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let info = registry().iter().find(|p| p.name == name).ok_or_else(|| Error::UnknownPass {
-                name: name.to_string(),
-                valid: registry().iter().map(|p| p.name).collect::<Vec<_>>().join(", "),
-            })?;
+            let info =
+                registry()
+                    .iter()
+                    .find(|p| p.name == name)
+                    .ok_or_else(|| Error::UnknownPass {
+                        name: name.to_string(),
+                        valid: registry()
+                            .iter()
+                            .map(|p| p.name)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    })?;
             passes.push(*info);
         }
         if passes.is_empty() {
             return Err(Error::EmptyPipeline);
         }
-        Ok(PassManager { passes, verify_each: cfg!(debug_assertions), print_after: PrintAfter::None })
+        Ok(PassManager {
+            passes,
+            verify_each: cfg!(debug_assertions),
+            print_after: PrintAfter::None,
+        })
     }
 
     pub fn pass_names(&self) -> Vec<&'static str> {
@@ -92,11 +107,22 @@ impl PassManager {
             if self.verify_each {
                 let diagnostics = verify(g);
                 if !diagnostics.is_empty() {
-                    return Err(Error::InvalidAfter { pass: p.name.to_string(), diagnostics });
+                    return Err(Error::InvalidAfter {
+                        pass: p.name.to_string(),
+                        diagnostics,
+                    });
                 }
             }
-            let ir_after = self.print_after.wants(p.name).then(|| tpc_ir::print(g, tpc_ir::PrintMode::Full));
-            records.push(PassRecord { pass: p.name, changed, time, ir_after });
+            let ir_after = self
+                .print_after
+                .wants(p.name)
+                .then(|| tpc_ir::print(g, tpc_ir::PrintMode::Full));
+            records.push(PassRecord {
+                pass: p.name,
+                changed,
+                time,
+                ir_after,
+            });
         }
         Ok(records)
     }

@@ -6,10 +6,19 @@ use tpc_passes::{Error, PassManager, PrintAfter};
 
 fn graph_with_dead_chain() -> Graph {
     let mut g = Graph::new("f", Mesh::default());
-    let x = g.add_param("x", TensorType::new(DType::F32, vec![Dim::symbol("B"), 4.into()]), Span::DUMMY);
-    let y = g.add_op("y", Op::Unary(UnaryOp::Exp), &[x], Span::DUMMY).expect("exp");
-    let dead = g.add_op("dead", Op::Unary(UnaryOp::Tanh), &[x], Span::DUMMY).expect("tanh");
-    g.add_op("dead2", Op::Unary(UnaryOp::Neg), &[dead], Span::DUMMY).expect("neg");
+    let x = g.add_param(
+        "x",
+        TensorType::new(DType::F32, vec![Dim::symbol("B"), 4.into()]),
+        Span::DUMMY,
+    );
+    let y = g
+        .add_op("y", Op::Unary(UnaryOp::Exp), &[x], Span::DUMMY)
+        .expect("exp");
+    let dead = g
+        .add_op("dead", Op::Unary(UnaryOp::Tanh), &[x], Span::DUMMY)
+        .expect("tanh");
+    g.add_op("dead2", Op::Unary(UnaryOp::Neg), &[dead], Span::DUMMY)
+        .expect("neg");
     g.set_outputs(vec![y]);
     g
 }
@@ -39,5 +48,8 @@ fn unknown_passes_list_the_valid_ones() {
         }
         other => panic!("expected an unknown-pass error, got {other:?}"),
     }
-    assert!(matches!(PassManager::parse(" , "), Err(Error::EmptyPipeline)));
+    assert!(matches!(
+        PassManager::parse(" , "),
+        Err(Error::EmptyPipeline)
+    ));
 }
