@@ -1,0 +1,190 @@
+//! matmul, linear and sdpa on matrixmultiply's sgemm: f32 accumulation, one rounding at the end.
+
+use crate::tensor::{round_to, Tensor};
+use crate::Result;
+
+/// C[m×n] = A[m×k] · B[k×n] with arbitrary strides (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    rsb: usize,
+    csb: usize,
+    c: &mut [f32],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c[..m * n].iter_mut().for_each(|x| *x = 0.0);
+        return;
+    }
+    // The furthest element each operand's strides reach lies inside its slice.
+    assert!(
+        (m - 1) * rsa + (k - 1) * csa < a.len()
+            && (k - 1) * rsb + (n - 1) * csb < b.len()
+            && m * n <= c.len()
+    );
+    // SAFETY: the assertion above bounds every access sgemm makes through these strides.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            0.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+pub fn matmul(a: &Tensor, b: &Tensor, out_shape: &[usize]) -> Result<Tensor> {
+    let (sa, sb) = (a.shape(), b.shape());
+    let (ra, rb) = (sa.len(), sb.len());
+    let (m, k, n) = (sa[ra - 2], sa[ra - 1], sb[rb - 1]);
+    let (av, bv) = (a.floats()?, b.floats()?);
+    let mut out = vec![0f32; out_shape.iter().product()];
+    if rb == 2 {
+        // [..., m, k] x [k, n]: one GEMM over all leading dims.
+        let rows: usize = sa[..ra - 1].iter().product();
+        gemm(rows, k, n, av, k, 1, bv, n, 1, &mut out);
+    } else {
+        let batch: usize = out_shape[..out_shape.len() - 2].iter().product();
+        let a_step = if ra == 2 { 0 } else { m * k };
+        for i in 0..batch {
+            let a_part = &av[i * a_step..i * a_step + m * k];
+            let b_part = &bv[i * k * n..(i + 1) * k * n];
+            gemm(
+                m,
+                k,
+                n,
+                a_part,
+                k,
+                1,
+                b_part,
+                n,
+                1,
+                &mut out[i * m * n..(i + 1) * m * n],
+            );
+        }
+    }
+    let dt = a.dtype();
+    out.iter_mut().for_each(|x| *x = round_to(dt, *x));
+    Ok(Tensor::float(dt, out_shape.to_vec(), out))
+}
+
+/// `x @ w^T + b`, the bias added in f32 before the single rounding.
+pub fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    out_shape: &[usize],
+) -> Result<Tensor> {
+    let (out_f, in_f) = (w.shape()[0], w.shape()[1]);
+    let rows = if in_f == 0 {
+        out_shape[..out_shape.len() - 1].iter().product()
+    } else {
+        x.numel() / in_f
+    };
+    let mut out = vec![0f32; rows * out_f];
+    // w^T as a [in, out] view of w: row stride 1, column stride `in`.
+    gemm(
+        rows,
+        in_f,
+        out_f,
+        x.floats()?,
+        in_f,
+        1,
+        w.floats()?,
+        1,
+        in_f,
+        &mut out,
+    );
+    if let Some(b) = bias {
+        let bv = b.floats()?;
+        for row in out.chunks_mut(out_f.max(1)) {
+            row.iter_mut().zip(bv).for_each(|(y, &c)| *y += c);
+        }
+    }
+    let dt = x.dtype();
+    out.iter_mut().for_each(|v| *v = round_to(dt, *v));
+    Ok(Tensor::float(dt, out_shape.to_vec(), out))
+}
+
+/// softmax(q kᵀ · scale, causal mask) v per batch, all in f32, rounded once at the end.
+pub fn sdpa(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    causal: bool,
+    scale: Option<f64>,
+    out_shape: &[usize],
+) -> Result<Tensor> {
+    let r = q.shape().len();
+    let (l, e) = (q.shape()[r - 2], q.shape()[r - 1]);
+    let s = k.shape()[r - 2];
+    let ev = v.shape()[r - 1];
+    let batch: usize = q.shape()[..r - 2].iter().product();
+    let scale = scale.unwrap_or(1.0 / (e as f64).sqrt()) as f32;
+    let (qv, kv, vv) = (q.floats()?, k.floats()?, v.floats()?);
+    let mut out = vec![0f32; batch * l * ev];
+    let mut scores = vec![0f32; l * s];
+    for b in 0..batch {
+        let qb = &qv[b * l * e..(b + 1) * l * e];
+        let kb = &kv[b * s * e..(b + 1) * s * e];
+        let vb = &vv[b * s * ev..(b + 1) * s * ev];
+        // kᵀ as a view: row stride 1, column stride e.
+        gemm(l, e, s, qb, e, 1, kb, 1, e, &mut scores);
+        for i in 0..l {
+            let row = &mut scores[i * s..(i + 1) * s];
+            let mut m = f32::NEG_INFINITY;
+            for (j, x) in row.iter_mut().enumerate() {
+                *x = if causal && j > i {
+                    f32::NEG_INFINITY
+                } else {
+                    *x * scale
+                };
+                m = m.max(*x);
+            }
+            let mut sum = 0f32;
+            for x in row.iter_mut() {
+                *x = if *x == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (*x - m).exp()
+                };
+                sum += *x;
+            }
+            // A fully masked row (only when l > s is impossible here) would give NaN, as torch.
+            row.iter_mut().for_each(|x| *x /= sum);
+        }
+        gemm(
+            l,
+            s,
+            ev,
+            &scores,
+            s,
+            1,
+            vb,
+            ev,
+            1,
+            &mut out[b * l * ev..(b + 1) * l * ev],
+        );
+    }
+    let dt = q.dtype();
+    out.iter_mut().for_each(|x| *x = round_to(dt, *x));
+    Ok(Tensor::float(dt, out_shape.to_vec(), out))
+}
