@@ -49,8 +49,10 @@ def philox_uniform(seed, n):
 
 def dropout(x, p, seed):
     u = torch.from_numpy(philox_uniform(seed, x.numel()).astype(np.float32)).reshape(x.shape)
-    keep = u < (1.0 - p)
-    return torch.where(keep, x.float() / (1.0 - p), torch.zeros(())).to(x.dtype)
+    # As torch's native dropout: the keep mask in x's dtype, divided by 1-p, times x.
+    noise = (u < (1.0 - p)).to(x.dtype)
+    noise.div_(1.0 - p)
+    return x * noise
 
 
 def mlp(t):

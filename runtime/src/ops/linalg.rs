@@ -140,16 +140,17 @@ pub fn sdpa(
     let batch: usize = q.shape()[..r - 2].iter().product();
     let scale = scale.unwrap_or(1.0 / (e as f64).sqrt()) as f32;
     let (qv, kv, vv) = (q.floats()?, k.floats()?, v.floats()?);
+    let dt = q.dtype();
     let mut out = vec![0f32; batch * l * ev];
     let mut scores = vec![0f32; l * s];
+    let mut sums = vec![0f32; l];
     for b in 0..batch {
         let qb = &qv[b * l * e..(b + 1) * l * e];
         let kb = &kv[b * s * e..(b + 1) * s * e];
         let vb = &vv[b * s * ev..(b + 1) * s * ev];
         // kᵀ as a view: row stride 1, column stride e.
         gemm(l, e, s, qb, e, 1, kb, 1, e, &mut scores);
-        for i in 0..l {
-            let row = &mut scores[i * s..(i + 1) * s];
+        for (i, row) in scores.chunks_mut(s.max(1)).enumerate().take(l) {
             let mut m = f32::NEG_INFINITY;
             for (j, x) in row.iter_mut().enumerate() {
                 *x = if causal && j > i {
@@ -168,23 +169,16 @@ pub fn sdpa(
                 };
                 sum += *x;
             }
-            // A fully masked row (only when l > s is impossible here) would give NaN, as torch.
-            row.iter_mut().for_each(|x| *x /= sum);
+            sums[i] = sum;
+            // The unnormalized weights meet v in the storage dtype and the row sum divides
+            // after, in f32: PyTorch's CPU attention kernel does this for bf16/f16.
+            row.iter_mut().for_each(|x| *x = round_to(dt, *x));
         }
-        gemm(
-            l,
-            s,
-            ev,
-            &scores,
-            s,
-            1,
-            vb,
-            ev,
-            1,
-            &mut out[b * l * ev..(b + 1) * l * ev],
-        );
+        let ob = &mut out[b * l * ev..(b + 1) * l * ev];
+        gemm(l, s, ev, &scores, s, 1, vb, ev, 1, ob);
+        for (orow, sum) in ob.chunks_mut(ev.max(1)).zip(&sums) {
+            orow.iter_mut().for_each(|x| *x = round_to(dt, *x / sum));
+        }
     }
-    let dt = q.dtype();
-    out.iter_mut().for_each(|x| *x = round_to(dt, *x));
     Ok(Tensor::float(dt, out_shape.to_vec(), out))
 }
