@@ -53,7 +53,7 @@ impl<'a> Reader<'a> {
                 self.op_span,
                 format!("`{}` needs the attribute `{name}`", self.op),
                 "attribute missing",
-                Some(format!("for example `{} {{{example}}}`", self.op)),
+                Some(format!("for example `{}(…) {{{example}}}`", self.op)),
             )
         })
     }

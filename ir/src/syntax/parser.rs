@@ -76,19 +76,31 @@ pub fn parse(file: &SourceFile) -> Result<Graph, Vec<Diagnostic>> {
     }
 }
 
-/// Edit distance, for "did you mean" hints.
+/// Edit distance counting a swap of neighbours as one edit (optimal string alignment), for
+/// "did you mean" hints: `gleu` is one edit from `gelu`.
 fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
@@ -236,7 +248,7 @@ impl<'s> Parser<'s> {
             let end = Span::new(self.src.len(), self.src.len());
             self.error(
                 Diagnostic::error("the file has no function", end, "expected `func @name(…) { … }`")
-                    .with_help("a program is one function: `func @f(%x: f32[4]) -> f32[4] {\\n  return %x\\n}`"),
+                    .with_help("a program is one function, like `func @f(%x: f32[4]) -> f32[4] { … }` with one op per line"),
             );
             return None;
         }

@@ -1,0 +1,49 @@
+//! Every file in tests/diagnostics/ is a malformed or ill-typed program. Each must fail to parse
+//! (never panic), and its rendered diagnostics are pinned by an insta snapshot. A new case is a
+//! new file.
+
+mod common;
+
+use tpc::ir::diag::render;
+use tpc::ir::{parse, SourceFile};
+
+#[test]
+fn every_malformed_program_gets_located_errors() {
+    let files = common::ir_files("tests/diagnostics");
+    assert!(files.len() >= 20, "only {} diagnostic cases", files.len());
+    for path in files {
+        let name = common::stem(&path);
+        let bytes = std::fs::read(&path).expect("readable");
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let file = SourceFile::new(format!("tests/diagnostics/{name}.ir"), text);
+        let diags = match parse(&file) {
+            Ok(_) => panic!("{name}.ir parsed without errors"),
+            Err(d) => d,
+        };
+        assert!(!diags.is_empty());
+        for d in &diags {
+            assert!(
+                !d.message.is_empty() && !d.label.is_empty(),
+                "{name}: {d:?}"
+            );
+            assert!(
+                d.span.end as usize <= file.text.len(),
+                "{name}: span past the end"
+            );
+        }
+        let rendered = render(&file, &diags);
+        assert!(
+            rendered.contains(&format!("tests/diagnostics/{name}.ir:")),
+            "{name}: no location\n{rendered}"
+        );
+        insta::assert_snapshot!(name, rendered);
+    }
+}
+
+#[test]
+fn several_problems_are_all_reported() {
+    let path = common::root().join("tests/diagnostics/many_errors.ir");
+    let text = std::fs::read_to_string(path).expect("readable");
+    let diags = parse(&SourceFile::new("many_errors.ir", text)).expect_err("invalid");
+    assert!(diags.len() >= 4, "{diags:#?}");
+}
