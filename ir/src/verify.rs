@@ -195,7 +195,7 @@ pub fn check_type(g: &Graph, v: ValueId, ty: &TensorType, diags: &mut Vec<Diagno
         ));
         return;
     }
-    if g.mesh.is_empty() && !sh.is_replicated() {
+    if g.mesh.is_empty() && !sh.axes().is_empty() {
         diags.push(
             err(
                 format!(

@@ -70,6 +70,8 @@ fn broadcasts_are_explicit_in_the_graph_and_folded_in_source() {
         "{full}"
     );
     assert!(print(&g, PrintMode::Source).contains("%y = add(%x, %b)\n"));
+    roundtrip(src);
+    roundtrip("func @f(%c: bool[4], %a: f32[2, 1], %b: f32[4]) {\n  %y = where(%c, %a, %b)\n  return %y\n}\n");
 }
 
 #[test]
