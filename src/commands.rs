@@ -32,6 +32,10 @@ fn read_source(path: &Path) -> Result<(String, String)> {
     Ok((name, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 pub fn check(args: CheckArgs) -> Result<ExitCode> {
     let (name, text) = read_source(&args.file)?;
     let graph = tpc::load(&name, &text)?;
@@ -50,10 +54,11 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
     };
     let ops = graph.len() - graph.params().len();
     println!(
-        "{name}: ok (@{}: {} parameters, {ops} ops, {} results{mesh})",
+        "{name}: ok (@{}: {}, {}, {}{mesh})",
         graph.name,
-        graph.params().len(),
-        graph.outputs().len()
+        count(graph.params().len(), "parameter"),
+        count(ops, "op"),
+        count(graph.outputs().len(), "result")
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -88,11 +93,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         Some(p) => tpc::runtime::load_safetensors(p)?,
         None => BTreeMap::new(),
     };
-    let bindings = tpc::runtime::bind_symbols(&graph, &inputs, &explicit)?;
-    let drawn = tpc::runtime::random_inputs(&graph, &bindings, args.seed)?;
-    for (k, v) in drawn {
-        inputs.entry(k).or_insert(v);
+    for key in inputs.keys() {
+        if graph.params().iter().all(|&p| graph.name(p) != key) {
+            eprintln!(
+                "warning: input `{key}` is not a parameter of @{}; it is ignored",
+                graph.name
+            );
+        }
     }
+    let bindings = tpc::runtime::bind_symbols(&graph, &inputs, &explicit)?;
+    tpc::runtime::draw_missing_inputs(&graph, &bindings, args.seed, &mut inputs)?;
     let start = Instant::now();
     let outputs = tpc::runtime::run_reference(&graph, &inputs, &bindings)?;
     let elapsed = start.elapsed();

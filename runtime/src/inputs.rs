@@ -96,7 +96,21 @@ pub fn random_inputs(
     seed: u64,
 ) -> Result<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
+    draw_missing_inputs(g, bindings, seed, &mut out)?;
+    Ok(out)
+}
+
+/// Draws, as `random_inputs` would, only the parameters that `inputs` lacks.
+pub fn draw_missing_inputs(
+    g: &Graph,
+    bindings: &Bindings,
+    seed: u64,
+    out: &mut BTreeMap<String, Tensor>,
+) -> Result<()> {
     for (k, &p) in g.params().iter().enumerate() {
+        if out.contains_key(g.name(p)) {
+            continue;
+        }
         let ty = g.ty(p);
         let shape: Vec<usize> = ty
             .shape
@@ -152,5 +166,5 @@ pub fn random_inputs(
         };
         out.insert(g.name(p).to_string(), t);
     }
-    Ok(out)
+    Ok(())
 }

@@ -14,7 +14,7 @@ mod tensor;
 
 use std::collections::BTreeMap;
 
-pub use inputs::{bind_symbols, random_inputs};
+pub use inputs::{bind_symbols, draw_missing_inputs, random_inputs};
 pub use io::{load_safetensors, save_safetensors};
 pub use tensor::{round_to, Data, Tensor};
 use tpc_ir::Graph;
