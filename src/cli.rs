@@ -29,7 +29,7 @@ pub enum Command {
     /// Print a program in canonical form on standard output.
     #[command(
         after_help = "Examples:\n  tpc fmt examples/mlp.ir\n  tpc fmt --check examples/mlp.ir   \
-                            # exit 1 if the file is not canonical\n\nComments are not kept."
+                            # exit 1 if the file is not canonical\n\nComments are kept: above the statement they precede, or at the end of its line."
     )]
     Fmt(FmtArgs),
     /// Run a program on the CPU reference executor and summarize its outputs.

@@ -2,6 +2,8 @@
 //! it; the rest of tpc sees typed `ValueId`s and never raw indices. Edges point from operand to
 //! user and carry the operand's position.
 
+use std::collections::BTreeMap;
+
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
@@ -53,6 +55,23 @@ pub struct Graph {
     pub result_types: Vec<(TensorType, Span)>,
     /// Span of the `return` statement.
     pub return_span: Span,
+    /// The source's comments, kept so that `tpc fmt` does not lose them.
+    pub comments: Comments,
+}
+
+/// Comments attached to the places the printer writes them. Text is what followed the `#`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Comments {
+    /// Before the `mesh` line (and comments from inside the signature).
+    pub header: Vec<String>,
+    /// On lines of their own before a statement.
+    pub before: BTreeMap<ValueId, Vec<String>>,
+    /// At the end of a statement's line.
+    pub trailing: BTreeMap<ValueId, String>,
+    pub before_return: Vec<String>,
+    pub trailing_return: Option<String>,
+    /// Before the closing `}`.
+    pub before_close: Vec<String>,
 }
 
 impl Graph {
@@ -67,6 +86,7 @@ impl Graph {
             outputs: Vec::new(),
             result_types: Vec::new(),
             return_span: Span::DUMMY,
+            comments: Comments::default(),
         }
     }
 

@@ -18,7 +18,7 @@ pub mod verify;
 pub use diag::{Diagnostic, Severity, SourceFile};
 pub use dim::{Dim, DimError};
 pub use dtype::DType;
-pub use graph::{Graph, Node, ValueId};
+pub use graph::{Comments, Graph, Node, ValueId};
 pub use mesh::{Mesh, MeshAxis};
 pub use op::{AttrValue, BinaryOp, GeluApprox, Op, ReduceKind, UnaryOp};
 pub use span::Span;

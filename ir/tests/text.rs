@@ -95,3 +95,13 @@ fn several_errors_are_reported_at_once_without_cascades() {
     assert!(!r.contains("%y`"), "no cascade from the poisoned %y: {r}");
     assert!(r.contains("t.ir:2:12"), "{r}");
 }
+
+#[test]
+fn comments_survive_formatting() {
+    let src = "# header\nmesh tp # axis\n\nfunc @f(%x: f32[4], # the input\n        %w: f32[4]) {\n  # before y\n  %y = add(%x, %w)  # trailing y\n  # before return\n  return %y # done\n  # before close\n}\n# after\n";
+    let out = roundtrip(src);
+    assert_eq!(
+        out,
+        "# header\n# axis\n# the input\nmesh tp\n\nfunc @f(%x: f32[4], %w: f32[4]) {\n  # before y\n  %y = add(%x, %w)  # trailing y\n  # before return\n  return %y  # done\n  # before close\n  # after\n}\n"
+    );
+}

@@ -76,10 +76,19 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '.'
 }
 
-/// Splits `src` into tokens; the last one is `Eof`.
-pub fn lex(src: &str) -> Vec<Token> {
+/// A `#` comment: its text after the `#`, and whether it stands on a line of its own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comment {
+    pub span: Span,
+    pub text: String,
+    pub own_line: bool,
+}
+
+/// Splits `src` into tokens (the last one is `Eof`) and comments.
+pub fn lex_with_comments(src: &str) -> (Vec<Token>, Vec<Comment>) {
     let bytes = src.as_bytes();
     let mut out = Vec::new();
+    let mut comments = Vec::new();
     let mut i = 0;
     let push = |out: &mut Vec<Token>, tok: Tok, s: usize, e: usize| {
         out.push(Token {
@@ -100,6 +109,15 @@ pub fn lex(src: &str) -> Vec<Token> {
                 while i < bytes.len() && bytes[i] != b'\n' {
                     i += 1;
                 }
+                let own_line = src[..start]
+                    .rsplit('\n')
+                    .next()
+                    .is_none_or(|before| before.trim().is_empty());
+                comments.push(Comment {
+                    span: Span::new(start, i),
+                    text: src[start + 1..i].trim_end().to_string(),
+                    own_line,
+                });
             }
             '%' => {
                 i += 1;
@@ -189,7 +207,13 @@ pub fn lex(src: &str) -> Vec<Token> {
         }
     }
     push(&mut out, Tok::Eof, bytes.len(), bytes.len());
-    out
+    (out, comments)
+}
+
+/// Splits `src` into tokens; the last one is `Eof`.
+#[cfg(test)]
+pub fn lex(src: &str) -> Vec<Token> {
+    lex_with_comments(src).0
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::attrs::{build_op, Attr};
-use super::lexer::{lex, Tok, Token};
+use super::lexer::{lex_with_comments, Comment, Tok, Token};
 use crate::diag::{Diagnostic, SourceFile};
 use crate::dim::Dim;
 use crate::dtype::DType;
@@ -40,19 +40,28 @@ struct Parser<'s> {
     bracket_depth: usize,
     diags: Vec<Diagnostic>,
     names: BTreeMap<String, (Entry, Span)>,
+    comments: Vec<Comment>,
+    /// The function body's closing `}`.
+    close_span: Span,
 }
 
 /// Parses and verifies a program. Returns every diagnostic when there is any error.
 pub fn parse(file: &SourceFile) -> Result<Graph, Vec<Diagnostic>> {
+    let (toks, comments) = lex_with_comments(&file.text);
     let mut p = Parser {
         src: &file.text,
-        toks: lex(&file.text),
+        toks,
+        comments,
+        close_span: Span::DUMMY,
         pos: 0,
         bracket_depth: 0,
         diags: Vec::new(),
         names: BTreeMap::new(),
     };
-    let graph = p.file();
+    let mut graph = p.file();
+    if let Some(g) = graph.as_mut() {
+        attach_comments(g, &p.comments, p.src, p.close_span);
+    }
     match graph {
         Some(g) if p.diags.is_empty() => {
             let diags = crate::verify::verify(&g);
@@ -74,6 +83,54 @@ pub fn parse(file: &SourceFile) -> Result<Graph, Vec<Diagnostic>> {
             Err(p.diags)
         }
     }
+}
+
+/// Gives each comment a place the printer writes it: above the statement it precedes, at the end
+/// of the statement's line it trails, or in the header for comments before or inside the signature.
+fn attach_comments(g: &mut Graph, comments: &[Comment], src: &str, close: Span) {
+    let line = |offset: u32| {
+        src.as_bytes()[..(offset as usize).min(src.len())]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+    };
+    let statements: Vec<(Span, ValueId)> = g
+        .values()
+        .iter()
+        .copied()
+        .filter(|&v| {
+            !matches!(
+                g.op(v),
+                crate::op::Op::Param { .. } | crate::op::Op::Broadcast { implicit: true, .. }
+            )
+        })
+        .map(|v| (g.node(v).span, v))
+        .collect();
+    let body_start = g.span.end;
+    let mut c = crate::graph::Comments::default();
+    for com in comments {
+        let text = com.text.clone();
+        if com.span.start < body_start {
+            c.header.push(text);
+        } else if !com.own_line {
+            let l = line(com.span.start);
+            if let Some(&(_, v)) = statements.iter().find(|(s, _)| line(s.end) == l) {
+                c.trailing.insert(v, text);
+            } else if line(g.return_span.end) == l && c.trailing_return.is_none() {
+                c.trailing_return = Some(text);
+            } else {
+                c.before_close.push(text);
+            }
+        } else if let Some(&(_, v)) = statements.iter().find(|(s, _)| s.start > com.span.start) {
+            c.before.entry(v).or_default().push(text);
+        } else if g.return_span.start > com.span.start {
+            c.before_return.push(text);
+        } else {
+            let _ = close;
+            c.before_close.push(text);
+        }
+    }
+    g.comments = c;
 }
 
 /// Edit distance counting a swap of neighbours as one edit (optimal string alignment), for
@@ -410,6 +467,7 @@ impl<'s> Parser<'s> {
             match self.peek().clone() {
                 Tok::RBrace => {
                     let close = self.bump().span;
+                    self.close_span = close;
                     if !returned {
                         self.error(
                             Diagnostic::error(

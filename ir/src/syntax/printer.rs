@@ -1,6 +1,6 @@
 //! The printer. `Source` mode is what `tpc fmt` writes: types only where the source wrote them,
 //! implicit broadcasts folded back into their users. `Full` mode shows every node and every
-//! value's type, for IR after passes. Comments are not kept.
+//! value's type, for IR after passes. Both keep the source's comments (see `Comments`).
 
 use std::fmt::Write;
 
@@ -115,6 +115,12 @@ fn operand_name(g: &Graph, mut v: ValueId, mode: PrintMode) -> String {
 /// Prints a graph as text.
 pub fn print(g: &Graph, mode: PrintMode) -> String {
     let mut out = String::new();
+    let comment_lines = |out: &mut String, lines: &[String], indent: &str| {
+        for l in lines {
+            let _ = writeln!(out, "{indent}#{l}");
+        }
+    };
+    comment_lines(&mut out, &g.comments.header, "");
     if !g.mesh.is_empty() {
         out.push_str(&mesh_string(&g.mesh));
         out.push('\n');
@@ -157,6 +163,9 @@ pub fn print(g: &Graph, mode: PrintMode) -> String {
             continue;
         }
         let node = g.node(v);
+        if let Some(lines) = g.comments.before.get(&v) {
+            comment_lines(&mut out, lines, "  ");
+        }
         let operands: Vec<String> = g
             .operands(v)
             .into_iter()
@@ -177,14 +186,23 @@ pub fn print(g: &Graph, mode: PrintMode) -> String {
         if mode == PrintMode::Full || node.explicit_type {
             let _ = write!(out, " : {}", type_string(&node.ty));
         }
+        if let Some(t) = g.comments.trailing.get(&v) {
+            let _ = write!(out, "  #{t}");
+        }
         out.push('\n');
     }
+    comment_lines(&mut out, &g.comments.before_return, "  ");
     let outs: Vec<String> = g
         .outputs()
         .iter()
         .map(|&o| operand_name(g, o, mode))
         .collect();
-    let _ = writeln!(out, "  return {}", outs.join(", "));
+    let _ = write!(out, "  return {}", outs.join(", "));
+    if let Some(t) = &g.comments.trailing_return {
+        let _ = write!(out, "  #{t}");
+    }
+    out.push('\n');
+    comment_lines(&mut out, &g.comments.before_close, "  ");
     out.push_str("}\n");
     out
 }
