@@ -166,6 +166,20 @@ fn comparisons_logic_and_where() {
     assert_eq!(out[2].to_f32_vec(), [1., 1., 1.]);
     assert_eq!(out[3].to_f32_vec(), [1., 4., 2.]);
     assert_eq!(out[0].dtype(), DType::Bool);
+    let src = "func @f(%a: i64[3], %b: i64[3]) {\n  %eq = eq(%a, %b)\n  %ne = ne(%a, %b)\n  %le = le(%a, %b)\n  %gt = gt(%a, %b)\n  %not = not(%eq)\n  return %eq, %ne, %le, %gt, %not\n}\n";
+    let a = Tensor::from_i64(vec![3], vec![1, 5, 2]).unwrap();
+    let b = Tensor::from_i64(vec![3], vec![2, 4, 2]).unwrap();
+    let out = try_run(src, vec![("a", a), ("b", b)]).expect("runs");
+    let want: [[f32; 3]; 5] = [
+        [0., 0., 1.],
+        [1., 1., 0.],
+        [1., 0., 1.],
+        [0., 1., 0.],
+        [1., 1., 0.],
+    ];
+    for (t, w) in out.iter().zip(want) {
+        assert_eq!(t.to_f32_vec(), w);
+    }
 }
 
 #[test]
