@@ -41,6 +41,30 @@ pub enum Error {
 }
 
 impl Error {
+    /// Writes the error to standard error, in colour when that is a terminal.
+    pub fn eprint(&self) {
+        use std::io::IsTerminal;
+        use tpc_ir::diag::termcolor::{ColorChoice, StandardStream, WriteColor};
+        let choice = if std::io::stderr().is_terminal() {
+            ColorChoice::Auto
+        } else {
+            ColorChoice::Never
+        };
+        let mut stream = StandardStream::stderr(choice);
+        match self {
+            Error::Program { file, diagnostics } => {
+                tpc_ir::diag::render_to(file, diagnostics, &mut stream)
+            }
+            other => {
+                use std::io::Write;
+                let _ = stream.set_color(tpc_ir::diag::termcolor::ColorSpec::new().set_bold(true));
+                let _ = write!(stream, "error");
+                let _ = stream.reset();
+                let _ = writeln!(stream, ": {other}");
+            }
+        }
+    }
+
     /// The error as a person should read it: diagnostics rendered with source lines and carets.
     pub fn render(&self) -> String {
         match self {

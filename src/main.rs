@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprint!("{}", e.render());
+            e.eprint();
             ExitCode::from(1)
         }
     }

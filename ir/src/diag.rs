@@ -3,7 +3,9 @@
 
 use codespan_reporting::diagnostic::{Diagnostic as CsDiagnostic, Label};
 use codespan_reporting::files::SimpleFile;
-use codespan_reporting::term::{self, termcolor};
+use codespan_reporting::term;
+/// Re-exported so that callers can render to a colour terminal without naming codespan.
+pub use codespan_reporting::term::termcolor;
 
 use crate::span::Span;
 
