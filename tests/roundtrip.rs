@@ -198,6 +198,9 @@ proptest! {
             let once = print(&g, mode);
             let g2 = parse(&SourceFile::new("once.ir", &once)).map_err(|d| TestCaseError::fail(format!("{once}\n{}", render("once.ir", &once, &d))))?;
             prop_assert_eq!(print(&g2, mode), once);
+            // The printed program means the same: same ops, attributes and types.
+            let ops = |g: &tpc::Graph| g.values().iter().map(|&v| (g.op(v).clone(), g.ty(v).clone())).collect::<Vec<_>>();
+            prop_assert_eq!(ops(&g2), ops(&g));
         }
     }
 

@@ -17,6 +17,13 @@ fn roundtrip(src: &str) -> String {
         )
     });
     assert_eq!(print(&g2, PrintMode::Source), once);
+    let ops = |g: &tpc_ir::Graph| {
+        g.values()
+            .iter()
+            .map(|&v| g.op(v).clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ops(&g2), ops(&g), "printing changed what an op means");
     let full = print(&g, PrintMode::Full);
     let g3 = parse(&SourceFile::new("t3.ir", &full)).unwrap_or_else(|d| {
         panic!(
@@ -103,5 +110,27 @@ fn comments_survive_formatting() {
     assert_eq!(
         out,
         "# header\n# axis\n# the input\nmesh tp\n\nfunc @f(%x: f32[4], %w: f32[4]) {\n  # before y\n  %y = add(%x, %w)  # trailing y\n  # before return\n  return %y  # done\n  # before close\n  # after\n}\n"
+    );
+}
+
+/// Every op written with its defaults left out means the same as with them written out.
+#[test]
+fn defaults_left_out_by_fmt_are_the_decoder_defaults() {
+    let src = "func @f(%x: f32[2, 3], %w: f32[3], %i: i64[2]) {\n  %a = gelu(%x)\n  %b = sum(%a) {dims = [1]}\n  %c = layer_norm(%x, %w)\n  %c2 = layer_norm(%x)\n  %d = rms_norm(%x, %w)\n  %e = slice(%x) {dim = 1, end = 2}\n  %f = sdpa(%x, %x, %x)\n  %g = rand_like(%x)\n  %h = dropout(%x)\n  %k = full() {shape = [2], value = 1}\n  %l = cross_entropy(%x, %i)\n  return %b, %c, %c2, %d, %e, %f, %g, %h, %k, %l\n}\n";
+    let written = "func @f(%x: f32[2, 3], %w: f32[3], %i: i64[2]) {\n  %a = gelu(%x) {approximate = none}\n  %b = sum(%a) {dims = [1], keepdim = false}\n  %c = layer_norm(%x, %w) {eps = 1e-5, normalized = 1}\n  %c2 = layer_norm(%x) {eps = 0.00001, normalized = 1}\n  %d = rms_norm(%x, %w) {normalized = 1}\n  %e = slice(%x) {dim = 1, start = 0, end = 2, step = 1}\n  %f = sdpa(%x, %x, %x) {causal = false}\n  %g = rand_like(%x) {seed = 0}\n  %h = dropout(%x) {p = 0.5, seed = 0}\n  %k = full() {shape = [2], value = 1.0, dtype = f32}\n  %l = cross_entropy(%x, %i) {ignore_index = -100}\n  return %b, %c, %c2, %d, %e, %f, %g, %h, %k, %l\n}\n";
+    let a = parse(&SourceFile::new("a.ir", src)).expect("valid");
+    let b = parse(&SourceFile::new("b.ir", written)).expect("valid");
+    let ops = |g: &tpc_ir::Graph| {
+        g.values()
+            .iter()
+            .map(|&v| g.op(v).clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ops(&a), ops(&b));
+    assert_eq!(print(&a, PrintMode::Source), roundtrip(src));
+    assert_eq!(print(&b, PrintMode::Source), print(&a, PrintMode::Source));
+    assert!(
+        !print(&a, PrintMode::Source).contains("= none"),
+        "defaults are left out"
     );
 }

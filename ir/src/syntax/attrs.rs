@@ -390,3 +390,32 @@ pub fn build_op(
         other => Some(other),
     }
 }
+
+/// The attributes an op takes by default, as `Op::attrs` would write them: the decoder fills
+/// these in when the text leaves them out, and the printer leaves out the ones that match.
+pub fn default_attrs(op: &Op, operands: &[&TensorType]) -> Vec<(&'static str, AttrValue)> {
+    let norm_default = || operands.get(1).map(|w| w.rank()).unwrap_or(1) as i64;
+    match op {
+        Op::Gelu { .. } => vec![("approximate", AttrValue::Ident("none".into()))],
+        Op::Reduce { .. } => vec![("keepdim", AttrValue::Bool(false))],
+        Op::LayerNorm { .. } => vec![
+            ("eps", AttrValue::Float(1e-5)),
+            ("normalized", AttrValue::Int(norm_default())),
+        ],
+        Op::RmsNorm { .. } => vec![("normalized", AttrValue::Int(norm_default()))],
+        Op::Slice { dim, .. } => {
+            // `end` is always written: a slice reads better with both bounds in sight.
+            let _ = dim;
+            vec![
+                ("start", AttrValue::Dim(Dim::constant(0))),
+                ("step", AttrValue::Int(1)),
+            ]
+        }
+        Op::Sdpa { .. } => vec![("causal", AttrValue::Bool(false))],
+        Op::RandLike { .. } => vec![("seed", AttrValue::Int(0))],
+        Op::Dropout { .. } => vec![("p", AttrValue::Float(0.5)), ("seed", AttrValue::Int(0))],
+        Op::Full { .. } => vec![("dtype", AttrValue::Ident("f32".into()))],
+        Op::CrossEntropy { .. } => vec![("ignore_index", AttrValue::Int(-100))],
+        _ => Vec::new(),
+    }
+}

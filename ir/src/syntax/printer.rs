@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use super::attrs::default_attrs;
 use crate::dim::Dim;
 use crate::graph::{Graph, ValueId};
 use crate::mesh::Mesh;
@@ -178,7 +179,15 @@ pub fn print(g: &Graph, mode: PrintMode) -> String {
             node.op.name(),
             operands.join(", ")
         );
-        let attrs = node.op.attrs();
+        let operand_tys: Vec<&TensorType> = g.operands(v).into_iter().map(|o| g.ty(o)).collect();
+        let defaults = default_attrs(&node.op, &operand_tys);
+        // Attributes equal to their defaults are left out, so `fmt` prints what a person writes.
+        let attrs: Vec<(&str, crate::op::AttrValue)> = node
+            .op
+            .attrs()
+            .into_iter()
+            .filter(|a| !defaults.contains(a))
+            .collect();
         if !attrs.is_empty() {
             let attrs: Vec<String> = attrs.iter().map(|(k, v)| format!("{k} = {v}")).collect();
             let _ = write!(out, " {{{}}}", attrs.join(", "));
