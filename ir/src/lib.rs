@@ -10,6 +10,7 @@ pub mod graph;
 pub mod infer;
 pub mod mesh;
 pub mod op;
+pub mod rule;
 pub mod span;
 pub mod syntax;
 pub mod types;
