@@ -148,3 +148,29 @@ fn annotations_never_change_results() {
         );
     }
 }
+
+/// Every op of every example has a factor rule that fits its shapes, and the fused QKV reshape
+/// makes the heads a factor of the fused dim.
+#[test]
+fn factor_rules_fit_every_example() {
+    for path in common::ir_files("examples") {
+        let g = common::load(&path);
+        for &v in g.values() {
+            let tys: Vec<&tpc::ir::TensorType> =
+                g.operands(v).into_iter().map(|o| g.ty(o)).collect();
+            let rule = tpc::ir::rule_of(&g, v);
+            if let Err(e) = tpc::ir::check_rule(&rule, &tys, &g.ty(v).shape) {
+                panic!("{} %{}: {e}", path.display(), g.name(v));
+            }
+        }
+    }
+    let g = common::load(&common::root().join("examples/attention_glm.ir"));
+    let heads = g.find("qkv.heads").expect("the reshape");
+    let rule = tpc::ir::rule_of(&g, heads);
+    let fused: Vec<String> = rule
+        .operand_dim(0, 2)
+        .iter()
+        .map(|&f| rule.factors[f].extent.to_string())
+        .collect();
+    assert_eq!(fused, ["3", "16", "48"]);
+}

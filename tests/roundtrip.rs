@@ -194,6 +194,12 @@ proptest! {
     #[test]
     fn random_programs_round_trip(text in program()) {
         let g = parse(&SourceFile::new("gen.ir", &text)).map_err(|d| TestCaseError::fail(format!("{text}\n{}", render("gen.ir", &text, &d))))?;
+        // Every op's factor rule fits its shapes.
+        for &v in g.values() {
+            let tys: Vec<&tpc::ir::TensorType> = g.operands(v).into_iter().map(|o| g.ty(o)).collect();
+            tpc::ir::check_rule(&tpc::ir::rule_of(&g, v), &tys, &g.ty(v).shape)
+                .map_err(|e| TestCaseError::fail(format!("{text}\n%{}: {e}", g.name(v))))?;
+        }
         for mode in [PrintMode::Source, PrintMode::Full] {
             let once = print(&g, mode);
             let g2 = parse(&SourceFile::new("once.ir", &once)).map_err(|d| TestCaseError::fail(format!("{once}\n{}", render("once.ir", &once, &d))))?;

@@ -22,6 +22,7 @@ pub use dtype::DType;
 pub use graph::{Comments, Graph, Node, ValueId};
 pub use mesh::{Mesh, MeshAxis};
 pub use op::{AttrValue, BinaryOp, GeluApprox, Op, ReduceKind, UnaryOp};
+pub use rule::{check_rule, factor_rule, rule_of, FactorKind, FactorRule};
 pub use span::Span;
 pub use syntax::{parse, print, PrintMode};
 pub use types::{DimSharding, Factor, Partial, ReduceOp, Sharding, TensorType};

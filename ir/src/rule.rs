@@ -291,6 +291,62 @@ pub fn factor_rule(op: &Op, xs: &[&TensorType], out: &[Dim]) -> FactorRule {
     r
 }
 
+/// Checks that a rule fits the shapes it was made for: one factor list per dim, each multiplying
+/// to its dim, reductions only in operands and new factors only in the result. For tests and
+/// debug assertions in the passes.
+pub fn check_rule(rule: &FactorRule, operands: &[&TensorType], out: &[Dim]) -> Result<(), String> {
+    let fits = |dims: &[Vec<FactorId>], shape: &[Dim], what: &str| -> Result<(), String> {
+        if dims.len() != shape.len() {
+            return Err(format!(
+                "{what}: {} factor lists for rank {}",
+                dims.len(),
+                shape.len()
+            ));
+        }
+        for (i, (fs, d)) in dims.iter().zip(shape).enumerate() {
+            let mut p = Dim::constant(1);
+            for &f in fs {
+                let def = rule
+                    .factors
+                    .get(f)
+                    .ok_or_else(|| format!("{what}: factor {f} does not exist"))?;
+                p = p.mul(&def.extent).map_err(|e| e.to_string())?;
+            }
+            if p != *d {
+                return Err(format!("{what} dim {i}: factors multiply to {p}, not {d}"));
+            }
+        }
+        Ok(())
+    };
+    if rule.operands.len() != operands.len() {
+        return Err(format!(
+            "{} operand lists for {} operands",
+            rule.operands.len(),
+            operands.len()
+        ));
+    }
+    for (k, (dims, ty)) in rule.operands.iter().zip(operands).enumerate() {
+        fits(dims, &ty.shape, &format!("operand {k}"))?;
+        if dims
+            .iter()
+            .flatten()
+            .any(|&f| rule.factors[f].kind == FactorKind::New)
+        {
+            return Err(format!("operand {k} has a new factor"));
+        }
+    }
+    fits(&rule.result, out, "result")?;
+    if rule
+        .result
+        .iter()
+        .flatten()
+        .any(|&f| matches!(rule.factors[f].kind, FactorKind::Reduction(_)))
+    {
+        return Err("the result has a reduction factor".into());
+    }
+    Ok(())
+}
+
 /// Stand-in values for symbols when grouping reshape dims: distinct large primes, so that two
 /// products agree numerically only when they agree symbolically (checked exactly afterwards).
 fn estimate(d: &Dim) -> Option<i128> {
