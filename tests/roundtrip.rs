@@ -87,7 +87,7 @@ fn param(index: usize, axes: Vec<&'static str>) -> impl Strategy<Value = Param> 
 
 /// The name of a value: plain or dotted like a checkpoint's.
 fn vname(i: usize) -> String {
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         format!("v{i}.out")
     } else {
         format!("v{i}")

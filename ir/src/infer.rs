@@ -65,7 +65,7 @@ fn need_float(op: &Op, x: &TensorType, i: usize) -> Result<(), InferError> {
             x.dtype
         ))
         .at(i)
-        .hint(format!("cast it first: `cast(…) {{dtype = f32}}`")));
+        .hint("cast it first: `cast(…) {dtype = f32}`".to_string()));
     }
     Ok(())
 }

@@ -407,10 +407,10 @@ fn reshape_factors(
         }
         factor_group(
             r,
-            &from,
+            from,
             &a_idx[gi..i],
             &mut a_out,
-            &to,
+            to,
             &b_idx[gj..j],
             &mut b_out,
         );

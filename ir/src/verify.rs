@@ -49,7 +49,7 @@ fn check_mesh(g: &Graph, diags: &mut Vec<Diagnostic>) {
             ));
         }
         if let Some(size) = a.size {
-            if size < 1 || size > 1 << 20 {
+            if !(1..=1 << 20).contains(&size) {
                 diags.push(
                     Diagnostic::error(
                         format!("mesh axis `{}` has size {size}", a.name),

@@ -30,7 +30,7 @@ fn concrete_shapes(
                 .ok_or_else(|| too_large(g, v, u64::MAX, limits))?;
             dims.push(n as usize);
         }
-        let bytes = elems.checked_mul(ty.dtype.size_bytes()).unwrap_or(u64::MAX);
+        let bytes = elems.saturating_mul(ty.dtype.size_bytes());
         if bytes > limits.max_bytes || elems > isize::MAX as u64 / 8 {
             return Err(too_large(g, v, bytes, limits));
         }

@@ -208,7 +208,7 @@ fn integer_arithmetic_truncates_and_rejects_division_by_zero() {
 #[test]
 fn casts_follow_torch() {
     let src = "func @f(%x: f32[4]) {\n  %i = cast(%x) {dtype = i64}\n  %b = cast(%x) {dtype = bool}\n  %h = cast(%x) {dtype = bf16}\n  return %i, %b, %h\n}\n";
-    let out = try_run(src, vec![("x", f32s(&[4], &[2.7, -2.7, 0.0, 1.00390625]))]).expect("runs");
+    let out = try_run(src, vec![("x", f32s(&[4], &[2.7, -2.7, 0.0, 1.003_906_3]))]).expect("runs");
     assert_eq!(out[0].to_f32_vec(), [2., -2., 0., 1.]);
     assert_eq!(out[1].to_f32_vec(), [1., 1., 0., 1.]);
     // 1 + 2^-8 lies halfway between bf16 neighbours 1 and 1 + 2^-7: ties go to even, 1.

@@ -94,11 +94,8 @@ pub fn linear(
     out_shape: &[usize],
 ) -> Result<Tensor> {
     let (out_f, in_f) = (w.shape()[0], w.shape()[1]);
-    let rows = if in_f == 0 {
-        out_shape[..out_shape.len() - 1].iter().product()
-    } else {
-        x.numel() / in_f
-    };
+    // The output's leading dims, not numel / in, so that in = 0 needs no special case.
+    let rows: usize = out_shape[..out_shape.len() - 1].iter().product();
     let mut out = vec![0f32; rows * out_f];
     // w^T as a [in, out] view of w: row stride 1, column stride `in`.
     gemm(
