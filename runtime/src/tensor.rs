@@ -186,27 +186,36 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
+/// The source offset of every element of a tensor of shape `shape` (row-major order) read
+/// through `strides`: strides of a permutation, or 0 on broadcast dims.
+pub fn strided_offsets(shape: &[usize], strides: &[usize]) -> Vec<usize> {
+    let n = numel(shape);
+    let mut out = Vec::with_capacity(n);
+    let mut idx = vec![0usize; shape.len()];
+    let mut offset = 0usize;
+    for _ in 0..n {
+        out.push(offset);
+        // Increment the multi-index from the innermost dim, keeping the offset in step.
+        for d in (0..shape.len()).rev() {
+            idx[d] += 1;
+            offset += strides[d];
+            if idx[d] < shape[d] {
+                break;
+            }
+            offset -= strides[d] * shape[d];
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
 /// Gathers `src` (with `shape`) into the order `perm`: result dim `i` is source dim `perm[i]`.
 pub fn permute_vec<T: Copy>(src: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
     let st = strides(shape);
     let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
     let out_st: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
-    let n = numel(&out_shape);
-    let mut out = Vec::with_capacity(n);
-    let mut idx = vec![0usize; out_shape.len()];
-    let mut offset = 0usize;
-    for _ in 0..n {
-        out.push(src[offset]);
-        // Increment the multi-index from the innermost dim, keeping the source offset in step.
-        for d in (0..out_shape.len()).rev() {
-            idx[d] += 1;
-            offset += out_st[d];
-            if idx[d] < out_shape[d] {
-                break;
-            }
-            offset -= out_st[d] * out_shape[d];
-            idx[d] = 0;
-        }
-    }
-    out
+    strided_offsets(&out_shape, &out_st)
+        .into_iter()
+        .map(|o| src[o])
+        .collect()
 }

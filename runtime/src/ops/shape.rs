@@ -2,7 +2,7 @@
 
 use tpc_ir::DType;
 
-use crate::tensor::{numel, permute_vec, round_to, strides, Data, Tensor};
+use crate::tensor::{numel, permute_vec, round_to, strided_offsets, strides, Data, Tensor};
 use crate::Result;
 
 fn map_data(
@@ -38,23 +38,7 @@ fn broadcast_index(src: &[usize], dst: &[usize]) -> Vec<usize> {
             }
         })
         .collect();
-    let n = numel(dst);
-    let mut out = Vec::with_capacity(n);
-    let mut idx = vec![0usize; dst.len()];
-    let mut off = 0usize;
-    for _ in 0..n {
-        out.push(off);
-        for d in (0..dst.len()).rev() {
-            idx[d] += 1;
-            off += st[d];
-            if idx[d] < dst[d] {
-                break;
-            }
-            off -= st[d] * dst[d];
-            idx[d] = 0;
-        }
-    }
-    out
+    strided_offsets(dst, &st)
 }
 
 pub fn broadcast(x: &Tensor, shape: &[usize]) -> Tensor {
