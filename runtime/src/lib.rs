@@ -5,6 +5,7 @@
 //! bf16/f16 values are stored rounded, ops compute in f32 and round once, GEMMs run on
 //! matrixmultiply's sgemm, random numbers come from Philox keyed by seed and global index.
 
+pub mod collective;
 mod exec;
 mod inputs;
 mod io;
@@ -55,6 +56,8 @@ pub enum Error {
     Value(String),
     #[error("{0}")]
     Io(String),
+    #[error("rank {rank} failed: {message}")]
+    RankFailed { rank: usize, message: String },
     #[error("internal error in the reference executor: {0}")]
     Internal(String),
 }
