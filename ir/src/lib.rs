@@ -8,6 +8,7 @@ pub mod dim;
 pub mod dtype;
 pub mod graph;
 pub mod infer;
+pub mod layout;
 pub mod mesh;
 pub mod op;
 pub mod rule;

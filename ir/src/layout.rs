@@ -1,0 +1,206 @@
+//! Where each piece of a sharded tensor lives: per-rank index maps for factor splits, multi-axis
+//! splits and uneven splits. Lowering, the executors and the weight-sharding tool all cut and
+//! place tensors with these maps, so they agree by construction.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use crate::types::{DimSharding, Sharding};
+
+/// A rank's position on the mesh: for each axis, its index and the axis size.
+pub type MeshCoords = BTreeMap<String, (usize, usize)>;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("mesh axis `{0}` has no coordinate for this rank")]
+    UnknownAxis(String),
+    #[error("dim of extent {extent} has factors multiplying to {product}")]
+    FactorMismatch { extent: usize, product: usize },
+}
+
+/// Part `part` of `extent` elements cut into `parts`: the first `extent % parts` parts hold one
+/// element more than the others, so an uneven split needs no padding.
+pub fn split_range(extent: usize, parts: usize, part: usize) -> Range<usize> {
+    let base = extent / parts;
+    let extra = extent % parts;
+    let start = part * base + part.min(extra);
+    start..start + base + usize::from(part < extra)
+}
+
+/// This rank's part number and the number of parts for a factor split over `axes` (major first).
+fn part_of(axes: &[String], coords: &MeshCoords) -> Result<(usize, usize), LayoutError> {
+    let mut part = 0;
+    let mut parts = 1;
+    for a in axes {
+        let &(index, size) = coords
+            .get(a)
+            .ok_or_else(|| LayoutError::UnknownAxis(a.clone()))?;
+        part = part * size + index;
+        parts *= size;
+    }
+    Ok((part, parts))
+}
+
+/// The global indices, in order, that this rank holds of a dim of `extent` laid out as `ds`,
+/// where `factors` are the bound extents of `ds.factors` (ignored when it has none).
+pub fn dim_indices(
+    extent: usize,
+    ds: &DimSharding,
+    factors: &[usize],
+    coords: &MeshCoords,
+) -> Result<Vec<usize>, LayoutError> {
+    if ds.factors.is_empty() {
+        return Ok((0..extent).collect());
+    }
+    let product: usize = factors.iter().product();
+    if product != extent || factors.len() != ds.factors.len() {
+        return Err(LayoutError::FactorMismatch { extent, product });
+    }
+    // Row-major over the factors: each factor contributes its local range times its stride.
+    let mut out = vec![0usize];
+    let mut stride = extent;
+    for (f, &n) in ds.factors.iter().zip(factors) {
+        stride /= n.max(1);
+        let range = if f.axes.is_empty() {
+            0..n
+        } else {
+            let (part, parts) = part_of(&f.axes, coords)?;
+            split_range(n, parts, part)
+        };
+        out = out
+            .iter()
+            .flat_map(|&base| range.clone().map(move |i| base + i * stride))
+            .collect();
+    }
+    Ok(out)
+}
+
+/// The global indices this rank holds along every dim of a tensor with `shape` and `sharding`;
+/// `factors[d]` are the bound factor extents of dim `d`.
+pub fn local_indices(
+    shape: &[usize],
+    sharding: &Sharding,
+    factors: &[Vec<usize>],
+    coords: &MeshCoords,
+) -> Result<Vec<Vec<usize>>, LayoutError> {
+    let default = DimSharding::default();
+    shape
+        .iter()
+        .enumerate()
+        .map(|(d, &n)| {
+            let ds = sharding.dims.get(d).unwrap_or(&default);
+            dim_indices(
+                n,
+                ds,
+                factors.get(d).map(Vec::as_slice).unwrap_or(&[]),
+                coords,
+            )
+        })
+        .collect()
+}
+
+/// Flat row-major offsets into the global tensor of every local element, in local row-major
+/// order: the gather that cuts a rank's piece, or the scatter that places it back.
+pub fn flat_offsets(shape: &[usize], indices: &[Vec<usize>]) -> Vec<usize> {
+    let mut out = vec![0usize];
+    let mut stride: usize = shape.iter().product();
+    for (d, idx) in indices.iter().enumerate() {
+        stride /= shape[d].max(1);
+        out = out
+            .iter()
+            .flat_map(|&base| idx.iter().map(move |&i| base + i * stride))
+            .collect();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Factor;
+
+    fn coords(axes: &[(&str, usize, usize)]) -> MeshCoords {
+        axes.iter()
+            .map(|(a, i, n)| (a.to_string(), (*i, *n)))
+            .collect()
+    }
+
+    fn factors(spec: &[(i64, &[&str])]) -> DimSharding {
+        DimSharding {
+            factors: spec
+                .iter()
+                .map(|(n, axes)| Factor {
+                    extent: (*n).into(),
+                    axes: axes.iter().map(|a| a.to_string()).collect(),
+                })
+                .collect(),
+            closed: false,
+        }
+    }
+
+    #[test]
+    fn uneven_splits_give_the_first_ranks_one_more() {
+        let parts: Vec<Range<usize>> = (0..8).map(|p| split_range(12, 8, p)).collect();
+        assert_eq!(parts[0], 0..2);
+        assert_eq!(parts[3], 6..8);
+        assert_eq!(parts[4], 8..9);
+        assert_eq!(parts[7], 11..12);
+        assert_eq!(
+            split_range(3, 8, 5),
+            3..3,
+            "more ranks than elements: some hold none"
+        );
+    }
+
+    #[test]
+    fn glm_fused_qkv_keeps_whole_heads_of_q_k_and_v() {
+        // (3, 16@tp, 48) over tp = 8: rank 3 holds heads 6 and 7 of q, of k and of v.
+        let ds = factors(&[(3, &[]), (16, &["tp"]), (48, &[])]);
+        let idx = dim_indices(2304, &ds, &[3, 16, 48], &coords(&[("tp", 3, 8)])).unwrap();
+        assert_eq!(idx.len(), 3 * 2 * 48);
+        assert_eq!(idx[0], 6 * 48);
+        assert_eq!(idx[96], 768 + 6 * 48, "then k's heads 6 and 7");
+        assert_eq!(idx[192], 1536 + 6 * 48, "then v's");
+        // Bloom's (16@tp, 3, 48): one contiguous block of two heads' q, k, v.
+        let ds = factors(&[(16, &["tp"]), (3, &[]), (48, &[])]);
+        let idx = dim_indices(2304, &ds, &[16, 3, 48], &coords(&[("tp", 3, 8)])).unwrap();
+        assert_eq!(idx, (6 * 144..8 * 144).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn two_axes_split_one_factor_major_first_and_pieces_tile_the_tensor() {
+        let ds = factors(&[(8, &["dp", "tp"])]);
+        let idx = dim_indices(8, &ds, &[8], &coords(&[("dp", 1, 2), ("tp", 2, 4)])).unwrap();
+        assert_eq!(idx, [6]);
+        // Every element of a [4, 2304] tensor with (3, 12@tp, 64)-split rows is held exactly once.
+        let mut sharding = Sharding::replicated(2);
+        sharding.dims[1] = factors(&[(3, &[]), (12, &["tp"]), (64, &[])]);
+        let mut seen = vec![0u8; 4 * 2304];
+        for rank in 0..8 {
+            let idx = local_indices(
+                &[4, 2304],
+                &sharding,
+                &[vec![], vec![3, 12, 64]],
+                &coords(&[("tp", rank, 8)]),
+            )
+            .unwrap();
+            for o in flat_offsets(&[4, 2304], &idx) {
+                seen[o] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&c| c == 1));
+    }
+
+    #[test]
+    fn mismatched_factors_and_missing_axes_are_errors() {
+        let ds = factors(&[(3, &[]), (16, &["tp"])]);
+        assert!(matches!(
+            dim_indices(50, &ds, &[3, 16], &coords(&[("tp", 0, 2)])),
+            Err(LayoutError::FactorMismatch { .. })
+        ));
+        assert!(matches!(
+            dim_indices(48, &ds, &[3, 16], &MeshCoords::new()),
+            Err(LayoutError::UnknownAxis(_))
+        ));
+    }
+}
