@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod gen;
+
 pub use tpc_ir as ir;
 pub use tpc_passes as passes;
 pub use tpc_runtime as runtime;

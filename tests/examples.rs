@@ -174,3 +174,32 @@ fn factor_rules_fit_every_example() {
         .collect();
     assert_eq!(fused, ["3", "16", "48"]);
 }
+
+/// The generated GPT stacks parse, verify, round-trip, have fitting factor rules, and run.
+#[test]
+fn generated_gpt_stacks_are_valid_programs() {
+    use tpc::gen::{gpt_stack, Annotate};
+    for (layers, annotate) in [(1, Annotate::Megatron), (3, Annotate::None)] {
+        let text = gpt_stack(layers, 4, 32, annotate);
+        let g = tpc::load("gen.ir", &text).unwrap_or_else(|e| panic!("{text}\n{}", e.render()));
+        assert_eq!(g.params().len(), 1 + 12 * layers);
+        assert_eq!(g.len() - g.params().len(), 21 * layers);
+        let printed = print(&g, PrintMode::Source);
+        assert_eq!(
+            print(
+                &tpc::load("p.ir", &printed).expect("reparses"),
+                PrintMode::Source
+            ),
+            printed
+        );
+        for &v in g.values() {
+            let tys: Vec<&tpc::ir::TensorType> =
+                g.operands(v).into_iter().map(|o| g.ty(o)).collect();
+            tpc::ir::check_rule(&tpc::ir::rule_of(&g, v), &tys, &g.ty(v).shape).expect("rule fits");
+        }
+        let out = run(&g, 3);
+        assert_eq!(out[0].shape(), &[2, 8, 32]);
+        assert!(out[0].to_f32_vec().iter().all(|x| x.is_finite()));
+        assert_eq!(text.contains("@tp"), annotate == Annotate::Megatron);
+    }
+}
