@@ -40,7 +40,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    if embed % heads != 0 {
+    if !embed.is_multiple_of(heads) {
         eprintln!("error: --embed {embed} is not a multiple of --heads {heads}");
         return ExitCode::from(1);
     }
