@@ -191,6 +191,14 @@ impl Dim {
     }
 
     pub fn mul(&self, other: &Dim) -> Result<Dim, DimError> {
+        // Fast paths: shapes are mostly constants and single symbols, and this runs for every
+        // element count the verifier and inference compute.
+        if let Some(c) = other.as_const() {
+            return self.scale(c);
+        }
+        if let Some(c) = self.as_const() {
+            return other.scale(c);
+        }
         let mut out = Dim::default();
         for (ma, ca) in &self.terms {
             for (mb, cb) in &other.terms {
@@ -200,6 +208,21 @@ impl Dim {
             }
         }
         Ok(out)
+    }
+
+    /// Every coefficient times `c`.
+    fn scale(&self, c: i64) -> Result<Dim, DimError> {
+        match c {
+            0 => Ok(Dim::default()),
+            1 => Ok(self.clone()),
+            _ => {
+                let mut terms = self.terms.clone();
+                for r in terms.values_mut() {
+                    *r = r.mul(Ratio::int(c as i128))?;
+                }
+                Ok(Dim { terms })
+            }
+        }
     }
 
     /// Exact division by a monomial (`S/8`, `3*E/E`).

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::diag::Diagnostic;
 use crate::dim::Dim;
 use crate::graph::{Graph, ValueId};
-use crate::infer::{infer, numel, MAX_ELEMENTS};
+use crate::infer::{infer, MAX_ELEMENTS};
 use crate::op::Op;
 use crate::types::TensorType;
 
@@ -168,19 +168,22 @@ pub fn check_type(g: &Graph, v: ValueId, ty: &TensorType, diags: &mut Vec<Diagno
             }
         }
     }
-    match numel(&ty.shape).and_then(|n| n.as_const().map(Some).unwrap_or(Some(0)).map(|c| (n, c))) {
-        None => diags.push(err(
-            format!("`%{}` has more elements than can be counted", node.name),
-            "too large",
-        )),
-        Some((_, c)) if c > MAX_ELEMENTS => diags.push(
-            err(
-                format!("`%{}` has {c} elements", node.name),
-                "tensor too large",
-            )
-            .with_help("a tensor holds at most 2^40 elements"),
-        ),
-        _ => {}
+    // Symbolic element counts are bounded when the symbols are bound; known ones here.
+    let known = ty
+        .shape
+        .iter()
+        .map(Dim::as_const)
+        .try_fold(1i64, |acc, d| d.map(|d| acc.saturating_mul(d)));
+    if let Some(count) = known {
+        if count > MAX_ELEMENTS {
+            diags.push(
+                err(
+                    format!("`%{}` has {count} elements", node.name),
+                    "tensor too large",
+                )
+                .with_help("a tensor holds at most 2^40 elements"),
+            );
+        }
     }
     let sh = &ty.sharding;
     if sh.dims.len() != ty.shape.len() {
