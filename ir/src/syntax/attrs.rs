@@ -47,6 +47,18 @@ impl<'a> Reader<'a> {
         self.attrs.iter().find(|a| a.name == name)
     }
 
+    /// An attribute that `default_attrs` gives a default, so it is always present.
+    fn defaulted(&mut self, name: &'static str) -> Result<&'a Attr, AttrError> {
+        self.get(name).ok_or_else(|| {
+            self.err(
+                self.op_span,
+                format!("internal: `{name}` of `{}` has no default", self.op),
+                "here",
+                None,
+            )
+        })
+    }
+
     fn required(&mut self, name: &'static str, example: &str) -> Result<&'a Attr, AttrError> {
         self.get(name).ok_or_else(|| {
             self.err(
@@ -197,9 +209,22 @@ pub fn build_op(
     attrs: &[Attr],
     operands: &[&TensorType],
 ) -> Option<Result<Op, AttrError>> {
+    // The text's attributes, then the defaults of those it leaves out (one table for the decoder
+    // and the printer).
+    let mut merged: Vec<Attr> = attrs.to_vec();
+    for (n, value) in default_attrs(name, operands) {
+        if !attrs.iter().any(|a| a.name == n) {
+            merged.push(Attr {
+                name: n.to_string(),
+                name_span: op_span,
+                value,
+                value_span: op_span,
+            });
+        }
+    }
     let mut r = Reader {
         op: name,
-        attrs,
+        attrs: &merged,
         op_span,
         allowed: Vec::new(),
     };
@@ -212,9 +237,9 @@ pub fn build_op(
         } else if let Some((kind, _)) = REDUCE_OPS.iter().find(|(_, n)| *n == name) {
             let dims = r.required("dims", "dims = [-1]")?;
             let dims = r.axes(dims, rank)?;
-            let keepdim = match r.get("keepdim") {
-                Some(a) => r.bool(a)?,
-                None => false,
+            let keepdim = {
+                let a = r.defaulted("keepdim")?;
+                r.bool(a)?
             };
             Op::Reduce {
                 kind: *kind,
@@ -224,13 +249,11 @@ pub fn build_op(
         } else {
             match name {
                 "gelu" => {
-                    let approximate = match r.get("approximate") {
-                        None => GeluApprox::None,
-                        Some(a) => match &a.value {
-                            AttrValue::Ident(s) if s == "none" => GeluApprox::None,
-                            AttrValue::Ident(s) if s == "tanh" => GeluApprox::Tanh,
-                            _ => return Err(r.kind_err(a, "`none` or `tanh`")),
-                        },
+                    let a = r.defaulted("approximate")?;
+                    let approximate = match &a.value {
+                        AttrValue::Ident(s) if s == "none" => GeluApprox::None,
+                        AttrValue::Ident(s) if s == "tanh" => GeluApprox::Tanh,
+                        _ => return Err(r.kind_err(a, "`none` or `tanh`")),
                     };
                     Op::Gelu { approximate }
                 }
@@ -258,9 +281,9 @@ pub fn build_op(
                     let shape = r.shape(a)?;
                     let a = r.required("value", "shape = [B, S], value = 0.0")?;
                     let value = r.float(a)?;
-                    let dtype = match r.get("dtype") {
-                        Some(a) => r.dtype(a)?,
-                        None => DType::F32,
+                    let dtype = {
+                        let a = r.defaulted("dtype")?;
+                        r.dtype(a)?
                     };
                     Op::Full {
                         shape,
@@ -279,13 +302,13 @@ pub fn build_op(
                         Some(a) => Some(r.float(a)?),
                         None => None,
                     };
-                    let normalized = match r.get("normalized") {
-                        Some(a) => {
+                    let normalized = {
+                        let a = r.defaulted("normalized")?;
+                        {
                             let n = r.int(a)?;
                             usize::try_from(n)
                                 .map_err(|_| r.kind_err(a, "a positive count of trailing dims"))?
                         }
-                        None => operands.get(1).map(|w| w.rank()).unwrap_or(1),
                     };
                     if name == "layer_norm" {
                         Op::LayerNorm {
@@ -309,17 +332,17 @@ pub fn build_op(
                         .first()
                         .and_then(|t| t.shape.get(dim).cloned())
                         .unwrap_or_default();
-                    let start = match r.get("start") {
-                        Some(a) => r.dim_value(a, &a.value)?,
-                        None => Dim::constant(0),
+                    let start = {
+                        let a = r.defaulted("start")?;
+                        r.dim_value(a, &a.value)?
                     };
                     let end = match r.get("end") {
                         Some(a) => r.dim_value(a, &a.value)?,
                         None => extent,
                     };
-                    let step = match r.get("step") {
-                        Some(a) => r.int(a)?,
-                        None => 1,
+                    let step = {
+                        let a = r.defaulted("step")?;
+                        r.int(a)?
                     };
                     Op::Slice {
                         dim,
@@ -335,9 +358,9 @@ pub fn build_op(
                     }
                 }
                 "sdpa" => {
-                    let causal = match r.get("causal") {
-                        Some(a) => r.bool(a)?,
-                        None => false,
+                    let causal = {
+                        let a = r.defaulted("causal")?;
+                        r.bool(a)?
                     };
                     let scale = match r.get("scale") {
                         Some(a) => Some(r.float(a)?),
@@ -346,14 +369,15 @@ pub fn build_op(
                     Op::Sdpa { causal, scale }
                 }
                 "rand_like" => Op::RandLike {
-                    seed: match r.get("seed") {
-                        Some(a) => r.seed(a)?,
-                        None => 0,
+                    seed: {
+                        let a = r.defaulted("seed")?;
+                        r.seed(a)?
                     },
                 },
                 "dropout" => {
-                    let p = match r.get("p") {
-                        Some(a) => {
+                    let p = {
+                        let a = r.defaulted("p")?;
+                        {
                             let p = r.float(a)?;
                             if !(0.0..=1.0).contains(&p) {
                                 return Err(r.err(
@@ -365,18 +389,17 @@ pub fn build_op(
                             }
                             p
                         }
-                        None => 0.5,
                     };
-                    let seed = match r.get("seed") {
-                        Some(a) => r.seed(a)?,
-                        None => 0,
+                    let seed = {
+                        let a = r.defaulted("seed")?;
+                        r.seed(a)?
                     };
                     Op::Dropout { p, seed }
                 }
                 "cross_entropy" => Op::CrossEntropy {
-                    ignore_index: match r.get("ignore_index") {
-                        Some(a) => r.int(a)?,
-                        None => -100,
+                    ignore_index: {
+                        let a = r.defaulted("ignore_index")?;
+                        r.int(a)?
                     },
                 },
                 _ => return Err(r.err(op_span, String::new(), "", None)),
@@ -393,29 +416,26 @@ pub fn build_op(
 
 /// The attributes an op takes by default, as `Op::attrs` would write them: the decoder fills
 /// these in when the text leaves them out, and the printer leaves out the ones that match.
-pub fn default_attrs(op: &Op, operands: &[&TensorType]) -> Vec<(&'static str, AttrValue)> {
-    let norm_default = || operands.get(1).map(|w| w.rank()).unwrap_or(1) as i64;
+pub fn default_attrs(op: &str, operands: &[&TensorType]) -> Vec<(&'static str, AttrValue)> {
+    let normalized = || AttrValue::Int(operands.get(1).map(|w| w.rank()).unwrap_or(1) as i64);
     match op {
-        Op::Gelu { .. } => vec![("approximate", AttrValue::Ident("none".into()))],
-        Op::Reduce { .. } => vec![("keepdim", AttrValue::Bool(false))],
-        Op::LayerNorm { .. } => vec![
+        "gelu" => vec![("approximate", AttrValue::Ident("none".into()))],
+        "sum" | "mean" | "max" | "min" => vec![("keepdim", AttrValue::Bool(false))],
+        "layer_norm" => vec![
             ("eps", AttrValue::Float(1e-5)),
-            ("normalized", AttrValue::Int(norm_default())),
+            ("normalized", normalized()),
         ],
-        Op::RmsNorm { .. } => vec![("normalized", AttrValue::Int(norm_default()))],
-        Op::Slice { dim, .. } => {
-            // `end` is always written: a slice reads better with both bounds in sight.
-            let _ = dim;
-            vec![
-                ("start", AttrValue::Dim(Dim::constant(0))),
-                ("step", AttrValue::Int(1)),
-            ]
-        }
-        Op::Sdpa { .. } => vec![("causal", AttrValue::Bool(false))],
-        Op::RandLike { .. } => vec![("seed", AttrValue::Int(0))],
-        Op::Dropout { .. } => vec![("p", AttrValue::Float(0.5)), ("seed", AttrValue::Int(0))],
-        Op::Full { .. } => vec![("dtype", AttrValue::Ident("f32".into()))],
-        Op::CrossEntropy { .. } => vec![("ignore_index", AttrValue::Int(-100))],
+        "rms_norm" => vec![("normalized", normalized())],
+        // `end` is always written: a slice reads better with both bounds in sight.
+        "slice" => vec![
+            ("start", AttrValue::Dim(Dim::constant(0))),
+            ("step", AttrValue::Int(1)),
+        ],
+        "sdpa" => vec![("causal", AttrValue::Bool(false))],
+        "rand_like" => vec![("seed", AttrValue::Int(0))],
+        "dropout" => vec![("p", AttrValue::Float(0.5)), ("seed", AttrValue::Int(0))],
+        "full" => vec![("dtype", AttrValue::Ident("f32".into()))],
+        "cross_entropy" => vec![("ignore_index", AttrValue::Int(-100))],
         _ => Vec::new(),
     }
 }

@@ -180,7 +180,7 @@ pub fn print(g: &Graph, mode: PrintMode) -> String {
             operands.join(", ")
         );
         let operand_tys: Vec<&TensorType> = g.operands(v).into_iter().map(|o| g.ty(o)).collect();
-        let defaults = default_attrs(&node.op, &operand_tys);
+        let defaults = default_attrs(node.op.name(), &operand_tys);
         // Attributes equal to their defaults are left out, so `fmt` prints what a person writes.
         let attrs: Vec<(&str, crate::op::AttrValue)> = node
             .op
