@@ -80,12 +80,20 @@ impl Ratio {
 /// A product of symbols with non-zero integer exponents, sorted by name.
 type Monomial = Vec<(String, i32)>;
 
-fn mono_mul(a: &Monomial, b: &Monomial, sign: i32) -> Monomial {
+/// Largest power a symbol may be raised to: far beyond any real shape, small enough that
+/// evaluating it stays cheap.
+const MAX_EXPONENT: i32 = 64;
+
+fn mono_mul(a: &Monomial, b: &Monomial, sign: i32) -> Result<Monomial, DimError> {
     let mut exps: BTreeMap<String, i32> = a.iter().cloned().collect();
     for (s, e) in b {
-        *exps.entry(s.clone()).or_insert(0) += sign * e;
+        let x = exps.entry(s.clone()).or_insert(0);
+        *x += sign * e;
+        if x.abs() > MAX_EXPONENT {
+            return Err(DimError::Overflow);
+        }
     }
-    exps.into_iter().filter(|(_, e)| *e != 0).collect()
+    Ok(exps.into_iter().filter(|(_, e)| *e != 0).collect())
 }
 
 /// A dim: a sum of terms `coefficient * symbols`, canonical (no zero terms, sorted).
@@ -203,7 +211,7 @@ impl Dim {
         for (ma, ca) in &self.terms {
             for (mb, cb) in &other.terms {
                 let mut t = BTreeMap::new();
-                t.insert(mono_mul(ma, mb, 1), ca.mul(*cb)?);
+                t.insert(mono_mul(ma, mb, 1)?, ca.mul(*cb)?);
                 out = out.add(&Dim { terms: t })?;
             }
         }
@@ -238,7 +246,7 @@ impl Dim {
         let mut out = Dim::default();
         for (ma, ca) in &self.terms {
             let mut t = BTreeMap::new();
-            t.insert(mono_mul(ma, mb, -1), ca.mul(inv)?);
+            t.insert(mono_mul(ma, mb, -1)?, ca.mul(inv)?);
             out = out.add(&Dim { terms: t })?;
         }
         Ok(out)
@@ -365,6 +373,23 @@ mod tests {
             Dim::symbol("B").eval(&b),
             Err(DimError::Unbound(_))
         ));
+    }
+
+    #[test]
+    fn huge_powers_are_an_overflow_not_a_hang() {
+        let s = Dim::symbol("S");
+        let mut d = s.clone();
+        let mut result = Ok(());
+        for _ in 0..100 {
+            match d.mul(&s) {
+                Ok(next) => d = next,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        assert_eq!(result, Err(DimError::Overflow));
     }
 
     #[test]

@@ -134,3 +134,23 @@ fn defaults_left_out_by_fmt_are_the_decoder_defaults() {
         "defaults are left out"
     );
 }
+
+/// Pathological inputs end in errors, quickly, without exhausting the stack.
+#[test]
+fn pathological_inputs_are_errors() {
+    let minus = format!(
+        "func @f(%x: f32[{}4]) {{\n  return %x\n}}\n",
+        "- ".repeat(200_001)
+    );
+    assert!(errors(&minus).contains("error"));
+    let power = format!(
+        "func @f(%x: f32[{}S]) {{\n  return %x\n}}\n",
+        "S*".repeat(10_000)
+    );
+    assert!(errors(&power).contains("overflow"), "{}", errors(&power));
+    let nested = format!(
+        "func @f(%x: f32[4]) {{\n  %y = exp(%x) {{a = {}}}\n  return %y\n}}\n",
+        "[".repeat(100_000)
+    );
+    assert!(errors(&nested).contains("nest too deeply"));
+}

@@ -1022,8 +1022,15 @@ impl<'s> Parser<'s> {
                 Ok(Dim::constant(n))
             }
             Tok::Minus => {
-                self.bump();
-                Ok(self.dim_atom()?.neg())
+                // Signs are counted in a loop, not by recursion, so `- - - … 1` cannot overflow
+                // the stack however long it is.
+                let mut negative = false;
+                while self.at(&Tok::Minus) {
+                    self.bump();
+                    negative = !negative;
+                }
+                let atom = self.dim_atom()?;
+                Ok(if negative { atom.neg() } else { atom })
             }
             Tok::BigInt => {
                 self.bump();
