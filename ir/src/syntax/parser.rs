@@ -161,8 +161,12 @@ fn distance(a: &str, b: &str) -> usize {
 }
 
 fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (word.chars().count() / 3).max(1);
+    let len = word.chars().count();
+    let limit = (len / 3).max(1);
+    // Names whose lengths differ by more than the limit cannot be close: skipping them keeps a
+    // hint cheap in a program of many thousands of values.
     candidates
+        .filter(|c| c.len().abs_diff(len) <= limit)
         .map(|c| (distance(word, c), c))
         .filter(|(d, _)| *d <= limit)
         .min()
