@@ -200,6 +200,14 @@ proptest! {
             tpc::ir::check_rule(&tpc::ir::rule_of(&g, v), &tys, &g.ty(v).shape)
                 .map_err(|e| TestCaseError::fail(format!("{text}\n%{}: {e}", g.name(v))))?;
         }
+        // Propagation never leaves an invalid graph, and its result round-trips too.
+        let mut propagated = g.clone();
+        let mut pm = tpc::passes::PassManager::parse("propagate-sharding").expect("pipeline");
+        pm.verify_each = true;
+        pm.run(&mut propagated).map_err(|e| TestCaseError::fail(format!("{text}\n{e:?}")))?;
+        let full = print(&propagated, PrintMode::Full);
+        let back = parse(&SourceFile::new("propagated.ir", &full)).map_err(|d| TestCaseError::fail(format!("{full}\n{}", render("propagated.ir", &full, &d))))?;
+        prop_assert_eq!(print(&back, PrintMode::Full), full);
         for mode in [PrintMode::Source, PrintMode::Full] {
             let once = print(&g, mode);
             let g2 = parse(&SourceFile::new("once.ir", &once)).map_err(|d| TestCaseError::fail(format!("{once}\n{}", render("once.ir", &once, &d))))?;

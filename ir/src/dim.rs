@@ -148,6 +148,19 @@ impl Dim {
         self.as_const().is_some()
     }
 
+    /// Whether the dim is a whole number for every binding of its symbols to whole numbers:
+    /// integer coefficients and no symbol in a denominator.
+    pub fn is_whole(&self) -> bool {
+        self.terms
+            .iter()
+            .all(|(m, c)| c.den == 1 && m.iter().all(|(_, e)| *e > 0))
+    }
+
+    /// `self / other` when that is a whole-number dim (`48*S / 16` is `3*S`), else `None`.
+    pub fn exact_div(&self, other: &Dim) -> Option<Dim> {
+        self.div(other).ok().filter(Dim::is_whole)
+    }
+
     /// The symbols the dim mentions, sorted.
     pub fn symbols(&self) -> Vec<String> {
         let mut out: Vec<String> = self

@@ -8,6 +8,7 @@
 
 mod dce;
 mod manager;
+mod propagate;
 
 pub use manager::{registry, PassInfo, PassManager, PassRecord, PrintAfter};
 

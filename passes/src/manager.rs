@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tpc_ir::verify::verify;
 use tpc_ir::Graph;
 
-use crate::{dce, Error, PassFn, Result};
+use crate::{dce, propagate, Error, PassFn, Result};
 
 /// A registered pass.
 #[derive(Clone, Copy, Debug)]
@@ -18,11 +18,18 @@ pub struct PassInfo {
 
 /// Every pass, in the order a default pipeline would run them.
 pub fn registry() -> &'static [PassInfo] {
-    const PASSES: &[PassInfo] = &[PassInfo {
-        name: "dce",
-        description: "remove values that no result depends on",
-        run: dce::run,
-    }];
+    const PASSES: &[PassInfo] = &[
+        PassInfo {
+            name: "propagate-sharding",
+            description: "spread the user's shardings to every value through the ops' factor rules",
+            run: propagate::run,
+        },
+        PassInfo {
+            name: "dce",
+            description: "remove values that no result depends on",
+            run: dce::run,
+        },
+    ];
     PASSES
 }
 
