@@ -32,6 +32,14 @@ pub enum Command {
                             # exit 1 if the file is not canonical\n\nComments are kept: above the statement they precede, or at the end of its line."
     )]
     Fmt(FmtArgs),
+    /// Run the compiler's passes on a program and print the result.
+    #[command(
+        after_help = "Examples:\n  tpc compile examples/mlp.ir --devices 8\n  \
+                            tpc compile examples/attention_glm.ir --print-ir-after all --time-passes\n\n\
+                            The default pipeline is what exists so far: propagate-sharding. Resharding, \
+                            lowering and code generation join it as they are built."
+    )]
+    Compile(CompileArgs),
     /// Run a program on the CPU reference executor and summarize its outputs.
     #[command(
         after_help = "Examples:\n  tpc run examples/mlp.ir --bind B=2,S=128\n  \
@@ -76,4 +84,31 @@ pub struct RunArgs {
     /// Values of the program's symbols, like `B=2,S=128` (may be repeated).
     #[arg(long, value_name = "SYM=N,...")]
     pub bind: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CompileArgs {
+    /// The program (`-` reads standard input).
+    pub file: PathBuf,
+    /// Number of devices (`mesh tp` takes them all; `mesh dp = 2, tp = 4` needs 8).
+    #[arg(long)]
+    pub devices: Option<i64>,
+    /// Comma-separated passes to run, in order.
+    #[arg(long, default_value = "propagate-sharding")]
+    pub pipeline: String,
+    /// Print the IR after this pass (or `all`) on standard error.
+    #[arg(long, value_name = "PASS|all")]
+    pub print_ir_after: Option<String>,
+    /// Print each pass's wall time on standard error.
+    #[arg(long)]
+    pub time_passes: bool,
+    /// What to print on standard output.
+    #[arg(long, value_enum, default_value_t = Emit::Ir)]
+    pub emit: Emit,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emit {
+    /// The IR after the pipeline, with every value's full type.
+    Ir,
 }

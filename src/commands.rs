@@ -9,7 +9,7 @@ use std::time::Instant;
 use tpc::ir::{print, PrintMode};
 use tpc::{Error, Result};
 
-use crate::cli::{CheckArgs, FmtArgs, RunArgs};
+use crate::cli::{CheckArgs, CompileArgs, Emit, FmtArgs, RunArgs};
 
 /// The file's text and the name diagnostics use for it; `-` is standard input.
 fn read_source(path: &Path) -> Result<(String, String)> {
@@ -126,6 +126,57 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             .collect();
         tpc::runtime::save_safetensors(path, &named)?;
         println!("wrote {} output(s) to {}", named.len(), path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn compile(args: CompileArgs) -> Result<ExitCode> {
+    let (name, text) = read_source(&args.file)?;
+    let mut graph = tpc::load(&name, &text)?;
+    if let Some(d) = args.devices {
+        if d < 1 {
+            return Err(Error::Usage(format!(
+                "--devices must be 1 or more, got {d}"
+            )));
+        }
+        graph.mesh.resolve(Some(d))?;
+    }
+    let mut pm = tpc::passes::PassManager::parse(&args.pipeline)?;
+    pm.verify_each = true;
+    pm.print_after = match args.print_ir_after.as_deref() {
+        None => tpc::passes::PrintAfter::None,
+        Some("all") => tpc::passes::PrintAfter::All,
+        Some(list) => {
+            let names: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+            for n in &names {
+                if !pm.pass_names().contains(&n.as_str()) {
+                    return Err(Error::Usage(format!(
+                        "--print-ir-after names `{n}`, which the pipeline does not run (it runs {})",
+                        pm.pass_names().join(", ")
+                    )));
+                }
+            }
+            tpc::passes::PrintAfter::Passes(names)
+        }
+    };
+    let records = pm.run(&mut graph)?;
+    for r in &records {
+        if let Some(ir) = &r.ir_after {
+            eprintln!("# IR after {}\n{ir}", r.pass);
+        }
+    }
+    if args.time_passes {
+        for r in &records {
+            eprintln!(
+                "{:>10.3} ms  {}{}",
+                r.time.as_secs_f64() * 1e3,
+                r.pass,
+                if r.changed { "" } else { " (no change)" }
+            );
+        }
+    }
+    match args.emit {
+        Emit::Ir => print!("{}", print(&graph, PrintMode::Full)),
     }
     Ok(ExitCode::SUCCESS)
 }

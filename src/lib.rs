@@ -35,6 +35,8 @@ pub enum Error {
     Mesh(#[from] tpc_ir::mesh::MeshError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Pass(#[from] tpc_passes::Error),
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,

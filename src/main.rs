@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         cli::Command::Check(a) => commands::check(a),
         cli::Command::Fmt(a) => commands::fmt(a),
+        cli::Command::Compile(a) => commands::compile(a),
         cli::Command::Run(a) => commands::run(a),
     };
     match result {

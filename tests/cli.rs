@@ -209,3 +209,51 @@ fn bad_usage_is_an_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no/such/file.ir"));
 }
+
+#[test]
+fn compile_propagates_and_reports_passes() {
+    let out = tpc(
+        &[
+            "compile",
+            "examples/attention_glm.ir",
+            "--devices",
+            "8",
+            "--time-passes",
+            "--print-ir-after",
+            "all",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ir = text(&out.stdout);
+    assert!(
+        ir.contains("%q = permute(%q.1) {dims = [0, 2, 1, 3]} : bf16[B, 16@tp, S, 48]"),
+        "{ir}"
+    );
+    assert!(ir.contains("partial(tp)"), "{ir}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("# IR after propagate-sharding") && err.contains("ms  propagate-sharding"),
+        "{err}"
+    );
+    let out = tpc(
+        &[
+            "compile",
+            "examples/mlp.ir",
+            "--pipeline",
+            "propagate-shardin",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("the passes are: propagate-sharding"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = tpc(
+        &["compile", "examples/mlp.ir", "--print-ir-after", "dce"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
