@@ -160,13 +160,16 @@ impl State {
         true
     }
 
-    /// Propagates every axis through the op producing `v`; true when some value gained a place.
-    fn through(&mut self, g: &Graph, v: ValueId, axes: &[String]) -> bool {
-        if matches!(g.op(v), Op::Param { .. }) {
-            return false;
-        }
-        let rule = rule_of(g, v);
-        let operands = g.operands(v);
+    /// Propagates every axis through the op producing `v` (its rule and operands given); true
+    /// when some value gained a place.
+    fn through(
+        &mut self,
+        g: &Graph,
+        v: ValueId,
+        rule: &FactorRule,
+        operands: &[ValueId],
+        axes: &[String],
+    ) -> bool {
         let mut tensors: Vec<(ValueId, &Vec<Vec<FactorId>>, bool)> = operands
             .iter()
             .zip(&rule.operands)
@@ -183,7 +186,7 @@ impl State {
                         outer,
                         size,
                         inner,
-                    }) => locate(&rule, dims.get(*dim)?, outer, size, inner),
+                    }) => locate(rule, dims.get(*dim)?, outer, size, inner),
                     _ => None,
                 }
             });
@@ -206,7 +209,7 @@ impl State {
                 else {
                     continue;
                 };
-                if let Some(p) = place_in(&rule, dim, factors, &split) {
+                if let Some(p) = place_in(rule, dim, factors, &split) {
                     changed |= self.offer(g, *t, axis, p);
                 }
             }
@@ -270,12 +273,18 @@ pub fn run(g: &mut Graph) -> Result<bool> {
     let mut state = State {
         places: initial.clone(),
     };
+    // Rules and operands do not change while propagating: compute them once.
+    let ops: Vec<(ValueId, FactorRule, Vec<ValueId>)> = order
+        .iter()
+        .filter(|&&v| !matches!(g.op(v), Op::Param { .. }))
+        .map(|&v| (v, rule_of(g, v), g.operands(v)))
+        .collect();
     // Each round adds at least one (value, axis) place, so this many rounds always suffice.
     let limit = order.len() * axes.len() + 1;
     for _ in 0..limit {
         let mut changed = false;
-        for &v in order.iter().chain(order.iter().rev()) {
-            changed |= state.through(g, v, &axes);
+        for (v, rule, operands) in ops.iter().chain(ops.iter().rev()) {
+            changed |= state.through(g, *v, rule, operands, &axes);
         }
         if !changed {
             break;
