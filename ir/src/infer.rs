@@ -549,6 +549,10 @@ pub fn infer(op: &Op, xs: &[&TensorType]) -> InferResult {
             arity(op, xs, 0, 0)?;
             Ok((*dtype, shape.clone()))
         }
+        Op::Collective { .. } => {
+            arity(op, xs, 1, 1)?;
+            Ok((xs[0].dtype, xs[0].shape.clone()))
+        }
         Op::CrossEntropy { .. } => {
             arity(op, xs, 2, 2)?;
             let (logits, target) = (xs[0], xs[1]);

@@ -22,7 +22,7 @@ pub use dim::{Dim, DimError};
 pub use dtype::DType;
 pub use graph::{Comments, Graph, Node, ValueId};
 pub use mesh::{Mesh, MeshAxis};
-pub use op::{AttrValue, BinaryOp, GeluApprox, Op, ReduceKind, UnaryOp};
+pub use op::{AttrValue, BinaryOp, Collective, GeluApprox, Op, ReduceKind, UnaryOp};
 pub use rule::{check_rule, factor_rule, rule_of, FactorKind, FactorRule};
 pub use span::Span;
 pub use syntax::{parse, print, PrintMode};

@@ -134,6 +134,37 @@ pub enum Op {
     /// `cross_entropy(logits, target) {ignore_index}`: mean over non-ignored targets; classes on
     /// dim 1 (dim 0 for rank-1 logits), as torch.nn.functional.cross_entropy.
     CrossEntropy { ignore_index: i64 },
+    /// A collective that the sharding passes insert: the same global value before and after,
+    /// laid out differently over mesh axis `axis` (see `Collective`).
+    Collective { kind: Collective, axis: String },
+}
+
+/// The communication ops. Each is the identity on the global value; what changes is how the
+/// value lies over one mesh axis (the operand's and the result's types say exactly how).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Collective {
+    /// partial -> whole on every rank.
+    AllReduce(crate::types::ReduceOp),
+    /// partial -> split: each rank keeps its piece of the reduction.
+    ReduceScatter(crate::types::ReduceOp),
+    /// split -> whole on every rank.
+    AllGather,
+    /// split on one dim -> split on another.
+    AllToAll,
+    /// whole -> split: each rank keeps its piece; no traffic.
+    Shard,
+}
+
+impl Collective {
+    pub fn name(self) -> &'static str {
+        match self {
+            Collective::AllReduce(_) => "allreduce",
+            Collective::ReduceScatter(_) => "reduce_scatter",
+            Collective::AllGather => "allgather",
+            Collective::AllToAll => "all_to_all",
+            Collective::Shard => "shard",
+        }
+    }
 }
 
 pub const UNARY_OPS: [(UnaryOp, &str); 12] = [
@@ -177,7 +208,7 @@ pub const REDUCE_OPS: [(ReduceKind, &str); 4] = [
 ];
 
 /// Names of the ops that take no unary/binary/reduce table entry.
-pub const OTHER_OPS: [&str; 19] = [
+pub const OTHER_OPS: [&str; 24] = [
     "gelu",
     "where",
     "cast",
@@ -197,6 +228,11 @@ pub const OTHER_OPS: [&str; 19] = [
     "dropout",
     "full",
     "cross_entropy",
+    "allreduce",
+    "reduce_scatter",
+    "allgather",
+    "all_to_all",
+    "shard",
 ];
 
 /// Every op name the text form accepts, sorted, for "did you mean" hints and docs.
@@ -248,6 +284,7 @@ impl Op {
             Op::Dropout { .. } => "dropout",
             Op::Full { .. } => "full",
             Op::CrossEntropy { .. } => "cross_entropy",
+            Op::Collective { kind, .. } => kind.name(),
         }
     }
 
@@ -336,6 +373,13 @@ impl Op {
                 ("dtype", A::Ident(dtype.name().into())),
             ],
             Op::CrossEntropy { ignore_index } => vec![("ignore_index", A::Int(*ignore_index))],
+            Op::Collective { kind, axis } => {
+                let mut v = vec![("axis", A::Ident(axis.clone()))];
+                if let Collective::AllReduce(op) | Collective::ReduceScatter(op) = kind {
+                    v.push(("op", A::Ident(op.name().into())));
+                }
+                v
+            }
         }
     }
 }

@@ -85,8 +85,10 @@ pub fn factor_rule(op: &Op, xs: &[&TensorType], out: &[Dim]) -> FactorRule {
         Op::Full { .. } => {
             r.result = out.iter().map(|d| r.dim_factor(d, New)).collect();
         }
-        // Elementwise ops (random ones too: they draw by global index, so any split works).
-        Op::Unary(_)
+        // Elementwise ops (random ones too: they draw by global index, so any split works), and
+        // the collectives, which are the identity on the global value.
+        Op::Collective { .. }
+        | Op::Unary(_)
         | Op::Gelu { .. }
         | Op::Binary(_)
         | Op::Where

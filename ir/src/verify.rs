@@ -7,8 +7,8 @@ use crate::diag::Diagnostic;
 use crate::dim::Dim;
 use crate::graph::{Graph, ValueId};
 use crate::infer::{infer, MAX_ELEMENTS};
-use crate::op::Op;
-use crate::types::TensorType;
+use crate::op::{Collective, Op};
+use crate::types::{ReduceOp, Sharding, TensorType};
 
 /// Every problem found in `g`, in program order. Empty means the graph is valid.
 pub fn verify(g: &Graph) -> Vec<Diagnostic> {
@@ -123,6 +123,11 @@ fn check_op(
             diags.push(d);
         }
         Ok((dtype, shape)) => {
+            if let Op::Collective { kind, axis } = &node.op {
+                if let Some(&o) = operands.first() {
+                    check_collective(g, v, g.ty(o), *kind, axis, diags);
+                }
+            }
             if dtype != node.ty.dtype || shape != node.ty.shape {
                 let want = TensorType::new(dtype, shape);
                 diags.push(
@@ -147,6 +152,130 @@ fn check_op(
                 );
             }
         }
+    }
+}
+
+/// How a tensor lies on one mesh axis.
+#[derive(Clone, Debug, PartialEq)]
+enum OnAxis {
+    Whole,
+    /// Split in dim `dim`.
+    Split {
+        dim: usize,
+    },
+    Partial(ReduceOp),
+}
+
+impl OnAxis {
+    fn describe(&self) -> String {
+        match self {
+            OnAxis::Whole => "whole".into(),
+            OnAxis::Split { dim } => format!("split in dim {dim}"),
+            OnAxis::Partial(op) => format!("partial ({})", op.name()),
+        }
+    }
+}
+
+fn on_axis(sh: &Sharding, axis: &str) -> OnAxis {
+    if let Some(p) = sh.partial.iter().find(|p| p.axis == axis) {
+        return OnAxis::Partial(p.op);
+    }
+    for (dim, ds) in sh.dims.iter().enumerate() {
+        if ds.factors.iter().any(|f| f.axes.iter().any(|a| a == axis)) {
+            return OnAxis::Split { dim };
+        }
+    }
+    OnAxis::Whole
+}
+
+/// The sharding with `axis` taken out, and dims left with no split written as plain dims.
+fn without_axis(sh: &Sharding, axis: &str) -> Sharding {
+    let mut out = sh.clone();
+    out.partial.retain(|p| p.axis != axis);
+    for ds in &mut out.dims {
+        for f in &mut ds.factors {
+            f.axes.retain(|a| a != axis);
+        }
+        if ds.factors.iter().all(|f| f.axes.is_empty()) {
+            ds.factors.clear();
+        }
+    }
+    out
+}
+
+/// A collective must change exactly how the value lies on its axis, in the way its kind says.
+fn check_collective(
+    g: &Graph,
+    v: ValueId,
+    from: &TensorType,
+    kind: Collective,
+    axis: &str,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let node = g.node(v);
+    if g.mesh.axis(axis).is_none() {
+        diags.push(Diagnostic::error(
+            format!("`{}` over unknown mesh axis `{axis}`", kind.name()),
+            node.span,
+            "unknown mesh axis",
+        ));
+        return;
+    }
+    let (before, after) = (
+        on_axis(&from.sharding, axis),
+        on_axis(&node.ty.sharding, axis),
+    );
+    let fits = match kind {
+        Collective::AllReduce(op) => before == OnAxis::Partial(op) && after == OnAxis::Whole,
+        Collective::ReduceScatter(op) => {
+            before == OnAxis::Partial(op) && matches!(after, OnAxis::Split { .. })
+        }
+        Collective::AllGather => matches!(before, OnAxis::Split { .. }) && after == OnAxis::Whole,
+        Collective::AllToAll => {
+            matches!((&before, &after), (OnAxis::Split { dim: a, .. }, OnAxis::Split { dim: b, .. }) if a != b)
+        }
+        Collective::Shard => before == OnAxis::Whole && matches!(after, OnAxis::Split { .. }),
+    };
+    let want = match kind {
+        Collective::AllReduce(op) => format!(
+            "a partial ({}) operand and a result whole on the axis",
+            op.name()
+        ),
+        Collective::ReduceScatter(op) => format!(
+            "a partial ({}) operand and a result split on the axis",
+            op.name()
+        ),
+        Collective::AllGather => "an operand split on the axis and a result whole on it".into(),
+        Collective::AllToAll => "operand and result split on the axis in different dims".into(),
+        Collective::Shard => "an operand whole on the axis and a result split on it".into(),
+    };
+    if !fits {
+        diags.push(
+            Diagnostic::error(
+                format!(
+                    "`%{}` = {} over `{axis}` needs {want}",
+                    node.name,
+                    kind.name()
+                ),
+                node.span,
+                "collective does not match its types",
+            )
+            .with_help(format!(
+                "on `{axis}` the operand is {} and the result {}",
+                before.describe(),
+                after.describe()
+            )),
+        );
+    } else if without_axis(&from.sharding, axis) != without_axis(&node.ty.sharding, axis) {
+        diags.push(Diagnostic::error(
+            format!(
+                "`%{}` = {} over `{axis}` also changes how the value lies on other axes",
+                node.name,
+                kind.name()
+            ),
+            node.span,
+            "one collective changes one axis",
+        ));
     }
 }
 

@@ -154,3 +154,16 @@ fn pathological_inputs_are_errors() {
     );
     assert!(errors(&nested).contains("nest too deeply"));
 }
+
+/// The communication ops parse, print, verify against their types, and round-trip.
+#[test]
+fn collectives_round_trip_and_check_their_types() {
+    let src = "mesh dp = 2, tp\n\nfunc @f(%y: f32[B, S, 768] partial(tp), %h: f32[B@dp, (3, 16@tp, 48)]) -> f32[B, S, 768] {\n  %y.sum = allreduce(%y) {axis = tp} : f32[B, S, 768]\n  %y.rs = reduce_scatter(%y) {axis = tp} : f32[B, S@tp, 768]\n  %y.back = allgather(%y.rs) {axis = tp} : f32[B, S, 768]\n  %h.a2a = all_to_all(%h) {axis = tp} : f32[B@dp@tp, 2304]\n  %s = shard(%y.sum) {axis = tp} : f32[B, S, 768@tp]\n  return %y.back\n}\n";
+    let out = roundtrip(src);
+    assert!(
+        out.contains("%y.sum = allreduce(%y) {axis = tp} : f32[B, S, 768]"),
+        "{out}"
+    );
+    let r = errors("mesh tp\n\nfunc @f(%y: f32[4] partial(tp)) {\n  %m = allreduce(%y) {axis = tp, op = max} : f32[4]\n  return %m\n}\n");
+    assert!(r.contains("needs a partial (max) operand"), "{r}");
+}

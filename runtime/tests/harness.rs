@@ -133,3 +133,11 @@ fn safetensors_round_trip_every_dtype() {
         .contains("not a valid safetensors file"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn collectives_are_the_identity_on_global_values() {
+    let g = graph("mesh tp\n\nfunc @f(%y: f32[2, 4] partial(tp)) {\n  %s = allreduce(%y) {axis = tp} : f32[2, 4]\n  %t = shard(%s) {axis = tp} : f32[2, 4@tp]\n  %u = allgather(%t) {axis = tp} : f32[2, 4]\n  return %u\n}\n");
+    let inputs = random_inputs(&g, &BTreeMap::new(), 4).unwrap();
+    let out = run_reference(&g, &inputs, &BTreeMap::new()).unwrap();
+    assert_eq!(out[0], inputs["y"]);
+}

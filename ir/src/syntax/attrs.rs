@@ -3,9 +3,9 @@
 
 use crate::dim::Dim;
 use crate::dtype::DType;
-use crate::op::{AttrValue, GeluApprox, Op, BINARY_OPS, REDUCE_OPS, UNARY_OPS};
+use crate::op::{AttrValue, Collective, GeluApprox, Op, BINARY_OPS, REDUCE_OPS, UNARY_OPS};
 use crate::span::Span;
-use crate::types::TensorType;
+use crate::types::{ReduceOp, TensorType};
 
 /// An attribute as written: `name = value`.
 #[derive(Clone, Debug)]
@@ -396,6 +396,34 @@ pub fn build_op(
                     };
                     Op::Dropout { p, seed }
                 }
+                "allreduce" | "reduce_scatter" | "allgather" | "all_to_all" | "shard" => {
+                    let a = r.required("axis", "axis = tp")?;
+                    let AttrValue::Ident(axis) = &a.value else {
+                        return Err(r.kind_err(a, "a mesh axis name"));
+                    };
+                    let reduce = if matches!(name, "allreduce" | "reduce_scatter") {
+                        let o = r.defaulted("op")?;
+                        match &o.value {
+                            AttrValue::Ident(s) if s == "sum" => ReduceOp::Sum,
+                            AttrValue::Ident(s) if s == "max" => ReduceOp::Max,
+                            AttrValue::Ident(s) if s == "min" => ReduceOp::Min,
+                            _ => return Err(r.kind_err(o, "`sum`, `max` or `min`")),
+                        }
+                    } else {
+                        ReduceOp::Sum
+                    };
+                    let kind = match name {
+                        "allreduce" => Collective::AllReduce(reduce),
+                        "reduce_scatter" => Collective::ReduceScatter(reduce),
+                        "allgather" => Collective::AllGather,
+                        "all_to_all" => Collective::AllToAll,
+                        _ => Collective::Shard,
+                    };
+                    Op::Collective {
+                        kind,
+                        axis: axis.clone(),
+                    }
+                }
                 "cross_entropy" => Op::CrossEntropy {
                     ignore_index: {
                         let a = r.defaulted("ignore_index")?;
@@ -436,6 +464,7 @@ pub fn default_attrs(op: &str, operands: &[&TensorType]) -> Vec<(&'static str, A
         "dropout" => vec![("p", AttrValue::Float(0.5)), ("seed", AttrValue::Int(0))],
         "full" => vec![("dtype", AttrValue::Ident("f32".into()))],
         "cross_entropy" => vec![("ignore_index", AttrValue::Int(-100))],
+        "allreduce" | "reduce_scatter" => vec![("op", AttrValue::Ident("sum".into()))],
         _ => Vec::new(),
     }
 }
