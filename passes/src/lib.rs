@@ -8,6 +8,7 @@
 
 mod dce;
 mod manager;
+mod place;
 mod propagate;
 
 pub use manager::{registry, PassInfo, PassManager, PassRecord, PrintAfter};

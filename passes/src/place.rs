@@ -1,0 +1,169 @@
+//! Where a value lies on each mesh axis, in terms the sharding passes share: splits of a dim seen
+//! as `[outer, size, inner]`, pending reductions, and how a split maps onto an op's factors.
+
+use std::collections::BTreeMap;
+
+use tpc_ir::rule::{FactorId, FactorRule};
+use tpc_ir::{Dim, Factor, Partial, ReduceOp, TensorType};
+
+/// Where a value lies on one mesh axis.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Place {
+    /// Dim `dim` seen as `[outer, size, inner]`, its `size` part divided over the axis.
+    Split {
+        dim: usize,
+        outer: Dim,
+        size: Dim,
+        inner: Dim,
+    },
+    /// A pending reduction.
+    Partial(ReduceOp),
+    /// Used by a factor split over several axes at once: kept as written, not propagated.
+    Fixed,
+}
+
+/// A value's places, by mesh axis.
+pub(crate) type Places = BTreeMap<String, Place>;
+
+pub(crate) fn product(dims: &[Dim]) -> Dim {
+    dims.iter()
+        .fold(Dim::constant(1), |acc, d| acc.mul(d).unwrap_or(acc))
+}
+
+/// The places a type's sharding already gives.
+pub(crate) fn places_of(ty: &TensorType) -> Places {
+    let mut out = Places::new();
+    for (dim, ds) in ty.sharding.dims.iter().enumerate() {
+        let extents: Vec<Dim> = ds.factors.iter().map(|f| f.extent.clone()).collect();
+        for (j, f) in ds.factors.iter().enumerate() {
+            match f.axes.as_slice() {
+                [] => {}
+                [axis] => {
+                    let place = Place::Split {
+                        dim,
+                        outer: product(&extents[..j]),
+                        size: f.extent.clone(),
+                        inner: product(&extents[j + 1..]),
+                    };
+                    out.insert(axis.clone(), place);
+                }
+                several => {
+                    for a in several {
+                        out.insert(a.clone(), Place::Fixed);
+                    }
+                }
+            }
+        }
+    }
+    for p in &ty.sharding.partial {
+        out.insert(p.axis.clone(), Place::Partial(p.op));
+    }
+    out
+}
+
+/// A split as the op's rule sees it: factor `f` seen as `[outer, size, inner]`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct FactorSplit {
+    pub(crate) factor: FactorId,
+    pub(crate) outer: Dim,
+    pub(crate) size: Dim,
+    pub(crate) inner: Dim,
+}
+
+/// The rule factor of a dim (made of `factors`, outer first) that holds the split
+/// `[outer, size, inner]` entirely, with the split in that factor's terms.
+pub(crate) fn locate(
+    rule: &FactorRule,
+    factors: &[FactorId],
+    outer: &Dim,
+    size: &Dim,
+    inner: &Dim,
+) -> Option<FactorSplit> {
+    let extents: Vec<Dim> = factors
+        .iter()
+        .map(|&f| rule.factors[f].extent.clone())
+        .collect();
+    for (j, &f) in factors.iter().enumerate() {
+        let before = product(&extents[..j]);
+        let after = product(&extents[j + 1..]);
+        let Some(o) = outer.exact_div(&before) else {
+            continue;
+        };
+        let Some(i) = inner.exact_div(&after) else {
+            continue;
+        };
+        if o.mul(size).ok().and_then(|p| p.mul(&i).ok()).as_ref() == Some(&extents[j]) {
+            return Some(FactorSplit {
+                factor: f,
+                outer: o,
+                size: size.clone(),
+                inner: i,
+            });
+        }
+    }
+    None
+}
+
+/// The place in a tensor's dim (made of `factors`) of a split of factor `s.factor`.
+pub(crate) fn place_in(
+    rule: &FactorRule,
+    dim: usize,
+    factors: &[FactorId],
+    s: &FactorSplit,
+) -> Option<Place> {
+    let j = factors.iter().position(|&f| f == s.factor)?;
+    let extents: Vec<Dim> = factors
+        .iter()
+        .map(|&f| rule.factors[f].extent.clone())
+        .collect();
+    Some(Place::Split {
+        dim,
+        outer: product(&extents[..j]).mul(&s.outer).ok()?,
+        size: s.size.clone(),
+        inner: s.inner.mul(&product(&extents[j + 1..])).ok()?,
+    })
+}
+
+/// Writes the places a value gained into its type's sharding.
+pub(crate) fn write_back(ty: &mut TensorType, before: &Places, after: &Places) {
+    for (axis, p) in after {
+        if before.contains_key(axis) {
+            continue;
+        }
+        match p {
+            Place::Split {
+                dim,
+                outer,
+                size,
+                inner,
+            } => {
+                let one = Dim::constant(1);
+                let mut factors = Vec::new();
+                if *outer != one {
+                    factors.push(Factor {
+                        extent: outer.clone(),
+                        axes: vec![],
+                    });
+                }
+                factors.push(Factor {
+                    extent: size.clone(),
+                    axes: vec![axis.clone()],
+                });
+                if *inner != one {
+                    factors.push(Factor {
+                        extent: inner.clone(),
+                        axes: vec![],
+                    });
+                }
+                if let Some(ds) = ty.sharding.dims.get_mut(*dim) {
+                    ds.factors = factors;
+                }
+            }
+            Place::Partial(op) => ty.sharding.partial.push(Partial {
+                axis: axis.clone(),
+                op: *op,
+            }),
+            Place::Fixed => {}
+        }
+    }
+}
