@@ -26,7 +26,8 @@ fn pass_filetests() {
                 .and_then(|l| l.strip_prefix("# RUN:"))
                 .unwrap_or_else(|| panic!("{} must start with `# RUN: <pipeline>`", path.display()))
                 .trim();
-            let mut g = common::load(&path);
+            let original = common::load(&path);
+            let mut g = original.clone();
             let mut pm =
                 PassManager::parse(pipeline).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             pm.verify_each = true;
@@ -34,6 +35,7 @@ fn pass_filetests() {
                 panic!("{}: {e}", path.display());
             }
             let printed = print(&g, PrintMode::Full);
+            same_results(&original, &g, &path);
             // The result is itself a valid program that prints the same.
             let again = tpc::load("printed.ir", &printed)
                 .unwrap_or_else(|e| panic!("{printed}\n{}", e.render()));
@@ -45,5 +47,35 @@ fn pass_filetests() {
             cases += 1;
         }
     }
-    assert!(cases >= 9, "only {cases} pass cases");
+    assert!(cases >= 15, "only {cases} pass cases");
+}
+
+/// A pass must not change what the program computes: the reference executor (which runs
+/// collectives as the identity on global values) gives the same results before and after, within
+/// the rounding a reordered bias add may bring.
+fn same_results(before: &tpc::Graph, after: &tpc::Graph, path: &std::path::Path) {
+    let b: std::collections::BTreeMap<String, i64> = [("B", 2), ("S", 8)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let inputs = tpc::runtime::random_inputs(before, &b, 11).expect("inputs");
+    let want = tpc::runtime::run_reference(before, &inputs, &b).expect("reference runs");
+    let got = tpc::runtime::run_reference(after, &inputs, &b)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(w.shape(), g.shape());
+        let tol = match w.dtype() {
+            tpc::ir::DType::BF16 => 1.0 / 64.0,
+            tpc::ir::DType::F16 => 1.0 / 512.0,
+            _ => 1e-5,
+        };
+        let peak = w.max_abs().max(1.0);
+        for (x, y) in w.to_f32_vec().iter().zip(g.to_f32_vec()) {
+            assert!(
+                ((x - y).abs() as f64) <= tol * peak,
+                "{}: {x} became {y}",
+                path.display()
+            );
+        }
+    }
 }

@@ -205,6 +205,26 @@ proptest! {
         let mut pm = tpc::passes::PassManager::parse("propagate-sharding").expect("pipeline");
         pm.verify_each = true;
         pm.run(&mut propagated).map_err(|e| TestCaseError::fail(format!("{text}\n{e:?}")))?;
+        // Resharding leaves a valid graph that computes the same (collectives are the identity on
+        // global values), or says plainly that a layout change is not supported yet.
+        let mut resharded = propagated.clone();
+        let mut rs = tpc::passes::PassManager::parse("insert-resharding").expect("pipeline");
+        rs.verify_each = true;
+        match rs.run(&mut resharded) {
+            Ok(_) => {
+                let b: std::collections::BTreeMap<String, i64> =
+                    [("B", 2), ("S", 3), ("E", 2)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                let inputs = tpc::runtime::random_inputs(&g, &b, 5).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let want = tpc::runtime::run_reference(&g, &inputs, &b).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let got = tpc::runtime::run_reference(&resharded, &inputs, &b).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                for (w, x) in want.iter().zip(&got) {
+                    let same = w.to_f32_vec().iter().zip(x.to_f32_vec()).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+                    prop_assert!(same, "{}\n{}", text, print(&resharded, PrintMode::Full));
+                }
+            }
+            Err(tpc::passes::Error::Unsupported(_)) => {}
+            Err(e) => return Err(TestCaseError::fail(format!("{text}\n{e:?}"))),
+        }
         let full = print(&propagated, PrintMode::Full);
         let back = parse(&SourceFile::new("propagated.ir", &full)).map_err(|d| TestCaseError::fail(format!("{full}\n{}", render("propagated.ir", &full, &d))))?;
         prop_assert_eq!(print(&back, PrintMode::Full), full);

@@ -190,6 +190,51 @@ impl Graph {
         true
     }
 
+    /// Inserts a node just before `before` in program order (its operands must come earlier).
+    pub fn insert_before(&mut self, before: ValueId, node: Node, operands: &[ValueId]) -> ValueId {
+        let v = ValueId(self.graph.add_node(node));
+        for (i, &o) in operands.iter().enumerate() {
+            self.graph.add_edge(o.0, v.0, i as u32);
+        }
+        let at = self.position(before).min(self.order.len());
+        self.order.insert(at, v);
+        v
+    }
+
+    /// Makes operand `index` of `user` be `new` instead of what it was.
+    pub fn set_operand(&mut self, user: ValueId, index: usize, new: ValueId) {
+        let old: Vec<_> = self
+            .graph
+            .edges_directed(user.0, Direction::Incoming)
+            .filter(|e| *e.weight() == index as u32)
+            .map(|e| e.id())
+            .collect();
+        for e in old {
+            self.graph.remove_edge(e);
+        }
+        self.graph.add_edge(new.0, user.0, index as u32);
+    }
+
+    /// Removes the edge that feeds operand `index` of `user` (which must be its last operand).
+    pub fn remove_operand_edge(&mut self, user: ValueId, index: usize) {
+        let old: Vec<_> = self
+            .graph
+            .edges_directed(user.0, Direction::Incoming)
+            .filter(|e| *e.weight() == index as u32)
+            .map(|e| e.id())
+            .collect();
+        for e in old {
+            self.graph.remove_edge(e);
+        }
+    }
+
+    /// Replaces result `index` of the function.
+    pub fn set_output(&mut self, index: usize, v: ValueId) {
+        if let Some(slot) = self.outputs.get_mut(index) {
+            *slot = v;
+        }
+    }
+
     /// Adds a parameter with a declared type.
     pub fn add_param(&mut self, name: impl Into<String>, ty: TensorType, span: Span) -> ValueId {
         let index = self.params.len();

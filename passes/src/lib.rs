@@ -10,6 +10,7 @@ mod dce;
 mod manager;
 mod place;
 mod propagate;
+mod reshard;
 
 pub use manager::{registry, PassInfo, PassManager, PassRecord, PrintAfter};
 
@@ -22,6 +23,8 @@ pub enum Error {
     UnknownPass { name: String, valid: String },
     #[error("the pipeline is empty; name at least one pass, like `dce`")]
     EmptyPipeline,
+    #[error("not supported yet: {0}")]
+    Unsupported(String),
     #[error("the graph is invalid after pass `{pass}` ({} error(s))", .diagnostics.len())]
     InvalidAfter {
         pass: String,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tpc_ir::verify::verify;
 use tpc_ir::Graph;
 
-use crate::{dce, propagate, Error, PassFn, Result};
+use crate::{dce, propagate, reshard, Error, PassFn, Result};
 
 /// A registered pass.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +23,11 @@ pub fn registry() -> &'static [PassInfo] {
             name: "propagate-sharding",
             description: "spread the user's shardings to every value through the ops' factor rules",
             run: propagate::run,
+        },
+        PassInfo {
+            name: "insert-resharding",
+            description: "insert the cheapest collective wherever an op needs an operand laid out differently",
+            run: reshard::run,
         },
         PassInfo {
             name: "dce",

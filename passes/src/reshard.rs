@@ -1,0 +1,380 @@
+//! `insert-resharding`: wherever an op needs an operand laid out differently from how it was
+//! produced, insert the cheapest collective, each its own node with its full type:
+//!
+//! | operand on the axis | op needs | inserted |
+//! |---|---|---|
+//! | partial | whole | `allreduce` |
+//! | partial (sum) | split | `reduce_scatter` (never allreduce-then-slice) |
+//! | partial (max/min) | split | `allreduce`, then `shard` |
+//! | split | whole | `allgather` |
+//! | whole | split | `shard` (a local slice, no traffic) |
+//! | split in one dim | split in another | `all_to_all` |
+//! | split in a dim | another split of the same dim | `allgather`, then `shard` |
+//!
+//! What an op needs follows from its result's layout and its factor rule: a split of a pass
+//! factor in the result needs the same split in every operand that has the factor, and nothing
+//! on the axis elsewhere; a partial result needs its operands split on the reduction factor. A
+//! `linear` whose result is partial is first split into the partial product and a bias add after
+//! the reduction, so the bias is added once. Results of the function are never left partial.
+
+use std::collections::BTreeMap;
+
+use tpc_ir::rule::{rule_of, FactorKind};
+use tpc_ir::{Collective, Dim, Graph, Node, Op, ReduceOp, Sharding, TensorType, ValueId};
+
+use crate::place::{locate, place_in, places_of, Place};
+use crate::{Error, Result};
+
+/// A layout change on one axis: whole (`None`) or a place.
+type Target = Option<Place>;
+
+/// `ty` with its layout on `axis` replaced by `to`.
+fn with_place(ty: &TensorType, axis: &str, to: &Target) -> Result<TensorType> {
+    let mut out = ty.clone();
+    let sh: &mut Sharding = &mut out.sharding;
+    sh.partial.retain(|p| p.axis != axis);
+    for ds in &mut sh.dims {
+        for f in &mut ds.factors {
+            f.axes.retain(|a| a != axis);
+        }
+        if ds.factors.iter().all(|f| f.axes.is_empty()) {
+            ds.factors.clear();
+        }
+    }
+    match to {
+        None | Some(Place::Fixed) => {}
+        Some(Place::Partial(op)) => sh.partial.push(tpc_ir::Partial {
+            axis: axis.to_string(),
+            op: *op,
+        }),
+        Some(Place::Split {
+            dim,
+            outer,
+            size,
+            inner,
+        }) => {
+            let ds = sh
+                .dims
+                .get_mut(*dim)
+                .ok_or_else(|| Error::Unsupported(format!("no dim {dim}")))?;
+            if !ds.factors.is_empty() {
+                return Err(Error::Unsupported(format!(
+                    "splitting dim {dim} over `{axis}` where another axis already splits it"
+                )));
+            }
+            let one = Dim::constant(1);
+            if *outer != one {
+                ds.factors.push(tpc_ir::Factor {
+                    extent: outer.clone(),
+                    axes: vec![],
+                });
+            }
+            ds.factors.push(tpc_ir::Factor {
+                extent: size.clone(),
+                axes: vec![axis.to_string()],
+            });
+            if *inner != one {
+                ds.factors.push(tpc_ir::Factor {
+                    extent: inner.clone(),
+                    axes: vec![],
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct Resharder {
+    axes: Vec<String>,
+    /// Conversions already made: (value, axis, target) -> the converted value.
+    made: BTreeMap<(ValueId, String, String), ValueId>,
+    changed: bool,
+}
+
+impl Resharder {
+    fn fresh_name(g: &Graph, base: &str) -> String {
+        if g.find(base).is_none() {
+            return base.to_string();
+        }
+        (2..)
+            .map(|i| format!("{base}{i}"))
+            .find(|n| g.find(n).is_none())
+            .unwrap_or_else(|| base.to_string())
+    }
+
+    /// One collective node converting `x` on `axis`, placed before `before` (or at the end).
+    fn collective(
+        &mut self,
+        g: &mut Graph,
+        before: Option<ValueId>,
+        x: ValueId,
+        axis: &str,
+        kind: Collective,
+        to: &Target,
+    ) -> Result<ValueId> {
+        let ty = with_place(g.ty(x), axis, to)?;
+        let name = Self::fresh_name(g, &format!("{}.{}", g.name(x), kind.name()));
+        let node = Node {
+            name,
+            op: Op::Collective {
+                kind,
+                axis: axis.to_string(),
+            },
+            ty,
+            span: g.node(x).span,
+            explicit_type: true,
+        };
+        self.changed = true;
+        Ok(match before {
+            Some(b) => g.insert_before(b, node, &[x]),
+            None => g.add_node(node, &[x]),
+        })
+    }
+
+    /// `x` converted on `axis` from its current layout to `to`.
+    fn convert(
+        &mut self,
+        g: &mut Graph,
+        before: Option<ValueId>,
+        x: ValueId,
+        axis: &str,
+        to: &Target,
+    ) -> Result<ValueId> {
+        let from = places_of(g.ty(x)).get(axis).cloned();
+        if from == *to || matches!(from, Some(Place::Fixed)) || matches!(to, Some(Place::Fixed)) {
+            return Ok(x);
+        }
+        let key = (x, axis.to_string(), format!("{to:?}"));
+        if let Some(&done) = self.made.get(&key) {
+            return Ok(done);
+        }
+        let out = match (&from, to) {
+            (Some(Place::Partial(op)), None) => {
+                self.collective(g, before, x, axis, Collective::AllReduce(*op), to)?
+            }
+            (Some(Place::Partial(ReduceOp::Sum)), Some(Place::Split { .. })) => self.collective(
+                g,
+                before,
+                x,
+                axis,
+                Collective::ReduceScatter(ReduceOp::Sum),
+                to,
+            )?,
+            (Some(Place::Partial(op)), Some(Place::Split { .. })) => {
+                let whole =
+                    self.collective(g, before, x, axis, Collective::AllReduce(*op), &None)?;
+                self.collective(g, before, whole, axis, Collective::Shard, to)?
+            }
+            (Some(Place::Split { .. }), None) => {
+                self.collective(g, before, x, axis, Collective::AllGather, to)?
+            }
+            (None, Some(Place::Split { .. })) => {
+                self.collective(g, before, x, axis, Collective::Shard, to)?
+            }
+            (Some(Place::Split { dim: a, .. }), Some(Place::Split { dim: b, .. })) if a != b => {
+                self.collective(g, before, x, axis, Collective::AllToAll, to)?
+            }
+            (Some(Place::Split { .. }), Some(Place::Split { .. })) => {
+                let whole = self.collective(g, before, x, axis, Collective::AllGather, &None)?;
+                self.collective(g, before, whole, axis, Collective::Shard, to)?
+            }
+            (_, Some(Place::Partial(_))) => {
+                return Err(Error::Unsupported(format!(
+                    "making %{} partial over `{axis}`",
+                    g.name(x)
+                )));
+            }
+            _ => x,
+        };
+        self.made.insert(key, out);
+        Ok(out)
+    }
+
+    /// What the op producing `v` needs of each operand on `axis`, from its result's layout.
+    fn needs(&self, g: &Graph, v: ValueId, axis: &str) -> Result<Option<Vec<Target>>> {
+        let rule = rule_of(g, v);
+        let operands = g.operands(v);
+        let whole = || vec![None; operands.len()];
+        let needs_of = |factor| {
+            operands
+                .iter()
+                .zip(&rule.operands)
+                .map(|(_, dims)| {
+                    dims.iter()
+                        .enumerate()
+                        .find(|(_, fs)| fs.contains(&factor))
+                        .map(|(d, fs)| (d, fs.clone()))
+                })
+                .collect::<Vec<_>>()
+        };
+        Ok(Some(match places_of(g.ty(v)).get(axis) {
+            None => whole(),
+            Some(Place::Fixed) => return Ok(None),
+            Some(Place::Split {
+                dim,
+                outer,
+                size,
+                inner,
+            }) => {
+                let split = rule
+                    .result
+                    .get(*dim)
+                    .and_then(|fs| locate(&rule, fs, outer, size, inner));
+                match split {
+                    Some(s)
+                        if matches!(
+                            rule.factors[s.factor].kind,
+                            FactorKind::Pass | FactorKind::New
+                        ) =>
+                    {
+                        needs_of(s.factor)
+                            .into_iter()
+                            .map(|found| found.and_then(|(d, fs)| place_in(&rule, d, &fs, &s)))
+                            .collect()
+                    }
+                    _ => {
+                        return Err(Error::Unsupported(format!(
+                        "%{} is split over `{axis}` in a way its op `{}` cannot produce locally",
+                        g.name(v),
+                        g.op(v).name()
+                    )))
+                    }
+                }
+            }
+            Some(Place::Partial(op)) => {
+                // The operand split that made the result partial: a reduction factor of that op.
+                let split = operands.iter().zip(&rule.operands).find_map(|(&o, dims)| {
+                    match places_of(g.ty(o)).get(axis) {
+                        Some(Place::Split {
+                            dim,
+                            outer,
+                            size,
+                            inner,
+                        }) => locate(&rule, dims.get(*dim)?, outer, size, inner)
+                            .filter(|s| rule.factors[s.factor].kind == FactorKind::Reduction(*op)),
+                        _ => None,
+                    }
+                });
+                let Some(s) = split else {
+                    return Err(Error::Unsupported(format!(
+                        "%{} is partial over `{axis}` but no operand of its `{}` is split on a reduction",
+                        g.name(v),
+                        g.op(v).name()
+                    )));
+                };
+                needs_of(s.factor)
+                    .into_iter()
+                    .map(|found| found.and_then(|(d, fs)| place_in(&rule, d, &fs, &s)))
+                    .collect()
+            }
+        }))
+    }
+
+    /// Inserts what the op producing `v` needs, operand by operand, axis by axis.
+    fn fix(&mut self, g: &mut Graph, v: ValueId) -> Result<()> {
+        for axis in self.axes.clone() {
+            let Some(needs) = self.needs(g, v, &axis)? else {
+                continue;
+            };
+            for (i, need) in needs.iter().enumerate() {
+                let Some(&x) = g.operands(v).get(i) else {
+                    continue;
+                };
+                let y = self.convert(g, Some(v), x, &axis, need)?;
+                if y != x {
+                    g.set_operand(v, i, y);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `linear(x, w, b)` with a partial result becomes `linear(x, w)` (partial), then
+    /// `add(.., b)` on the reduced value, so that the bias is added once.
+    fn split_bias(&mut self, g: &mut Graph, v: ValueId) -> Result<Vec<ValueId>> {
+        let ops = g.operands(v);
+        let partial = !g.ty(v).sharding.partial.is_empty();
+        if !(matches!(g.op(v), Op::Linear) && ops.len() == 3 && partial) {
+            return Ok(vec![v]);
+        }
+        let (x, w, b) = (ops[0], ops[1], ops[2]);
+        let ty = g.ty(v).clone();
+        let span = g.node(v).span;
+        let name = Self::fresh_name(g, &format!("{}.part", g.name(v)));
+        let product = g.insert_before(
+            v,
+            Node {
+                name,
+                op: Op::Linear,
+                ty: ty.clone(),
+                span,
+                explicit_type: true,
+            },
+            &[x, w],
+        );
+        // The bias broadcast to the result's shape, laid out as the result's last dim.
+        let mut bty = TensorType::new(g.ty(b).dtype, ty.shape.clone());
+        bty.sharding.dims[ty.rank() - 1] =
+            g.ty(b).sharding.dims.first().cloned().unwrap_or_default();
+        let name = Self::fresh_name(g, &format!("{}.bias", g.name(v)));
+        let shape = ty.shape.clone();
+        let bias = g.insert_before(
+            v,
+            Node {
+                name,
+                op: Op::Broadcast {
+                    shape,
+                    implicit: false,
+                },
+                ty: bty,
+                span,
+                explicit_type: true,
+            },
+            &[b],
+        );
+        let node = g.node_mut(v);
+        node.op = Op::Binary(tpc_ir::BinaryOp::Add);
+        node.ty.sharding.partial.clear();
+        g.set_operand(v, 0, product);
+        g.set_operand(v, 1, bias);
+        g.remove_operand_edge(v, 2);
+        self.changed = true;
+        Ok(vec![product, bias, v])
+    }
+}
+
+pub fn run(g: &mut Graph) -> Result<bool> {
+    let axes: Vec<String> = g.mesh.axes.iter().map(|a| a.name.clone()).collect();
+    if axes.is_empty() {
+        return Ok(false);
+    }
+    let mut r = Resharder {
+        axes: axes.clone(),
+        made: BTreeMap::new(),
+        changed: false,
+    };
+    let ops: Vec<ValueId> = g
+        .values()
+        .iter()
+        .copied()
+        .filter(|&v| !matches!(g.op(v), Op::Param { .. } | Op::Collective { .. }))
+        .collect();
+    for v in ops {
+        for u in r.split_bias(g, v)? {
+            r.fix(g, u)?;
+        }
+    }
+    // Results are never left partial.
+    for (i, o) in g.outputs().to_vec().into_iter().enumerate() {
+        let mut x = o;
+        for axis in &axes {
+            if let Some(Place::Partial(_)) = places_of(g.ty(x)).get(axis) {
+                x = r.convert(g, None, x, axis, &None)?;
+            }
+        }
+        if x != o {
+            g.set_output(i, x);
+        }
+    }
+    Ok(r.changed)
+}
