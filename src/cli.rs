@@ -84,6 +84,16 @@ pub struct RunArgs {
     /// Values of the program's symbols, like `B=2,S=128` (may be repeated).
     #[arg(long, value_name = "SYM=N,...")]
     pub bind: Vec<String>,
+    /// Run the sharded program on this many CPU rank threads (one per device) instead of once.
+    #[arg(long)]
+    pub devices: Option<i64>,
+    /// With --devices: also run the unsharded reference, print each output's error, and exit 1
+    /// beyond the tolerance of its dtype.
+    #[arg(long, requires = "devices")]
+    pub check: bool,
+    /// With --devices: the passes that shard the program.
+    #[arg(long, default_value = "propagate-sharding,insert-resharding")]
+    pub pipeline: String,
 }
 
 #[derive(Args, Debug)]

@@ -104,7 +104,36 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let bindings = tpc::runtime::bind_symbols(&graph, &inputs, &explicit)?;
     tpc::runtime::draw_missing_inputs(&graph, &bindings, args.seed, &mut inputs)?;
     let start = Instant::now();
-    let outputs = tpc::runtime::run_reference(&graph, &inputs, &bindings)?;
+    let outputs = match args.devices {
+        None => tpc::runtime::run_reference(&graph, &inputs, &bindings)?,
+        Some(d) => {
+            if d < 1 {
+                return Err(Error::Usage(format!(
+                    "--devices must be 1 or more, got {d}"
+                )));
+            }
+            let mut sharded = graph.clone();
+            let mut pm = tpc::passes::PassManager::parse(&args.pipeline)?;
+            pm.verify_each = true;
+            pm.run(&mut sharded)?;
+            let sizes = sharded.mesh.resolve(Some(d))?;
+            let mesh = tpc::runtime::ranks::MeshSizes(
+                sizes.into_iter().map(|(n, s)| (n, s as usize)).collect(),
+            );
+            if mesh.world() != d as usize {
+                return Err(Error::Usage(format!(
+                    "the program declares no mesh, so it runs on one device, not {d}; add `mesh tp`"
+                )));
+            }
+            tpc::runtime::ranks::run_sharded(
+                &sharded,
+                &mesh,
+                &inputs,
+                &bindings,
+                std::time::Duration::from_secs(300),
+            )?
+        }
+    };
     let elapsed = start.elapsed();
     for (&v, t) in graph.outputs().iter().zip(&outputs) {
         println!(
@@ -117,6 +146,37 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         );
     }
     println!("wall time: {:.3} ms", elapsed.as_secs_f64() * 1e3);
+    let mut failed = false;
+    if args.check {
+        let reference = tpc::runtime::run_reference(&graph, &inputs, &bindings)?;
+        for ((&v, want), got) in graph.outputs().iter().zip(&reference).zip(&outputs) {
+            let peak = want.max_abs();
+            let max_abs = want
+                .to_f32_vec()
+                .iter()
+                .zip(got.to_f32_vec())
+                .map(|(a, b)| {
+                    if a.is_nan() && b.is_nan() {
+                        0.0
+                    } else {
+                        (a - b).abs() as f64
+                    }
+                })
+                .fold(
+                    0.0,
+                    |m: f64, x| if x.is_nan() { f64::INFINITY } else { m.max(x) },
+                );
+            let rel = max_abs / peak.max(f64::MIN_POSITIVE);
+            let tol = tolerance(want.dtype());
+            let ok = rel <= tol || max_abs == 0.0;
+            failed |= !ok;
+            println!(
+                "check %{}: max abs err {max_abs:.3e}, rel err {rel:.3e} (tolerance {tol:.1e}) {}",
+                graph.name(v),
+                if ok { "ok" } else { "FAILED" }
+            );
+        }
+    }
     if let Some(path) = &args.outputs {
         let named: Vec<(String, &tpc::runtime::Tensor)> = graph
             .outputs()
@@ -127,7 +187,24 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         tpc::runtime::save_safetensors(path, &named)?;
         println!("wrote {} output(s) to {}", named.len(), path.display());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// How far a sharded result may be from the reference, relative to the reference's largest
+/// magnitude: a few roundings of the dtype (sums run in another order, a bias moves after a
+/// reduction).
+fn tolerance(dt: tpc::ir::DType) -> f64 {
+    match dt {
+        // 8 ulps of bf16 (2^-8 each): each rank rounds its partial sum before the allreduce.
+        tpc::ir::DType::BF16 => 1.0 / 32.0,
+        tpc::ir::DType::F16 => 1.0 / 256.0,
+        tpc::ir::DType::F32 => 1e-5,
+        _ => 0.0,
+    }
 }
 
 pub fn compile(args: CompileArgs) -> Result<ExitCode> {

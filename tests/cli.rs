@@ -257,3 +257,57 @@ fn compile_propagates_and_reports_passes() {
     );
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn run_on_n_devices_checks_against_the_reference() {
+    let out = tpc(
+        &[
+            "run",
+            "examples/block.ir",
+            "--bind",
+            "B=1,S=8",
+            "--devices",
+            "8",
+            "--check",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("check %out: max abs err"),
+        "{}",
+        text(&out.stdout)
+    );
+    // Without resharding the ranks disagree, and the run says so instead of printing numbers.
+    let out = tpc(
+        &[
+            "run",
+            "examples/mlp.ir",
+            "--bind",
+            "B=1,S=8",
+            "--devices",
+            "8",
+            "--check",
+            "--pipeline",
+            "propagate-sharding",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("disagree"),
+        "{}",
+        text(&out.stderr)
+    );
+    // --check needs --devices.
+    let out = tpc(
+        &["run", "examples/mlp.ir", "--bind", "B=1,S=8", "--check"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -117,7 +117,7 @@ pub fn run(
         .collect()
 }
 
-fn eval(
+pub(crate) fn eval(
     g: &Graph,
     v: ValueId,
     args: &[&Tensor],
@@ -192,8 +192,8 @@ fn eval(
         Op::Sdpa { causal, scale } => {
             linalg::sdpa(args[0], args[1], args[2], *causal, *scale, out_shape)?
         }
-        Op::RandLike { seed } => random::rand_like(args[0], *seed)?,
-        Op::Dropout { p, seed } => random::dropout(args[0], *p, *seed)?,
+        Op::RandLike { seed } => random::rand_like(args[0], *seed, |i| i as u64)?,
+        Op::Dropout { p, seed } => random::dropout(args[0], *p, *seed, |i| i as u64)?,
         Op::Full { value, dtype, .. } => shape::full(out_shape, *value, *dtype)?,
         // Collectives move data between ranks; on the global value they are the identity.
         Op::Collective { .. } => args[0].clone(),

@@ -12,6 +12,7 @@ mod io;
 pub mod layout;
 mod ops;
 pub mod philox;
+pub mod ranks;
 mod tensor;
 
 use std::collections::BTreeMap;

@@ -1,13 +1,14 @@
-//! rand_like and dropout, drawn with Philox by global element index.
+//! rand_like and dropout, drawn with Philox by global element index: `index(i)` gives the global
+//! row-major index of local element `i` (the identity on one device; an index map on a rank).
 
 use crate::philox::uniform;
 use crate::tensor::{round_to, Tensor};
 use crate::Result;
 
-pub fn rand_like(x: &Tensor, seed: u64) -> Result<Tensor> {
+pub fn rand_like(x: &Tensor, seed: u64, index: impl Fn(usize) -> u64) -> Result<Tensor> {
     let dt = x.dtype();
-    let out = (0..x.numel() as u64)
-        .map(|i| round_to(dt, uniform(seed, i)))
+    let out = (0..x.numel())
+        .map(|i| round_to(dt, uniform(seed, index(i))))
         .collect();
     Ok(Tensor::float(dt, x.shape().to_vec(), out))
 }
@@ -15,7 +16,7 @@ pub fn rand_like(x: &Tensor, seed: u64) -> Result<Tensor> {
 /// Element `i` is kept iff `uniform(seed, i) < 1 - p`. Kept values are multiplied by the scale
 /// `1/(1-p)` rounded to the dtype, then rounded: PyTorch builds the scaled mask in the input's
 /// dtype and multiplies, and this reproduces it.
-pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+pub fn dropout(x: &Tensor, p: f64, seed: u64, index: impl Fn(usize) -> u64) -> Result<Tensor> {
     let dt = x.dtype();
     let v = x.floats()?;
     if p >= 1.0 {
@@ -27,7 +28,7 @@ pub fn dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
         .iter()
         .enumerate()
         .map(|(i, &a)| {
-            if uniform(seed, i as u64) < keep {
+            if uniform(seed, index(i)) < keep {
                 round_to(dt, a * scale)
             } else {
                 0.0
