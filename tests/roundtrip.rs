@@ -221,6 +221,17 @@ proptest! {
                     let same = w.to_f32_vec().iter().zip(x.to_f32_vec()).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
                     prop_assert!(same, "{}\n{}", text, print(&resharded, PrintMode::Full));
                 }
+                // And on N CPU ranks it equals the reference, within the dtype's rounding.
+                let sizes = resharded.mesh.resolve(Some([1, 3, 6][resharded.mesh.axes.len().min(2)])).expect("mesh");
+                let mesh = tpc::runtime::ranks::MeshSizes(sizes.into_iter().map(|(n, s)| (n, s as usize)).collect());
+                let ranked = tpc::runtime::ranks::run_sharded(&resharded, &mesh, &inputs, &b, std::time::Duration::from_secs(60))
+                    .map_err(|e| TestCaseError::fail(format!("{text}\n{}\n{e}", print(&resharded, PrintMode::Full))))?;
+                for (w, x) in want.iter().zip(&ranked) {
+                    let peak = w.max_abs().max(1e-3);
+                    let tol = if w.dtype() == tpc::ir::DType::F32 { 1e-4 } else { 1.0 / 16.0 };
+                    let err = w.to_f32_vec().iter().zip(x.to_f32_vec()).map(|(a, b)| if a.is_nan() && b.is_nan() { 0.0 } else { (a - b).abs() as f64 }).fold(0.0, f64::max);
+                    prop_assert!(err <= tol * peak, "error {} vs peak {}\n{}\n{}", err, peak, text, print(&resharded, PrintMode::Full));
+                }
             }
             Err(tpc::passes::Error::Unsupported(_)) => {}
             Err(e) => return Err(TestCaseError::fail(format!("{text}\n{e:?}"))),
