@@ -104,7 +104,7 @@ pub struct CompileArgs {
     #[arg(long)]
     pub devices: Option<i64>,
     /// Comma-separated passes to run, in order.
-    #[arg(long, default_value = "propagate-sharding")]
+    #[arg(long, default_value = "propagate-sharding,insert-resharding")]
     pub pipeline: String,
     /// Print the IR after this pass (or `all`) on standard error.
     #[arg(long, value_name = "PASS|all")]
@@ -115,6 +115,18 @@ pub struct CompileArgs {
     /// What to print on standard output.
     #[arg(long, value_enum, default_value_t = Emit::Ir)]
     pub emit: Emit,
+    /// Print a report instead of the IR: every collective with its bytes on one device, totals,
+    /// and peak bytes per device.
+    #[arg(long, value_enum)]
+    pub report: Option<ReportFormat>,
+    /// Symbol values for the report's byte counts.
+    #[arg(long, value_name = "SYM=N,...", default_value = "B=2,S=128")]
+    pub bind: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    Json,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -252,6 +252,18 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
             );
         }
     }
+    if args.report.is_some() {
+        let devices = args
+            .devices
+            .ok_or_else(|| Error::Usage("--report needs --devices, to size every piece".into()))?;
+        let bindings = tpc::parse_bindings(&args.bind)?;
+        let report = tpc::report::report(&graph, devices, &bindings)?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     match args.emit {
         Emit::Ir => print!("{}", print(&graph, PrintMode::Full)),
     }

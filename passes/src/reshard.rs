@@ -312,8 +312,10 @@ impl Resharder {
             },
             &[x, w],
         );
-        // The bias broadcast to the result's shape, laid out as the result's last dim.
+        // The bias broadcast to the result's shape: laid out like the result on the new dims (each
+        // rank makes its own part, no traffic) and like the bias on its own dim.
         let mut bty = TensorType::new(g.ty(b).dtype, ty.shape.clone());
+        bty.sharding.dims = ty.sharding.dims.clone();
         bty.sharding.dims[ty.rank() - 1] =
             g.ty(b).sharding.dims.first().cloned().unwrap_or_default();
         let name = Self::fresh_name(g, &format!("{}.bias", g.name(v)));

@@ -1,0 +1,99 @@
+//! The compile report: every collective with its size on one device, totals by kind, and the
+//! peak bytes a device holds, as JSON that embedders parse.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+use tpc_ir::layout::{local_indices, MeshCoords};
+use tpc_ir::{Graph, Op, TensorType, ValueId};
+
+use crate::{Error, Result};
+
+/// Axis sizes, first axis major in the rank numbering.
+fn coords(sizes: &[(String, i64)], rank: usize) -> MeshCoords {
+    let mut out = MeshCoords::new();
+    let mut rest = rank;
+    for (name, n) in sizes.iter().rev() {
+        let n = *n as usize;
+        out.insert(name.clone(), (rest % n, n));
+        rest /= n;
+    }
+    out
+}
+
+/// Bytes of the piece of a value of type `ty` held at `c`.
+fn local_bytes(ty: &TensorType, b: &BTreeMap<String, i64>, c: &MeshCoords) -> Result<u64> {
+    let eval = |d: &tpc_ir::Dim| {
+        d.eval(b)
+            .map(|n| n as usize)
+            .map_err(|e| Error::Usage(e.to_string()))
+    };
+    let shape: Vec<usize> = ty.shape.iter().map(eval).collect::<Result<_>>()?;
+    let factors: Vec<Vec<usize>> = ty
+        .sharding
+        .dims
+        .iter()
+        .map(|ds| ds.factors.iter().map(|f| eval(&f.extent)).collect())
+        .collect::<Result<_>>()?;
+    let idx = local_indices(&shape, &ty.sharding, &factors, c)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(idx.iter().map(|i| i.len() as u64).product::<u64>() * ty.dtype.size_bytes())
+}
+
+/// The report of a compiled graph on `devices` devices with symbols bound by `bindings`.
+pub fn report(g: &Graph, devices: i64, bindings: &BTreeMap<String, i64>) -> Result<Value> {
+    let sizes = g.mesh.resolve(Some(devices))?;
+    let world: usize = sizes.iter().map(|(_, n)| *n as usize).product();
+    let ranks: Vec<MeshCoords> = (0..world.max(1)).map(|r| coords(&sizes, r)).collect();
+    // The largest piece over all ranks (the first ranks of an uneven split hold more).
+    let size_of = |v: ValueId| -> Result<u64> {
+        ranks
+            .iter()
+            .map(|c| local_bytes(g.ty(v), bindings, c))
+            .try_fold(0u64, |m, x| x.map(|x| m.max(x)))
+    };
+    let mut collectives = Vec::new();
+    let mut totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for &v in g.values() {
+        if let Op::Collective { kind, axis } = g.op(v) {
+            let bytes = size_of(v)?;
+            collectives.push(json!({"kind": kind.name(), "axis": axis, "value": format!("%{}", g.name(v)), "bytes_per_device": bytes}));
+            let t = totals.entry(kind.name().to_string()).or_default();
+            t.0 += 1;
+            t.1 += bytes;
+        }
+    }
+    // Peak live bytes on each rank, freeing each value after its last use, as the executors do.
+    let mut last_use: BTreeMap<ValueId, usize> = BTreeMap::new();
+    for (pos, &v) in g.values().iter().enumerate() {
+        for o in g.operands(v) {
+            last_use.insert(o, pos);
+        }
+    }
+    let mut peak = 0u64;
+    for c in &ranks {
+        let (mut live, mut top) = (0u64, 0u64);
+        for (pos, &v) in g.values().iter().enumerate() {
+            live += local_bytes(g.ty(v), bindings, c)?;
+            top = top.max(live);
+            for o in g.operands(v) {
+                if last_use.get(&o) == Some(&pos) && !g.outputs().contains(&o) {
+                    live -= local_bytes(g.ty(o), bindings, c)?;
+                }
+            }
+        }
+        peak = peak.max(top);
+    }
+    let mesh: Map<String, Value> = sizes.iter().map(|(n, s)| (n.clone(), json!(s))).collect();
+    let totals: Map<String, Value> = totals
+        .into_iter()
+        .map(|(k, (count, bytes))| (k, json!({"count": count, "bytes_per_device": bytes})))
+        .collect();
+    Ok(json!({
+        "devices": devices,
+        "mesh": mesh,
+        "collectives": collectives,
+        "totals": totals,
+        "peak_bytes_per_device": peak,
+    }))
+}

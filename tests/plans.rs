@@ -1,0 +1,86 @@
+//! The plans the examples compile to at 8 devices (B = 2, S = 128): which collectives, over
+//! which axes, and how many bytes each moves per device.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use tpc::passes::PassManager;
+
+/// (kind, axis) -> count, and the report itself.
+fn plan(file: &str) -> (BTreeMap<(String, String), usize>, serde_json::Value) {
+    let mut g = common::load(&common::root().join("examples").join(file));
+    let mut pm = PassManager::parse("propagate-sharding,insert-resharding").expect("pipeline");
+    pm.verify_each = true;
+    pm.run(&mut g).expect("passes");
+    let b: BTreeMap<String, i64> = [("B".to_string(), 2), ("S".to_string(), 128)]
+        .into_iter()
+        .collect();
+    let report = tpc::report::report(&g, 8, &b).expect("report");
+    let mut counts = BTreeMap::new();
+    for c in report["collectives"].as_array().expect("list") {
+        let key = (
+            c["kind"].as_str().unwrap_or("").to_string(),
+            c["axis"].as_str().unwrap_or("").to_string(),
+        );
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    (counts, report)
+}
+
+fn only(kind: &str, axis: &str, n: usize) -> BTreeMap<(String, String), usize> {
+    [((kind.to_string(), axis.to_string()), n)]
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn megatron_mlp_needs_one_allreduce_whether_annotated_fully_or_once() {
+    for file in ["mlp.ir", "mlp_auto.ir"] {
+        let (counts, report) = plan(file);
+        assert_eq!(counts, only("allreduce", "tp", 1), "{file}");
+        // [2, 128, 768] in bf16 on every device.
+        assert_eq!(
+            report["totals"]["allreduce"]["bytes_per_device"],
+            2 * 128 * 768 * 2,
+            "{file}"
+        );
+        assert_eq!(report["mesh"]["tp"], 8);
+    }
+}
+
+#[test]
+fn attention_in_every_fused_layout_needs_one_allreduce_and_nothing_else() {
+    for file in [
+        "attention_glm.ir",
+        "attention_bloom.ir",
+        "attention_codegen.ir",
+        "attention_uneven.ir",
+    ] {
+        let (counts, _) = plan(file);
+        assert_eq!(counts, only("allreduce", "tp", 1), "{file}");
+    }
+}
+
+#[test]
+fn block_needs_two_allreduces() {
+    assert_eq!(plan("block.ir").0, only("allreduce", "tp", 2));
+}
+
+#[test]
+fn dp_tp_mlp_reduces_over_tp_only() {
+    let (counts, report) = plan("mlp_dp_tp.ir");
+    assert_eq!(counts, only("allreduce", "tp", 1));
+    // The batch is split over dp, so each device reduces half of [2, 128, 768].
+    assert_eq!(
+        report["totals"]["allreduce"]["bytes_per_device"],
+        128 * 768 * 2
+    );
+}
+
+#[test]
+fn dropout_on_a_broadcast_needs_no_collective() {
+    let (counts, report) = plan("dropout_broadcast.ir");
+    assert!(counts.is_empty(), "{counts:?}");
+    assert!(report["peak_bytes_per_device"].as_u64().unwrap_or(0) > 0);
+}
