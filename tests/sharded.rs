@@ -11,9 +11,13 @@ use tpc::runtime::ranks::{run_sharded, MeshSizes};
 use tpc::runtime::{random_inputs, run_reference, Tensor};
 
 fn bindings() -> BTreeMap<String, i64> {
-    [("B".to_string(), 2), ("S".to_string(), 8)]
-        .into_iter()
-        .collect()
+    [
+        ("B".to_string(), 2),
+        ("S".to_string(), 8),
+        ("E".to_string(), 4),
+    ]
+    .into_iter()
+    .collect()
 }
 
 /// Largest |a - b| relative to the reference's largest magnitude.
