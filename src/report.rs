@@ -64,12 +64,7 @@ pub fn report(g: &Graph, devices: i64, bindings: &BTreeMap<String, i64>) -> Resu
         }
     }
     // Peak live bytes on each rank, freeing each value after its last use, as the executors do.
-    let mut last_use: BTreeMap<ValueId, usize> = BTreeMap::new();
-    for (pos, &v) in g.values().iter().enumerate() {
-        for o in g.operands(v) {
-            last_use.insert(o, pos);
-        }
-    }
+    let last_use = g.last_uses();
     let mut peak = 0u64;
     for c in &ranks {
         let (mut live, mut top) = (0u64, 0u64);

@@ -203,15 +203,7 @@ impl Graph {
 
     /// Makes operand `index` of `user` be `new` instead of what it was.
     pub fn set_operand(&mut self, user: ValueId, index: usize, new: ValueId) {
-        let old: Vec<_> = self
-            .graph
-            .edges_directed(user.0, Direction::Incoming)
-            .filter(|e| *e.weight() == index as u32)
-            .map(|e| e.id())
-            .collect();
-        for e in old {
-            self.graph.remove_edge(e);
-        }
+        self.remove_operand_edge(user, index);
         self.graph.add_edge(new.0, user.0, index as u32);
     }
 
@@ -233,6 +225,18 @@ impl Graph {
         if let Some(slot) = self.outputs.get_mut(index) {
             *slot = v;
         }
+    }
+
+    /// For every value that something uses, the program position of its last user: where an
+    /// executor can free it.
+    pub fn last_uses(&self) -> BTreeMap<ValueId, usize> {
+        let mut out = BTreeMap::new();
+        for (pos, &v) in self.order.iter().enumerate() {
+            for o in self.operands(v) {
+                out.insert(o, pos);
+            }
+        }
+        out
     }
 
     /// Adds a parameter with a declared type.

@@ -54,12 +54,7 @@ pub fn run(
     limits: &Limits,
 ) -> Result<Vec<Tensor>> {
     let shapes = concrete_shapes(g, bindings, limits)?;
-    let mut last_use: BTreeMap<ValueId, usize> = BTreeMap::new();
-    for (pos, &v) in g.values().iter().enumerate() {
-        for o in g.operands(v) {
-            last_use.insert(o, pos);
-        }
-    }
+    let last_use = g.last_uses();
     let mut env: BTreeMap<ValueId, Tensor> = BTreeMap::new();
     let mut live: u64 = 0;
     for (pos, &v) in g.values().iter().enumerate() {

@@ -8,7 +8,8 @@ use tpc_ir::{ReduceOp, TensorType};
 use crate::tensor::{round_to, Data, Tensor};
 use crate::{Bindings, Error, Result};
 
-fn bound_factors(ty: &TensorType, bindings: &Bindings) -> Result<Vec<Vec<usize>>> {
+/// The bound extents of every dim's factors.
+pub(crate) fn bound_factors(ty: &TensorType, bindings: &Bindings) -> Result<Vec<Vec<usize>>> {
     ty.sharding
         .dims
         .iter()

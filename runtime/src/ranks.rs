@@ -17,7 +17,7 @@ use tpc_ir::{Collective, Graph, Op, ReduceKind, ReduceOp, TensorType, ValueId};
 
 use crate::collective::{run_ranks, Comm};
 use crate::exec::eval;
-use crate::layout::{assemble, cut};
+use crate::layout::{assemble, bound_factors, cut};
 use crate::ops::{random, reduce};
 use crate::tensor::{round_to, Data, Tensor};
 use crate::{Bindings, Error, Result};
@@ -53,24 +53,6 @@ fn global_shape(ty: &TensorType, b: &Bindings) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn factors(ty: &TensorType, b: &Bindings) -> Result<Vec<Vec<usize>>> {
-    ty.sharding
-        .dims
-        .iter()
-        .map(|ds| {
-            ds.factors
-                .iter()
-                .map(|f| {
-                    f.extent
-                        .eval(b)
-                        .map(|n| n as usize)
-                        .map_err(|e| Error::Shape(e.to_string()))
-                })
-                .collect()
-        })
-        .collect()
-}
-
 /// The global indices, per dim, of the piece of a value of type `ty` held at `coords`.
 fn indices(
     ty: &TensorType,
@@ -78,7 +60,7 @@ fn indices(
     coords: &MeshCoords,
 ) -> Result<(Vec<usize>, Vec<Vec<usize>>)> {
     let shape = global_shape(ty, b)?;
-    let idx = local_indices(&shape, &ty.sharding, &factors(ty, b)?, coords)
+    let idx = local_indices(&shape, &ty.sharding, &bound_factors(ty, b)?, coords)
         .map_err(|e| Error::Shape(e.to_string()))?;
     Ok((shape, idx))
 }
@@ -122,12 +104,7 @@ impl Rank<'_> {
     fn run(&self, comm: &mut Comm, inputs: &BTreeMap<String, Tensor>) -> Result<Vec<Tensor>> {
         let g = self.g;
         let me = self.mesh.coords(comm.rank());
-        let mut last_use: BTreeMap<ValueId, usize> = BTreeMap::new();
-        for (pos, &v) in g.values().iter().enumerate() {
-            for o in g.operands(v) {
-                last_use.insert(o, pos);
-            }
-        }
+        let last_use = g.last_uses();
         let mut env: BTreeMap<ValueId, Tensor> = BTreeMap::new();
         for (pos, &v) in g.values().iter().enumerate() {
             let ty = g.ty(v);
