@@ -40,13 +40,8 @@ pub fn check(args: CheckArgs) -> Result<ExitCode> {
     let (name, text) = read_source(&args.file)?;
     let graph = tpc::load(&name, &text)?;
     let mesh = match args.devices {
-        Some(d) if d < 1 => {
-            return Err(Error::Usage(format!(
-                "--devices must be 1 or more, got {d}"
-            )))
-        }
         Some(d) => {
-            let axes = graph.mesh.resolve(Some(d))?;
+            let axes = tpc::resolve_devices(&graph, d, &tpc::SourceFile::new(&name, &text))?;
             let axes: Vec<String> = axes.iter().map(|(n, s)| format!("{n} = {s}")).collect();
             format!(", mesh {}", axes.join(", "))
         }
@@ -107,11 +102,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let outputs = match args.devices {
         None => tpc::runtime::run_reference(&graph, &inputs, &bindings)?,
         Some(d) => {
-            if d < 1 {
-                return Err(Error::Usage(format!(
-                    "--devices must be 1 or more, got {d}"
-                )));
-            }
+            tpc::resolve_devices(&graph, d, &tpc::SourceFile::new(&name, &text))?;
             let mut sharded = graph.clone();
             let mut pm = tpc::passes::PassManager::parse(&args.pipeline)?;
             pm.verify_each = true;
@@ -211,12 +202,7 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
     let (name, text) = read_source(&args.file)?;
     let mut graph = tpc::load(&name, &text)?;
     if let Some(d) = args.devices {
-        if d < 1 {
-            return Err(Error::Usage(format!(
-                "--devices must be 1 or more, got {d}"
-            )));
-        }
-        graph.mesh.resolve(Some(d))?;
+        tpc::resolve_devices(&graph, d, &tpc::SourceFile::new(&name, &text))?;
     }
     let mut pm = tpc::passes::PassManager::parse(&args.pipeline)?;
     pm.verify_each = true;

@@ -87,6 +87,29 @@ pub fn load(name: &str, text: &str) -> Result<Graph> {
     tpc_ir::parse(&file).map_err(|diagnostics| Error::Program { file, diagnostics })
 }
 
+/// The mesh's axis sizes on `devices` devices, after checking that every split the program
+/// writes leaves no device idle. `file` is what the program was loaded from, for diagnostics.
+pub fn resolve_devices(
+    graph: &Graph,
+    devices: i64,
+    file: &SourceFile,
+) -> Result<Vec<(String, i64)>> {
+    if devices < 1 {
+        return Err(Error::Usage(format!(
+            "--devices must be 1 or more, got {devices}"
+        )));
+    }
+    let sizes = graph.mesh.resolve(Some(devices))?;
+    let diagnostics = tpc_ir::verify::verify_splits(graph, &sizes);
+    if !diagnostics.is_empty() {
+        return Err(Error::Program {
+            file: file.clone(),
+            diagnostics,
+        });
+    }
+    Ok(sizes)
+}
+
 /// Parses `B=2,S=128` (also `B=2 S=128`) into symbol bindings.
 pub fn parse_bindings(text: &str) -> Result<BTreeMap<String, i64>> {
     let mut out = BTreeMap::new();

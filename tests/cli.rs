@@ -311,3 +311,25 @@ fn run_on_n_devices_checks_against_the_reference() {
     );
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn splits_that_would_leave_devices_idle_are_errors() {
+    let src = "mesh tp\n\nfunc @f(%w: f32[(3, 4@tp, 8), 16]) {\n  %y = exp(%w)\n  return %y\n}\n";
+    for cmd in ["check", "compile"] {
+        let out = tpc(&[cmd, "-", "--devices", "8"], Some(src));
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("splits a factor of 4 in dim 0 over 8 devices")
+                && err.contains("<stdin>:3:9"),
+            "{err}"
+        );
+    }
+    // Uneven is fine: 4 over 3 devices gives 2, 1, 1.
+    assert_eq!(
+        tpc(&["check", "-", "--devices", "3"], Some(src))
+            .status
+            .code(),
+        Some(0)
+    );
+}

@@ -39,6 +39,51 @@ pub fn verify(g: &Graph) -> Vec<Diagnostic> {
     diags
 }
 
+/// Checks, for a device count, that every split the program writes gives each rank something:
+/// a factor of known extent split over more ranks than it has elements would leave ranks idle,
+/// which is never what a person means (12 heads over 16 devices). `sizes` are the mesh's axis
+/// sizes for that device count.
+pub fn verify_splits(g: &Graph, sizes: &[(String, i64)]) -> Vec<Diagnostic> {
+    let size = |a: &str| {
+        sizes
+            .iter()
+            .find(|(n, _)| n == a)
+            .map(|(_, s)| *s)
+            .unwrap_or(1)
+    };
+    let mut diags = Vec::new();
+    for &v in g.values() {
+        let node = g.node(v);
+        if !node.explicit_type {
+            continue;
+        }
+        for (d, ds) in node.ty.sharding.dims.iter().enumerate() {
+            for f in ds.factors.iter().filter(|f| !f.axes.is_empty()) {
+                let parts: i64 = f.axes.iter().map(|a| size(a)).product();
+                if let Some(n) = f.extent.as_const() {
+                    if n < parts {
+                        let axes: Vec<String> = f.axes.iter().map(|a| format!("`{a}`")).collect();
+                        diags.push(
+                            Diagnostic::error(
+                                format!(
+                                    "`%{}` splits a factor of {n} in dim {d} over {parts} devices ({}): {} of them would hold none of it",
+                                    node.name,
+                                    axes.join(" × "),
+                                    parts - n
+                                ),
+                                node.span,
+                                "split over more devices than it has elements",
+                            )
+                            .with_help(format!("use at most {n} devices on that axis, or split a larger factor")),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    diags
+}
+
 fn check_mesh(g: &Graph, diags: &mut Vec<Diagnostic>) {
     for (i, a) in g.mesh.axes.iter().enumerate() {
         if g.mesh.axes[..i].iter().any(|b| b.name == a.name) {
