@@ -119,7 +119,10 @@ pub struct CompileArgs {
     /// and peak bytes per device.
     #[arg(long, value_enum)]
     pub report: Option<ReportFormat>,
-    /// Symbol values for the report's byte counts.
+    /// The rank whose program `--emit local` prints.
+    #[arg(long, default_value_t = 0)]
+    pub rank: usize,
+    /// Symbol values for the report's byte counts and the local shapes.
     #[arg(long, value_name = "SYM=N,...", default_value = "B=2,S=128")]
     pub bind: String,
 }
@@ -133,4 +136,6 @@ pub enum ReportFormat {
 pub enum Emit {
     /// The IR after the pipeline, with every value's full type.
     Ir,
+    /// One rank's program: every value with the shape of that rank's piece (needs --devices).
+    Local,
 }

@@ -252,6 +252,17 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
     }
     match args.emit {
         Emit::Ir => print!("{}", print(&graph, PrintMode::Full)),
+        Emit::Local => {
+            let devices = args.devices.ok_or_else(|| {
+                Error::Usage("--emit local needs --devices, to size every piece".into())
+            })?;
+            let sizes = graph.mesh.resolve(Some(devices))?;
+            let bindings = tpc::parse_bindings(&args.bind)?;
+            print!(
+                "{}",
+                tpc::local::local_program(&graph, &sizes, &bindings, args.rank)?
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

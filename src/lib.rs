@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 pub mod gen;
+pub mod local;
 pub mod report;
 
 pub use tpc_ir as ir;

@@ -1,0 +1,126 @@
+//! A rank's view of a sharded program: every value with the shape of the piece that rank holds,
+//! and the ops' shape attributes in local terms, so that per-rank shapes (uneven ones included)
+//! can be read and reviewed. The executors derive the same shapes from the same index maps.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use tpc_ir::layout::{local_indices, MeshCoords};
+use tpc_ir::{Graph, Op, TensorType};
+
+use crate::{Error, Result};
+
+fn local_shape(ty: &TensorType, b: &BTreeMap<String, i64>, c: &MeshCoords) -> Result<Vec<usize>> {
+    let eval = |d: &tpc_ir::Dim| {
+        d.eval(b)
+            .map(|n| n as usize)
+            .map_err(|e| Error::Usage(e.to_string()))
+    };
+    let shape: Vec<usize> = ty.shape.iter().map(eval).collect::<Result<_>>()?;
+    let factors: Vec<Vec<usize>> = ty
+        .sharding
+        .dims
+        .iter()
+        .map(|ds| ds.factors.iter().map(|f| eval(&f.extent)).collect())
+        .collect::<Result<_>>()?;
+    let idx = local_indices(&shape, &ty.sharding, &factors, c)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(idx.iter().map(Vec::len).collect())
+}
+
+fn dims(v: &[usize]) -> String {
+    v.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The program as rank `rank` runs it on a mesh with `sizes` (first axis major).
+pub fn local_program(
+    g: &Graph,
+    sizes: &[(String, i64)],
+    bindings: &BTreeMap<String, i64>,
+    rank: usize,
+) -> Result<String> {
+    let world: i64 = sizes.iter().map(|(_, n)| n).product();
+    if rank as i64 >= world.max(1) {
+        return Err(Error::Usage(format!(
+            "--rank {rank} is not one of the {world} ranks"
+        )));
+    }
+    let mut coords = MeshCoords::new();
+    let mut rest = rank;
+    for (name, n) in sizes.iter().rev() {
+        let n = *n as usize;
+        coords.insert(name.clone(), (rest % n, n));
+        rest /= n;
+    }
+    let mut out = String::new();
+    let place: Vec<String> = sizes
+        .iter()
+        .map(|(n, s)| format!("{n} {} of {s}", coords[n].0))
+        .collect();
+    let binds: Vec<String> = bindings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(
+        out,
+        "# @{} on rank {rank} ({}), {}",
+        g.name,
+        place.join(", "),
+        binds.join(", ")
+    );
+    for &v in g.values() {
+        let node = g.node(v);
+        let local = local_shape(&node.ty, bindings, &coords)?;
+        let ty = format!("{}[{}]", node.ty.dtype, dims(&local));
+        if let Op::Param { .. } = node.op {
+            let _ = writeln!(out, "%{}: {ty}", node.name);
+            continue;
+        }
+        let operands: Vec<String> = g
+            .operands(v)
+            .iter()
+            .map(|&o| format!("%{}", g.name(o)))
+            .collect();
+        let mut attrs: Vec<String> = Vec::new();
+        for (k, a) in node.op.attrs() {
+            // Shapes in attributes are the result's, so they become its local shape.
+            let text = if k == "shape" {
+                format!("[{}]", dims(&local))
+            } else {
+                a.to_string()
+            };
+            attrs.push(format!("{k} = {text}"));
+        }
+        let attrs = if attrs.is_empty() {
+            String::new()
+        } else {
+            format!(" {{{}}}", attrs.join(", "))
+        };
+        let partial: Vec<String> = node
+            .ty
+            .sharding
+            .partial
+            .iter()
+            .map(|p| p.axis.clone())
+            .collect();
+        let note = if partial.is_empty() {
+            String::new()
+        } else {
+            format!("  # partial over {}", partial.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "%{} = {}({}){attrs} : {ty}{note}",
+            node.name,
+            node.op.name(),
+            operands.join(", ")
+        );
+    }
+    let outs: Vec<String> = g
+        .outputs()
+        .iter()
+        .map(|&o| format!("%{}", g.name(o)))
+        .collect();
+    let _ = writeln!(out, "return {}", outs.join(", "));
+    Ok(out)
+}
