@@ -613,6 +613,16 @@ impl<'s> Parser<'s> {
             Some((Entry::Defined(v), _)) => Ok(Some(*v)),
             Some((Entry::Poisoned, _)) => Ok(None),
             None => {
+                if let Some(later) = self.later_definition(name) {
+                    let d = Diagnostic::error(
+                        format!("`%{name}` is used before it is defined"),
+                        span,
+                        "used here",
+                    )
+                    .with_secondary(later, "defined later here")
+                    .with_help("statements run in order: move the definition above its first use");
+                    return Err(self.error(d));
+                }
                 let mut d = Diagnostic::error(
                     format!("unknown value `%{name}`"),
                     span,
@@ -626,6 +636,15 @@ impl<'s> Parser<'s> {
                 Err(self.error(d))
             }
         }
+    }
+
+    /// The span of a statement further on that defines `%name` (`%name = …`), if any.
+    fn later_definition(&self, name: &str) -> Option<Span> {
+        self.toks
+            .get(self.pos..)?
+            .windows(2)
+            .find(|w| matches!(&w[0].tok, Tok::Value(n) if n == name) && w[1].tok == Tok::Equals)
+            .map(|w| w[0].span)
     }
 
     fn stmt(&mut self, g: &mut Graph) -> PResult<()> {
