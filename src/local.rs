@@ -5,26 +5,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use tpc_ir::layout::{local_indices, MeshCoords};
+use tpc_ir::layout::{piece_indices, rank_coords, MeshCoords};
 use tpc_ir::{Graph, Op, TensorType};
 
 use crate::{Error, Result};
 
 fn local_shape(ty: &TensorType, b: &BTreeMap<String, i64>, c: &MeshCoords) -> Result<Vec<usize>> {
-    let eval = |d: &tpc_ir::Dim| {
-        d.eval(b)
-            .map(|n| n as usize)
-            .map_err(|e| Error::Usage(e.to_string()))
-    };
-    let shape: Vec<usize> = ty.shape.iter().map(eval).collect::<Result<_>>()?;
-    let factors: Vec<Vec<usize>> = ty
-        .sharding
-        .dims
-        .iter()
-        .map(|ds| ds.factors.iter().map(|f| eval(&f.extent)).collect())
-        .collect::<Result<_>>()?;
-    let idx = local_indices(&shape, &ty.sharding, &factors, c)
-        .map_err(|e| Error::Usage(e.to_string()))?;
+    let (_, idx) = piece_indices(ty, b, c).map_err(|e| Error::Usage(e.to_string()))?;
     Ok(idx.iter().map(Vec::len).collect())
 }
 
@@ -48,13 +35,11 @@ pub fn local_program(
             "--rank {rank} is not one of the {world} ranks"
         )));
     }
-    let mut coords = MeshCoords::new();
-    let mut rest = rank;
-    for (name, n) in sizes.iter().rev() {
-        let n = *n as usize;
-        coords.insert(name.clone(), (rest % n, n));
-        rest /= n;
-    }
+    let usizes: Vec<(String, usize)> = sizes
+        .iter()
+        .map(|(n, s)| (n.clone(), *s as usize))
+        .collect();
+    let coords = rank_coords(&usizes, rank);
     let mut out = String::new();
     let place: Vec<String> = sizes
         .iter()

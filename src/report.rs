@@ -4,39 +4,14 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
-use tpc_ir::layout::{local_indices, MeshCoords};
+use tpc_ir::layout::{piece_indices, rank_coords, MeshCoords};
 use tpc_ir::{Graph, Op, TensorType, ValueId};
 
 use crate::{Error, Result};
 
-/// Axis sizes, first axis major in the rank numbering.
-fn coords(sizes: &[(String, i64)], rank: usize) -> MeshCoords {
-    let mut out = MeshCoords::new();
-    let mut rest = rank;
-    for (name, n) in sizes.iter().rev() {
-        let n = *n as usize;
-        out.insert(name.clone(), (rest % n, n));
-        rest /= n;
-    }
-    out
-}
-
 /// Bytes of the piece of a value of type `ty` held at `c`.
 fn local_bytes(ty: &TensorType, b: &BTreeMap<String, i64>, c: &MeshCoords) -> Result<u64> {
-    let eval = |d: &tpc_ir::Dim| {
-        d.eval(b)
-            .map(|n| n as usize)
-            .map_err(|e| Error::Usage(e.to_string()))
-    };
-    let shape: Vec<usize> = ty.shape.iter().map(eval).collect::<Result<_>>()?;
-    let factors: Vec<Vec<usize>> = ty
-        .sharding
-        .dims
-        .iter()
-        .map(|ds| ds.factors.iter().map(|f| eval(&f.extent)).collect())
-        .collect::<Result<_>>()?;
-    let idx = local_indices(&shape, &ty.sharding, &factors, c)
-        .map_err(|e| Error::Usage(e.to_string()))?;
+    let (_, idx) = piece_indices(ty, b, c).map_err(|e| Error::Usage(e.to_string()))?;
     Ok(idx.iter().map(|i| i.len() as u64).product::<u64>() * ty.dtype.size_bytes())
 }
 
@@ -44,7 +19,11 @@ fn local_bytes(ty: &TensorType, b: &BTreeMap<String, i64>, c: &MeshCoords) -> Re
 pub fn report(g: &Graph, devices: i64, bindings: &BTreeMap<String, i64>) -> Result<Value> {
     let sizes = g.mesh.resolve(Some(devices))?;
     let world: usize = sizes.iter().map(|(_, n)| *n as usize).product();
-    let ranks: Vec<MeshCoords> = (0..world.max(1)).map(|r| coords(&sizes, r)).collect();
+    let usizes: Vec<(String, usize)> = sizes
+        .iter()
+        .map(|(n, s)| (n.clone(), *s as usize))
+        .collect();
+    let ranks: Vec<MeshCoords> = (0..world.max(1)).map(|r| rank_coords(&usizes, r)).collect();
     // The largest piece over all ranks (the first ranks of an uneven split hold more).
     let size_of = |v: ValueId| -> Result<u64> {
         ranks

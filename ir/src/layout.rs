@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use crate::types::{DimSharding, Sharding};
+use crate::types::{DimSharding, Sharding, TensorType};
 
 /// A rank's position on the mesh: for each axis, its index and the axis size.
 pub type MeshCoords = BTreeMap<String, (usize, usize)>;
@@ -16,6 +16,47 @@ pub enum LayoutError {
     UnknownAxis(String),
     #[error("dim of extent {extent} has factors multiplying to {product}")]
     FactorMismatch { extent: usize, product: usize },
+    #[error(transparent)]
+    Dim(#[from] crate::dim::DimError),
+}
+
+/// The coordinates of rank `rank` on a mesh with these axis sizes, first axis major.
+pub fn rank_coords(sizes: &[(String, usize)], rank: usize) -> MeshCoords {
+    let mut out = MeshCoords::new();
+    let mut rest = rank;
+    for (name, n) in sizes.iter().rev() {
+        let n = (*n).max(1);
+        out.insert(name.clone(), (rest % n, n));
+        rest /= n;
+    }
+    out
+}
+
+fn bound(d: &crate::dim::Dim, b: &BTreeMap<String, i64>) -> Result<usize, LayoutError> {
+    Ok(d.eval(b)? as usize)
+}
+
+/// A type's global shape with its symbols bound.
+pub fn bound_shape(ty: &TensorType, b: &BTreeMap<String, i64>) -> Result<Vec<usize>, LayoutError> {
+    ty.shape.iter().map(|d| bound(d, b)).collect()
+}
+
+/// The global shape of a value of type `ty`, and the global indices, per dim, of the piece that
+/// the rank at `coords` holds.
+pub fn piece_indices(
+    ty: &TensorType,
+    b: &BTreeMap<String, i64>,
+    coords: &MeshCoords,
+) -> Result<(Vec<usize>, Vec<Vec<usize>>), LayoutError> {
+    let shape = bound_shape(ty, b)?;
+    let factors: Vec<Vec<usize>> = ty
+        .sharding
+        .dims
+        .iter()
+        .map(|ds| ds.factors.iter().map(|f| bound(&f.extent, b)).collect())
+        .collect::<Result<_, _>>()?;
+    let idx = local_indices(&shape, &ty.sharding, &factors, coords)?;
+    Ok((shape, idx))
 }
 
 /// Part `part` of `extent` elements cut into `parts`: the first `extent % parts` parts hold one

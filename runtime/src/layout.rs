@@ -2,42 +2,29 @@
 //! maps of `tpc_ir::layout`: how inputs and weights reach the ranks, and how the ranks' results
 //! are compared with the reference.
 
-use tpc_ir::layout::{flat_offsets, local_indices, MeshCoords};
+use tpc_ir::layout::{flat_offsets, piece_indices, MeshCoords};
 use tpc_ir::{ReduceOp, TensorType};
 
 use crate::tensor::{round_to, Data, Tensor};
 use crate::{Bindings, Error, Result};
 
-/// The bound extents of every dim's factors.
-pub(crate) fn bound_factors(ty: &TensorType, bindings: &Bindings) -> Result<Vec<Vec<usize>>> {
-    ty.sharding
-        .dims
-        .iter()
-        .map(|ds| {
-            ds.factors
-                .iter()
-                .map(|f| {
-                    f.extent
-                        .eval(bindings)
-                        .map(|n| n as usize)
-                        .map_err(|e| Error::Shape(format!("a factor of the sharding: {e}")))
-                })
-                .collect()
-        })
-        .collect()
-}
-
+/// Flat offsets into the global tensor (of shape `global`, which must be the type's) of this
+/// rank's piece, and the piece's shape.
 fn offsets(
-    global_shape: &[usize],
+    global: &[usize],
     ty: &TensorType,
     bindings: &Bindings,
     coords: &MeshCoords,
 ) -> Result<(Vec<usize>, Vec<usize>)> {
-    let factors = bound_factors(ty, bindings)?;
-    let idx = local_indices(global_shape, &ty.sharding, &factors, coords)
-        .map_err(|e| Error::Shape(e.to_string()))?;
+    let (shape, idx) =
+        piece_indices(ty, bindings, coords).map_err(|e| Error::Shape(e.to_string()))?;
+    if shape != global {
+        return Err(Error::Shape(format!(
+            "a global tensor is {global:?} but its type says {shape:?}"
+        )));
+    }
     let local_shape = idx.iter().map(Vec::len).collect();
-    Ok((flat_offsets(global_shape, &idx), local_shape))
+    Ok((flat_offsets(&shape, &idx), local_shape))
 }
 
 /// Whether this rank holds the summand of a partial tensor (the value itself on the first rank of

@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tpc_ir::layout::{flat_offsets, local_indices, MeshCoords};
+use tpc_ir::layout::{bound_shape, flat_offsets, piece_indices, rank_coords, MeshCoords};
 use tpc_ir::{Collective, Graph, Op, ReduceKind, ReduceOp, TensorType, ValueId};
 
 use crate::collective::{run_ranks, Comm};
 use crate::exec::eval;
-use crate::layout::{assemble, bound_factors, cut};
+use crate::layout::{assemble, cut};
 use crate::ops::{random, reduce};
 use crate::tensor::{round_to, Data, Tensor};
 use crate::{Bindings, Error, Result};
@@ -32,37 +32,21 @@ impl MeshSizes {
     }
 
     pub fn coords(&self, rank: usize) -> MeshCoords {
-        let mut out = MeshCoords::new();
-        let mut rest = rank;
-        for (name, n) in self.0.iter().rev() {
-            out.insert(name.clone(), (rest % n, *n));
-            rest /= n;
-        }
-        out
+        rank_coords(&self.0, rank)
     }
 }
 
 fn global_shape(ty: &TensorType, b: &Bindings) -> Result<Vec<usize>> {
-    ty.shape
-        .iter()
-        .map(|d| {
-            d.eval(b)
-                .map(|n| n as usize)
-                .map_err(|e| Error::Shape(e.to_string()))
-        })
-        .collect()
+    bound_shape(ty, b).map_err(|e| Error::Shape(e.to_string()))
 }
 
-/// The global indices, per dim, of the piece of a value of type `ty` held at `coords`.
+/// The global shape, and the global indices per dim of the piece held at `coords`.
 fn indices(
     ty: &TensorType,
     b: &Bindings,
     coords: &MeshCoords,
 ) -> Result<(Vec<usize>, Vec<Vec<usize>>)> {
-    let shape = global_shape(ty, b)?;
-    let idx = local_indices(&shape, &ty.sharding, &bound_factors(ty, b)?, coords)
-        .map_err(|e| Error::Shape(e.to_string()))?;
-    Ok((shape, idx))
+    piece_indices(ty, b, coords).map_err(|e| Error::Shape(e.to_string()))
 }
 
 /// Runs `g` on every rank of `mesh` and returns its results assembled into global tensors.
