@@ -122,7 +122,8 @@ pub struct CompileArgs {
     /// The rank whose program `--emit local` prints.
     #[arg(long, default_value_t = 0)]
     pub rank: usize,
-    /// Symbol values for the report's byte counts and the local shapes.
+    /// Symbol values at which the passes weigh layouts by bytes moved, and for the report's
+    /// byte counts and the local shapes.
     #[arg(long, value_name = "SYM=N,...", default_value = "B=2,S=128")]
     pub bind: String,
 }

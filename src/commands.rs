@@ -106,6 +106,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             let mut sharded = graph.clone();
             let mut pm = tpc::passes::PassManager::parse(&args.pipeline)?;
             pm.verify_each = true;
+            pm.context.symbols = bindings.clone();
             pm.run(&mut sharded)?;
             let sizes = sharded.mesh.resolve(Some(d))?;
             let mesh = tpc::runtime::ranks::MeshSizes(
@@ -204,8 +205,10 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
     if let Some(d) = args.devices {
         tpc::resolve_devices(&graph, d, &tpc::SourceFile::new(&name, &text))?;
     }
+    let bindings = tpc::parse_bindings(&args.bind)?;
     let mut pm = tpc::passes::PassManager::parse(&args.pipeline)?;
     pm.verify_each = true;
+    pm.context.symbols = bindings.clone();
     pm.print_after = match args.print_ir_after.as_deref() {
         None => tpc::passes::PrintAfter::None,
         Some("all") => tpc::passes::PrintAfter::All,
@@ -242,7 +245,6 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
         let devices = args
             .devices
             .ok_or_else(|| Error::Usage("--report needs --devices, to size every piece".into()))?;
-        let bindings = tpc::parse_bindings(&args.bind)?;
         let report = tpc::report::report(&graph, devices, &bindings)?;
         println!(
             "{}",
@@ -257,7 +259,6 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
                 Error::Usage("--emit local needs --devices, to size every piece".into())
             })?;
             let sizes = graph.mesh.resolve(Some(devices))?;
-            let bindings = tpc::parse_bindings(&args.bind)?;
             print!(
                 "{}",
                 tpc::local::local_program(&graph, &sizes, &bindings, args.rank)?

@@ -31,6 +31,8 @@ fn pass_filetests() {
             let mut pm =
                 PassManager::parse(pipeline).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             pm.verify_each = true;
+            // The CLI's default bindings, so that `tpc compile CASE` prints the snapshot.
+            pm.context.symbols = tpc::parse_bindings("B=2,S=128").expect("bindings");
             if let Err(e) = pm.run(&mut g) {
                 panic!("{}: {e}", path.display());
             }

@@ -10,12 +10,13 @@ use tpc::passes::PassManager;
 /// (kind, axis) -> count, and the report itself.
 fn plan(file: &str) -> (BTreeMap<(String, String), usize>, serde_json::Value) {
     let mut g = common::load(&common::root().join("examples").join(file));
-    let mut pm = PassManager::parse("propagate-sharding,insert-resharding").expect("pipeline");
-    pm.verify_each = true;
-    pm.run(&mut g).expect("passes");
     let b: BTreeMap<String, i64> = [("B".to_string(), 2), ("S".to_string(), 128)]
         .into_iter()
         .collect();
+    let mut pm = PassManager::parse("propagate-sharding,insert-resharding").expect("pipeline");
+    pm.verify_each = true;
+    pm.context.symbols = b.clone();
+    pm.run(&mut g).expect("passes");
     let report = tpc::report::report(&g, 8, &b).expect("report");
     let mut counts = BTreeMap::new();
     for c in report["collectives"].as_array().expect("list") {
@@ -65,6 +66,50 @@ fn attention_in_every_fused_layout_needs_one_allreduce_and_nothing_else() {
 #[test]
 fn block_needs_two_allreduces() {
     assert_eq!(plan("block.ir").0, only("allreduce", "tp", 2));
+}
+
+#[test]
+fn sequence_parallel_block_scatters_and_gathers_instead_of_allreducing() {
+    let (counts, report) = plan("block_seqpar.ir");
+    let want: BTreeMap<(String, String), usize> = [
+        (("allgather".to_string(), "tp".to_string()), 2),
+        (("reduce_scatter".to_string(), "tp".to_string()), 2),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(counts, want);
+    // Each allgather yields the whole [2, 128, 768] on every device; each reduce_scatter 1/8.
+    let whole = 2 * 128 * 768 * 2;
+    assert_eq!(report["totals"]["allgather"]["bytes_per_device"], 2 * whole);
+    assert_eq!(
+        report["totals"]["reduce_scatter"]["bytes_per_device"],
+        2 * whole / 8
+    );
+}
+
+/// With a batch of 64 sequences of 1024 the activations outweigh the weights, and the same
+/// annotations make propagation gather the weights instead (the FSDP-like plan): the choice is
+/// by bytes at the bound sizes, not by a fixed preference.
+#[test]
+fn sequence_parallel_block_gathers_weights_when_activations_are_larger() {
+    let mut g = common::load(&common::root().join("examples/block_seqpar.ir"));
+    let mut pm = PassManager::parse("propagate-sharding,insert-resharding").expect("pipeline");
+    pm.context.symbols = tpc::parse_bindings("B=64,S=1024").expect("bindings");
+    pm.run(&mut g).expect("passes");
+    let gathered: Vec<String> = g
+        .values()
+        .iter()
+        .filter(|&&v| g.op(v).name() == "allgather")
+        .map(|&v| g.name(g.operands(v)[0]).to_string())
+        .collect();
+    assert!(
+        gathered.contains(&"attn.c_attn.weight".to_string()),
+        "{gathered:?}"
+    );
+    assert!(
+        gathered.contains(&"mlp.c_fc.weight".to_string()),
+        "{gathered:?}"
+    );
 }
 
 #[test]

@@ -31,11 +31,14 @@ fn rel_err(want: &Tensor, got: &Tensor) -> f64 {
         / peak
 }
 
-fn check(path: &std::path::Path, devices: i64) {
+/// Runs `path` sharded over `devices` against the reference; the passes weigh layouts at
+/// `cost_symbols` (which may choose another plan than the run's own sizes would).
+fn check(path: &std::path::Path, devices: i64, cost_symbols: &BTreeMap<String, i64>) {
     let original = common::load(path);
     let mut g = original.clone();
     let mut pm = PassManager::parse("propagate-sharding,insert-resharding").expect("pipeline");
     pm.verify_each = true;
+    pm.context.symbols = cost_symbols.clone();
     pm.run(&mut g)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let sizes = g.mesh.resolve(Some(devices)).expect("mesh");
@@ -72,8 +75,12 @@ fn examples_on_n_ranks_equal_the_reference() {
         } else {
             vec![1, 2, 3, 8]
         };
+        // The plans chosen at the CLI's default sizes and at large ones (where sequence
+        // parallelism turns into gathering weights) both compute the same thing.
+        let large = tpc::parse_bindings("B=64,S=1024").expect("bindings");
         for devices in counts {
-            check(&path, devices);
+            check(&path, devices, &bindings());
+            check(&path, devices, &large);
         }
     }
 }
@@ -88,7 +95,7 @@ fn pass_cases_on_n_ranks_equal_the_reference() {
             } else {
                 4
             };
-            check(&path, devices);
+            check(&path, devices, &bindings());
         }
     }
 }

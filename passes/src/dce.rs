@@ -4,7 +4,7 @@ use tpc_ir::Graph;
 
 use crate::Result;
 
-pub fn run(g: &mut Graph) -> Result<bool> {
+pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
     let mut changed = false;
     // Reverse program order removes a dead chain in one sweep: users go before their operands.
     let values: Vec<_> = g.values().iter().rev().copied().collect();

@@ -6,6 +6,7 @@
 //! The sharding passes of DESIGN.md (propagate-sharding, insert-resharding, …) join the registry
 //! as they land.
 
+pub mod cost;
 mod dce;
 mod manager;
 mod place;
@@ -13,6 +14,8 @@ mod propagate;
 mod reshard;
 
 pub use manager::{registry, PassInfo, PassManager, PassRecord, PrintAfter};
+
+use std::collections::BTreeMap;
 
 use tpc_ir::{Diagnostic, Graph};
 
@@ -35,4 +38,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Runs one pass function: the signature every pass has.
-pub type PassFn = fn(&mut Graph) -> Result<bool>;
+pub type PassFn = fn(&mut Graph, &PassContext) -> Result<bool>;
+
+/// What passes may read besides the graph.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassContext {
+    /// Symbol values at which the cost model sizes tensors (`--bind`); a symbol left out counts
+    /// as [`cost::UNBOUND_SYMBOL`].
+    pub symbols: BTreeMap<String, i64>,
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tpc_ir::verify::verify;
 use tpc_ir::Graph;
 
-use crate::{dce, propagate, reshard, Error, PassFn, Result};
+use crate::{dce, propagate, reshard, Error, PassContext, PassFn, Result};
 
 /// A registered pass.
 #[derive(Clone, Copy, Debug)]
@@ -73,6 +73,7 @@ pub struct PassManager {
     /// Verify after every pass (on by default in debug builds and tests).
     pub verify_each: bool,
     pub print_after: PrintAfter,
+    pub context: PassContext,
 }
 
 impl PassManager {
@@ -102,6 +103,7 @@ impl PassManager {
             passes,
             verify_each: cfg!(debug_assertions),
             print_after: PrintAfter::None,
+            context: PassContext::default(),
         })
     }
 
@@ -114,7 +116,7 @@ impl PassManager {
         let mut records = Vec::new();
         for p in &self.passes {
             let start = Instant::now();
-            let changed = (p.run)(g)?;
+            let changed = (p.run)(g, &self.context)?;
             let time = start.elapsed();
             if self.verify_each {
                 let diagnostics = verify(g);

@@ -19,11 +19,14 @@ use std::collections::BTreeMap;
 use tpc_ir::rule::{rule_of, FactorId, FactorKind, FactorRule};
 use tpc_ir::{Graph, Op, ValueId};
 
-use crate::place::{locate, place_in, places_of, write_back, Place, Places};
+use crate::cost::global_bytes;
+use crate::place::{locate, place_in, places_of, write_back, FactorSplit, Place, Places};
 use crate::Result;
 
 struct State {
     places: BTreeMap<ValueId, Places>,
+    /// Each value's global size in bytes, for choosing between conflicting splits.
+    bytes: BTreeMap<ValueId, f64>,
 }
 
 impl State {
@@ -48,6 +51,80 @@ impl State {
         true
     }
 
+    /// The split of one of the op's factors that its tensors should follow on `axis`: among the
+    /// splits they already hold that lie inside one factor the rule does not keep whole, the one
+    /// whose adoption reshards the fewest bytes of the tensors already placed otherwise; ties go
+    /// to the first (operands in order, then the result).
+    fn choose(
+        &self,
+        rule: &FactorRule,
+        tensors: &[(ValueId, &Vec<Vec<FactorId>>, bool)],
+        axis: &str,
+    ) -> Option<FactorSplit> {
+        let mut candidates: Vec<FactorSplit> = Vec::new();
+        for (t, dims, _) in tensors {
+            if let Some(Place::Split {
+                dim,
+                outer,
+                size,
+                inner,
+            }) = self.places.get(t).and_then(|p| p.get(axis))
+            {
+                if let Some(s) = dims
+                    .get(*dim)
+                    .and_then(|fs| locate(rule, fs, outer, size, inner))
+                {
+                    if rule.factors[s.factor].kind != FactorKind::Replicated
+                        && !candidates.contains(&s)
+                    {
+                        candidates.push(s);
+                    }
+                }
+            }
+        }
+        if candidates.len() <= 1 {
+            return candidates.pop();
+        }
+        let mut best: Option<(f64, FactorSplit)> = None;
+        for c in candidates {
+            let cost = self.resharding_bytes(rule, tensors, axis, &c);
+            if best.as_ref().is_none_or(|(b, _)| cost < *b) {
+                best = Some((cost, c));
+            }
+        }
+        best.map(|(_, c)| c)
+    }
+
+    /// The bytes of the op's tensors that hold a place on `axis` other than the one the split
+    /// `c` gives them: what insert-resharding would move if the op followed `c`.
+    fn resharding_bytes(
+        &self,
+        rule: &FactorRule,
+        tensors: &[(ValueId, &Vec<Vec<FactorId>>, bool)],
+        axis: &str,
+        c: &FactorSplit,
+    ) -> f64 {
+        let kind = rule.factors[c.factor].kind;
+        let mut bytes = 0.0;
+        for (t, dims, is_result) in tensors {
+            let Some(have) = self.places.get(t).and_then(|p| p.get(axis)) else {
+                continue;
+            };
+            let wanted = match kind {
+                FactorKind::Reduction(op) if *is_result => Some(Place::Partial(op)),
+                _ => dims
+                    .iter()
+                    .enumerate()
+                    .find(|(_, fs)| fs.contains(&c.factor))
+                    .and_then(|(dim, fs)| place_in(rule, dim, fs, c)),
+            };
+            if wanted.as_ref() != Some(have) {
+                bytes += self.bytes.get(t).copied().unwrap_or(0.0);
+            }
+        }
+        bytes
+    }
+
     /// Propagates every axis through the op producing `v` (its rule and operands given); true
     /// when some value gained a place.
     fn through(
@@ -66,23 +143,10 @@ impl State {
         tensors.push((v, &rule.result, true));
         let mut changed = false;
         for axis in axes {
-            // The first tensor (operands in order, then the result) whose split lies in one factor.
-            let split = tensors.iter().find_map(|(t, dims, _)| {
-                match self.places.get(t).and_then(|p| p.get(axis)) {
-                    Some(Place::Split {
-                        dim,
-                        outer,
-                        size,
-                        inner,
-                    }) => locate(rule, dims.get(*dim)?, outer, size, inner),
-                    _ => None,
-                }
-            });
-            let Some(split) = split else { continue };
-            let kind = rule.factors[split.factor].kind;
-            if kind == FactorKind::Replicated {
+            let Some(split) = self.choose(rule, &tensors, axis) else {
                 continue;
-            }
+            };
+            let kind = rule.factors[split.factor].kind;
             for (t, dims, is_result) in &tensors {
                 if *is_result {
                     if let FactorKind::Reduction(op) = kind {
@@ -106,7 +170,7 @@ impl State {
     }
 }
 
-pub fn run(g: &mut Graph) -> Result<bool> {
+pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
     let axes: Vec<String> = g.mesh.axes.iter().map(|a| a.name.clone()).collect();
     if axes.is_empty() {
         return Ok(false);
@@ -116,7 +180,19 @@ pub fn run(g: &mut Graph) -> Result<bool> {
         order.iter().map(|&v| (v, places_of(g.ty(v)))).collect();
     let mut state = State {
         places: initial.clone(),
+        bytes: order
+            .iter()
+            .map(|&v| (v, global_bytes(g.ty(v), &cx.symbols)))
+            .collect(),
     };
+    // A declared result type annotates the value returned, where that value has no place of
+    // its own on the axis.
+    for (o, (declared, _)) in g.outputs().iter().zip(&g.result_types) {
+        let places = state.places.entry(*o).or_default();
+        for (axis, p) in places_of(declared) {
+            places.entry(axis).or_insert(p);
+        }
+    }
     // Rules and operands do not change while propagating: compute them once.
     let ops: Vec<(ValueId, FactorRule, Vec<ValueId>)> = order
         .iter()

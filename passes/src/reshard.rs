@@ -298,6 +298,31 @@ impl Resharder {
             return Ok(vec![v]);
         }
         let (x, w, b) = (ops[0], ops[1], ops[2]);
+        // The sum (bias included) is laid out as its users need it where they all agree on a
+        // split: then the reduction is a reduce_scatter and the bias is added to the local part.
+        let mut sum_ty = g.ty(v).clone();
+        for p in g.ty(v).sharding.partial.clone() {
+            let mut wanted: Option<Target> = None;
+            let mut agree = true;
+            for u in g.users(v) {
+                let needs = self.needs(g, u, &p.axis)?.unwrap_or_default();
+                for (i, o) in g.operands(u).into_iter().enumerate() {
+                    if o != v {
+                        continue;
+                    }
+                    let need = needs.get(i).cloned().flatten();
+                    match &wanted {
+                        None => wanted = Some(need),
+                        Some(w) => agree &= *w == need,
+                    }
+                }
+            }
+            let target = match wanted {
+                Some(Some(split @ Place::Split { .. })) if agree => Some(split),
+                _ => None,
+            };
+            sum_ty = with_place(&sum_ty, &p.axis, &target)?;
+        }
         let ty = g.ty(v).clone();
         let span = g.node(v).span;
         let name = Self::fresh_name(g, &format!("{}.part", g.name(v)));
@@ -315,7 +340,7 @@ impl Resharder {
         // The bias broadcast to the result's shape: laid out like the result on the new dims (each
         // rank makes its own part, no traffic) and like the bias on its own dim.
         let mut bty = TensorType::new(g.ty(b).dtype, ty.shape.clone());
-        bty.sharding.dims = ty.sharding.dims.clone();
+        bty.sharding.dims = sum_ty.sharding.dims.clone();
         bty.sharding.dims[ty.rank() - 1] =
             g.ty(b).sharding.dims.first().cloned().unwrap_or_default();
         let name = Self::fresh_name(g, &format!("{}.bias", g.name(v)));
@@ -336,7 +361,7 @@ impl Resharder {
         );
         let node = g.node_mut(v);
         node.op = Op::Binary(tpc_ir::BinaryOp::Add);
-        node.ty.sharding.partial.clear();
+        node.ty = sum_ty;
         g.set_operand(v, 0, product);
         g.set_operand(v, 1, bias);
         g.remove_operand_edge(v, 2);
@@ -345,7 +370,7 @@ impl Resharder {
     }
 }
 
-pub fn run(g: &mut Graph) -> Result<bool> {
+pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
     let axes: Vec<String> = g.mesh.axes.iter().map(|a| a.name.clone()).collect();
     if axes.is_empty() {
         return Ok(false);
@@ -366,12 +391,28 @@ pub fn run(g: &mut Graph) -> Result<bool> {
             r.fix(g, u)?;
         }
     }
-    // Results are never left partial.
+    // Results are laid out as the function's declared result types say where they say
+    // something (a split, or a closed dim that must be whole), and are never partial.
     for (i, o) in g.outputs().to_vec().into_iter().enumerate() {
+        let declared = g.result_types.get(i).map(|(ty, _)| ty.clone());
         let mut x = o;
         for axis in &axes {
-            if let Some(Place::Partial(_)) = places_of(g.ty(x)).get(axis) {
-                x = r.convert(g, None, x, axis, &None)?;
+            let have = places_of(g.ty(x)).get(axis).cloned();
+            let want = match declared
+                .as_ref()
+                .and_then(|d| places_of(d).get(axis).cloned())
+            {
+                Some(p) => Some(p),
+                None => have.clone().filter(|p| match p {
+                    Place::Partial(_) => false,
+                    Place::Split { dim, .. } => !declared
+                        .as_ref()
+                        .is_some_and(|d| d.sharding.dims.get(*dim).is_some_and(|ds| ds.closed)),
+                    Place::Fixed => true,
+                }),
+            };
+            if have != want && !matches!(want, Some(Place::Partial(_))) {
+                x = r.convert(g, None, x, axis, &want)?;
             }
         }
         if x != o {

@@ -185,7 +185,7 @@ pub(crate) fn eval(
             lookup::embedding(args[0], args[1], &w_name, out_shape)?
         }
         Op::Sdpa { causal, scale } => {
-            linalg::sdpa(args[0], args[1], args[2], *causal, *scale, out_shape)?
+            linalg::sdpa(args[0], args[1], args[2], *causal, *scale, None, out_shape)?
         }
         Op::RandLike { seed } => random::rand_like(args[0], *seed, |i| i as u64)?,
         Op::Dropout { p, seed } => random::dropout(args[0], *p, *seed, |i| i as u64)?,

@@ -18,6 +18,7 @@ use tpc_ir::{Collective, Graph, Op, ReduceKind, ReduceOp, TensorType, ValueId};
 use crate::collective::{run_ranks, Comm};
 use crate::exec::eval;
 use crate::layout::{assemble, cut};
+use crate::ops::linalg::sdpa;
 use crate::ops::{random, reduce};
 use crate::tensor::{round_to, Data, Tensor};
 use crate::{Bindings, Error, Result};
@@ -115,6 +116,15 @@ impl Rank<'_> {
                 Op::Dropout { p, seed } => {
                     let offs = flat_offsets(&shape, &idx);
                     random::dropout(args[0], *p, *seed, |i| offs[i] as u64)?
+                }
+                Op::Sdpa {
+                    causal: true,
+                    scale,
+                } => {
+                    // A rank holding some of the queries masks by their global positions.
+                    let (_, q_idx) = indices(g.ty(operands[0]), self.bindings, &me)?;
+                    let rows = q_idx.len().checked_sub(2).map(|d| q_idx[d].as_slice());
+                    sdpa(args[0], args[1], args[2], true, *scale, rows, &local)?
                 }
                 Op::Reduce {
                     kind: ReduceKind::Mean,

@@ -128,6 +128,7 @@ pub fn sdpa(
     v: &Tensor,
     causal: bool,
     scale: Option<f64>,
+    query_positions: Option<&[usize]>,
     out_shape: &[usize],
 ) -> Result<Tensor> {
     let r = q.shape().len();
@@ -150,7 +151,8 @@ pub fn sdpa(
         for (i, row) in scores.chunks_mut(s.max(1)).enumerate().take(l) {
             let mut m = f32::NEG_INFINITY;
             for (j, x) in row.iter_mut().enumerate() {
-                *x = if causal && j > i {
+                let position = query_positions.map_or(i, |p| p[i]);
+                *x = if causal && j > position {
                     f32::NEG_INFINITY
                 } else {
                     *x * scale
