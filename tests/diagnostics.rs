@@ -1,6 +1,6 @@
-//! Every file in tests/diagnostics/ is a malformed or ill-typed program. Each must fail to parse
-//! (never panic), and its rendered diagnostics are pinned by an insta snapshot. A new case is a
-//! new file.
+//! Every file in tests/diagnostics/ is a malformed or ill-typed program, or (first line
+//! `# DEVICES: N`) one that cannot be sharded on N devices. Each must fail (never panic), and its
+//! rendered diagnostics are pinned by an insta snapshot. A new case is a new file.
 
 mod common;
 
@@ -16,9 +16,20 @@ fn every_malformed_program_gets_located_errors() {
         let bytes = std::fs::read(&path).expect("readable");
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let file = SourceFile::new(format!("tests/diagnostics/{name}.ir"), text);
-        let diags = match parse(&file) {
-            Ok(_) => panic!("{name}.ir parsed without errors"),
-            Err(d) => d,
+        // `# DEVICES: N` on the first line: the program is valid, but not on N devices.
+        let devices = file
+            .text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# DEVICES:"))
+            .map(|n| n.trim().parse::<i64>().expect("a device count"));
+        let diags = match (parse(&file), devices) {
+            (Ok(_), None) => panic!("{name}.ir parsed without errors"),
+            (Ok(g), Some(n)) => match tpc::resolve_devices(&g, n, &file) {
+                Err(tpc::Error::Program { diagnostics, .. }) => diagnostics,
+                other => panic!("{name}.ir on {n} devices: {other:?}"),
+            },
+            (Err(d), _) => d,
         };
         assert!(!diags.is_empty());
         for d in &diags {

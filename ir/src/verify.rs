@@ -32,6 +32,7 @@ pub fn verify(g: &Graph) -> Vec<Diagnostic> {
         defined.insert(node.name.as_str(), v);
         check_op(g, v, &position, &mut diags);
         check_type(g, v, &node.ty, &mut diags);
+        check_declared_partial(g, v, &mut diags);
         position.insert(v, pos);
     }
     check_params(g, &mut diags);
@@ -80,8 +81,206 @@ pub fn verify_splits(g: &Graph, sizes: &[(String, i64)]) -> Vec<Diagnostic> {
                 }
             }
         }
+        check_torn_groups(g, v, &size, &mut diags);
     }
     diags
+}
+
+/// A result declared partial over an axis must come from an op that can leave it so: one with a
+/// reduction of that kind (a matmul's contraction sums, `max` takes maxima). `exp(x)` declared
+/// `partial(tp)` has no such reduction: every rank would hold the whole value and the sum would
+/// count it once per rank.
+fn check_declared_partial(g: &Graph, v: ValueId, diags: &mut Vec<Diagnostic>) {
+    use crate::rule::{rule_of, FactorKind};
+    let node = g.node(v);
+    if !node.explicit_type
+        || node.ty.sharding.partial.is_empty()
+        || matches!(node.op, Op::Param { .. } | Op::Collective { .. })
+    {
+        return;
+    }
+    let rule = rule_of(g, v);
+    for p in &node.ty.sharding.partial {
+        let reduces = rule
+            .factors
+            .iter()
+            .any(|f| f.kind == FactorKind::Reduction(p.op));
+        if reduces {
+            continue;
+        }
+        let keyword = match p.op {
+            ReduceOp::Sum => "partial".to_string(),
+            other => format!("partial.{}", other.name()),
+        };
+        let what = match p.op {
+            ReduceOp::Sum => "sums",
+            ReduceOp::Max => "takes a maximum",
+            ReduceOp::Min => "takes a minimum",
+        };
+        diags.push(
+            Diagnostic::error(
+                format!(
+                    "`%{}` is declared {}({}) but `{}` never {what} over a dim, so no split of its operands leaves it partial",
+                    node.name,
+                    keyword,
+                    p.axis,
+                    node.op.name()
+                ),
+                node.span,
+                "cannot be partial",
+            )
+            .with_help(format!(
+                "remove `{keyword}({})`; partial results come from ops that reduce (matmul, linear, sum, max, ...)",
+                p.axis
+            )),
+        );
+    }
+}
+
+/// The reshapes that see dim `d` of `v` whole: the one producing `v`, and those reached from
+/// `v` through ops that pass the dim on unchanged as one factor (a weight's rows become a
+/// linear's output features, then a reshape splits them into heads). As (reshape, whether `v`'s
+/// dim is its result, the dim's index there).
+fn reshape_views(g: &Graph, v: ValueId, d: usize) -> Vec<(ValueId, bool, usize)> {
+    use crate::rule::{rule_of, FactorKind};
+    let mut out = Vec::new();
+    if matches!(g.op(v), Op::Reshape { .. }) {
+        out.push((v, true, d));
+    }
+    let mut frontier = vec![(v, d)];
+    // Bounded: a dim passes through a few ops before a reshape in any real program.
+    let mut budget = 64;
+    while let Some((t, dt)) = frontier.pop() {
+        for u in g.users(t) {
+            if budget == 0 {
+                return out;
+            }
+            budget -= 1;
+            if matches!(g.op(u), Op::Reshape { .. }) {
+                out.push((u, false, dt));
+                continue;
+            }
+            let rule = rule_of(g, u);
+            for (i, o) in g.operands(u).into_iter().enumerate() {
+                if o != t {
+                    continue;
+                }
+                let Some([f]) = rule
+                    .operands
+                    .get(i)
+                    .and_then(|ds| ds.get(dt))
+                    .map(Vec::as_slice)
+                else {
+                    continue;
+                };
+                if rule.factors[*f].kind != FactorKind::Pass {
+                    continue;
+                }
+                if let Some(k) = rule.result.iter().position(|fs| fs.as_slice() == [*f]) {
+                    frontier.push((u, k));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The largest dim the torn-group check walks element by element.
+const MAX_CHECKED_EXTENT: i64 = 1 << 22;
+
+/// A user's split of a dim that a `reshape` (before or after it) groups into several factors
+/// must not cut through the innermost group: splitting 2304 = [3, 16, 48] rows over 5 ranks
+/// gives 461 rows each, so ranks would hold parts of heads of 48, which no layout of the heads
+/// can express. The split is refused, naming the annotation and the reshape, with the split of a
+/// whole factor to write instead.
+fn check_torn_groups(
+    g: &Graph,
+    v: ValueId,
+    size: &dyn Fn(&str) -> i64,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let node = g.node(v);
+    for (d, ds) in node.ty.sharding.dims.iter().enumerate() {
+        let reshapes = reshape_views(g, v, d);
+        let split: Vec<usize> = (0..ds.factors.len())
+            .filter(|&j| !ds.factors[j].axes.is_empty())
+            .collect();
+        let [j] = split.as_slice() else { continue };
+        let consts: Option<Vec<i64>> = ds.factors.iter().map(|f| f.extent.as_const()).collect();
+        let Some(consts) = consts else { continue };
+        let parts: i64 = ds.factors[*j].axes.iter().map(|a| size(a)).product();
+        let (outer_inner, len) = (consts[j + 1..].iter().product::<i64>(), consts[*j]);
+        let extent: i64 = consts.iter().product();
+        if parts <= 1 || extent > MAX_CHECKED_EXTENT {
+            continue;
+        }
+        for &(r, is_result, rd) in &reshapes {
+            let rule = crate::rule::rule_of(g, r);
+            let dims = if is_result {
+                &rule.result
+            } else {
+                &rule.operands[0]
+            };
+            let Some(factors) = dims.get(rd) else {
+                continue;
+            };
+            let groups: Option<Vec<i64>> = factors
+                .iter()
+                .map(|&f| rule.factors[f].extent.as_const())
+                .collect();
+            let Some(groups) = groups else { continue };
+            let Some(&unit) = groups.last() else { continue };
+            if groups.len() < 2 || unit <= 1 {
+                continue;
+            }
+            // The rank holding element `x` of the dim, with the split part in the middle.
+            let owner = |x: i64| {
+                let k = ((x / outer_inner) % len) as usize;
+                (0..parts as usize)
+                    .find(|&p| {
+                        crate::layout::split_range(len as usize, parts as usize, p).contains(&k)
+                    })
+                    .unwrap_or(0)
+            };
+            let torn = (0..extent / unit).find(|u| {
+                let first = owner(u * unit);
+                (u * unit..(u + 1) * unit).any(|x| owner(x) != first)
+            });
+            let Some(u) = torn else { continue };
+            let shown: Vec<String> = groups.iter().map(|e| e.to_string()).collect();
+            let axes = ds.factors[*j].axes.join(", ");
+            let hint = groups[..groups.len() - 1]
+                .iter()
+                .position(|&e| e >= parts)
+                .map(|k| {
+                    let mut w: Vec<String> = shown.clone();
+                    w[k] = format!("{}@{}", groups[k], ds.factors[*j].axes.join("@"));
+                    format!(
+                        "split a whole factor instead, like `({})`; a factor that does not divide evenly is split unevenly without padding",
+                        w.join(", ")
+                    )
+                })
+                .unwrap_or_else(|| {
+                    "split another dim, or use fewer devices on that axis".to_string()
+                });
+            diags.push(
+                Diagnostic::error(
+                    format!(
+                        "`%{}` splits dim {d} ({extent}) over {parts} devices (`{axes}`), so ranks share group {u} of {unit} elements of `[{}]`",
+                        node.name,
+                        shown.join(", ")
+                    ),
+                    node.span,
+                    "this split tears a group apart",
+                )
+                .with_secondary(
+                    g.node(r).span,
+                    format!("this reshape groups that dim as [{}]", shown.join(", ")),
+                )
+                .with_help(hint),
+            );
+        }
+    }
 }
 
 fn check_mesh(g: &Graph, diags: &mut Vec<Diagnostic>) {
