@@ -5,15 +5,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use tpc_ir::layout::{piece_indices, rank_coords, MeshCoords};
-use tpc_ir::{Graph, Op, TensorType};
+use tpc_ir::{Graph, Op};
+use tpc_passes::lower::lower_to_local;
 
 use crate::{Error, Result};
-
-fn local_shape(ty: &TensorType, b: &BTreeMap<String, i64>, c: &MeshCoords) -> Result<Vec<usize>> {
-    let (_, idx) = piece_indices(ty, b, c).map_err(|e| Error::Usage(e.to_string()))?;
-    Ok(idx.iter().map(Vec::len).collect())
-}
 
 fn dims(v: &[usize]) -> String {
     v.iter()
@@ -29,17 +24,15 @@ pub fn local_program(
     bindings: &BTreeMap<String, i64>,
     rank: usize,
 ) -> Result<String> {
-    let world: i64 = sizes.iter().map(|(_, n)| n).product();
-    if rank as i64 >= world.max(1) {
-        return Err(Error::Usage(format!(
-            "--rank {rank} is not one of the {world} ranks"
-        )));
-    }
     let usizes: Vec<(String, usize)> = sizes
         .iter()
         .map(|(n, s)| (n.clone(), *s as usize))
         .collect();
-    let coords = rank_coords(&usizes, rank);
+    let program = lower_to_local(g, &usizes, bindings, rank).map_err(|e| match e {
+        tpc_passes::Error::Lowering(m) => Error::Usage(m),
+        other => Error::Pass(other),
+    })?;
+    let coords = &program.coords;
     let mut out = String::new();
     let place: Vec<String> = sizes
         .iter()
@@ -55,8 +48,8 @@ pub fn local_program(
     );
     for &v in g.values() {
         let node = g.node(v);
-        let local = local_shape(&node.ty, bindings, &coords)?;
-        let ty = format!("{}[{}]", node.ty.dtype, dims(&local));
+        let local = &program.values[&v].shape;
+        let ty = format!("{}[{}]", node.ty.dtype, dims(local));
         if let Op::Param { .. } = node.op {
             let _ = writeln!(out, "%{}: {ty}", node.name);
             continue;
@@ -67,27 +60,15 @@ pub fn local_program(
             .map(|&o| format!("%{}", g.name(o)))
             .collect();
         let mut attrs: Vec<String> = Vec::new();
-        for (k, a) in node.op.attrs() {
-            // Shapes in attributes are the result's, so they become its local shape.
-            let text = if k == "shape" {
-                format!("[{}]", dims(&local))
-            } else {
-                a.to_string()
-            };
-            attrs.push(format!("{k} = {text}"));
+        for (k, a) in program.ops[&v].attrs() {
+            attrs.push(format!("{k} = {a}"));
         }
         let attrs = if attrs.is_empty() {
             String::new()
         } else {
             format!(" {{{}}}", attrs.join(", "))
         };
-        let partial: Vec<String> = node
-            .ty
-            .sharding
-            .partial
-            .iter()
-            .map(|p| p.axis.clone())
-            .collect();
+        let partial = &program.values[&v].partial;
         let note = if partial.is_empty() {
             String::new()
         } else {

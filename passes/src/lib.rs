@@ -8,6 +8,7 @@
 
 pub mod cost;
 mod dce;
+pub mod lower;
 mod manager;
 mod place;
 mod propagate;
@@ -26,6 +27,8 @@ pub enum Error {
     UnknownPass { name: String, valid: String },
     #[error("the pipeline is empty; name at least one pass, like `dce`")]
     EmptyPipeline,
+    #[error("cannot lower to a rank: {0}")]
+    Lowering(String),
     #[error("not supported yet: {0}")]
     Unsupported(String),
     #[error("the graph is invalid after pass `{pass}` ({} error(s))", .diagnostics.len())]

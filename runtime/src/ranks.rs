@@ -15,6 +15,8 @@ use std::time::Duration;
 use tpc_ir::layout::{bound_shape, flat_offsets, piece_indices, rank_coords, MeshCoords};
 use tpc_ir::{Collective, Graph, Op, ReduceKind, ReduceOp, TensorType, ValueId};
 
+use tpc_passes::lower::{axis_group, lower_to_local};
+
 use crate::collective::{run_ranks, Comm};
 use crate::exec::eval;
 use crate::layout::{assemble, cut};
@@ -89,12 +91,15 @@ impl Rank<'_> {
     fn run(&self, comm: &mut Comm, inputs: &BTreeMap<String, Tensor>) -> Result<Vec<Tensor>> {
         let g = self.g;
         let me = self.mesh.coords(comm.rank());
+        let program = lower_to_local(g, &self.mesh.0, self.bindings, comm.rank())
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let last_use = g.last_uses();
         let mut env: BTreeMap<ValueId, Tensor> = BTreeMap::new();
         for (pos, &v) in g.values().iter().enumerate() {
             let ty = g.ty(v);
-            let (shape, idx) = indices(ty, self.bindings, &me)?;
-            let local: Vec<usize> = idx.iter().map(Vec::len).collect();
+            let piece = &program.values[&v];
+            let (shape, idx) = (&piece.global_shape, &piece.indices);
+            let local = piece.shape.clone();
             let operands = g.operands(v);
             let args: Vec<&Tensor> = operands.iter().map(|o| &env[o]).collect();
             let t = match g.op(v) {
@@ -110,11 +115,11 @@ impl Rank<'_> {
                     self.collective(comm, &me, args[0], from, ty, *kind, axis)?
                 }
                 Op::RandLike { seed } => {
-                    let offs = flat_offsets(&shape, &idx);
+                    let offs = flat_offsets(shape, idx);
                     random::rand_like(args[0], *seed, |i| offs[i] as u64)?
                 }
                 Op::Dropout { p, seed } => {
-                    let offs = flat_offsets(&shape, &idx);
+                    let offs = flat_offsets(shape, idx);
                     random::dropout(args[0], *p, *seed, |i| offs[i] as u64)?
                 }
                 Op::Sdpa {
@@ -122,7 +127,7 @@ impl Rank<'_> {
                     scale,
                 } => {
                     // A rank holding some of the queries masks by their global positions.
-                    let (_, q_idx) = indices(g.ty(operands[0]), self.bindings, &me)?;
+                    let q_idx = &program.values[&operands[0]].indices;
                     let rows = q_idx.len().checked_sub(2).map(|d| q_idx[d].as_slice());
                     sdpa(args[0], args[1], args[2], true, *scale, rows, &local)?
                 }
@@ -170,15 +175,7 @@ impl Rank<'_> {
 
     /// The ranks that share every coordinate with `me` but `axis`'s, by their index on `axis`.
     fn group(&self, me: &MeshCoords, axis: &str) -> Vec<usize> {
-        let mut out: Vec<(usize, usize)> = (0..self.mesh.world())
-            .filter_map(|r| {
-                let c = self.mesh.coords(r);
-                let same = c.iter().all(|(a, x)| a == axis || me.get(a) == Some(x));
-                same.then(|| (c.get(axis).map(|x| x.0).unwrap_or(0), r))
-            })
-            .collect();
-        out.sort();
-        out.into_iter().map(|(_, r)| r).collect()
+        axis_group(&self.mesh.0, me, axis)
     }
 
     #[allow(clippy::too_many_arguments)]

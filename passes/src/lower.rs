@@ -1,0 +1,162 @@
+//! `lower-to-local`: the program as one rank runs it. Every value gets the shape of the piece
+//! the rank holds and the index map from that piece into the global value (factor and uneven
+//! splits included); ops whose attributes name shapes get local ones; every collective gets the
+//! ranks of its group. The executors cut inputs, draw random numbers, mask causal attention and
+//! count means from these maps, and codegen sizes buffers from them.
+//!
+//! Unlike the other passes this one does not rewrite the graph in place: with uneven splits the
+//! ranks run programs of different shapes, so it yields one [`LocalProgram`] per rank, checked
+//! op by op (each op's shape rule applied to the local operands must give the local result).
+
+use std::collections::BTreeMap;
+
+use tpc_ir::infer::infer;
+use tpc_ir::layout::{piece_indices, rank_coords, MeshCoords};
+use tpc_ir::{Dim, Graph, Op, TensorType, ValueId};
+
+use crate::{Error, Result};
+
+/// One value on one rank.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalValue {
+    /// The shape of the piece this rank holds.
+    pub shape: Vec<usize>,
+    /// The whole value's shape.
+    pub global_shape: Vec<usize>,
+    /// For each dim, the global index of each local index.
+    pub indices: Vec<Vec<usize>>,
+    /// Mesh axes over which this rank's piece is a partial sum (or max, min) still to reduce.
+    pub partial: Vec<String>,
+}
+
+/// The program as rank `rank` runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalProgram {
+    pub rank: usize,
+    /// The rank's coordinate and the axis size, per mesh axis.
+    pub coords: MeshCoords,
+    pub values: BTreeMap<ValueId, LocalValue>,
+    /// Ops with local shapes in their attributes (reshape, broadcast, full); the rest as in the
+    /// graph.
+    pub ops: BTreeMap<ValueId, Op>,
+    /// For each collective, the ranks of its group in order of their coordinate on its axis.
+    pub groups: BTreeMap<ValueId, Vec<usize>>,
+}
+
+/// The ranks sharing every coordinate with `me` except the one on `axis`, ordered by that one.
+pub fn axis_group(sizes: &[(String, usize)], me: &MeshCoords, axis: &str) -> Vec<usize> {
+    let world: usize = sizes.iter().map(|(_, n)| (*n).max(1)).product();
+    let mut out: Vec<(usize, usize)> = (0..world)
+        .filter_map(|r| {
+            let c = rank_coords(sizes, r);
+            let same = c.iter().all(|(a, x)| a == axis || me.get(a) == Some(x));
+            same.then(|| (c.get(axis).map(|x| x.0).unwrap_or(0), r))
+        })
+        .collect();
+    out.sort();
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+fn local_type(ty: &TensorType, shape: &[usize]) -> TensorType {
+    TensorType::new(
+        ty.dtype,
+        shape.iter().map(|&n| Dim::constant(n as i64)).collect(),
+    )
+}
+
+/// `g` (sharded, every symbol bound by `bindings`) as rank `rank` of a mesh with `sizes` runs it.
+pub fn lower_to_local(
+    g: &Graph,
+    sizes: &[(String, usize)],
+    bindings: &BTreeMap<String, i64>,
+    rank: usize,
+) -> Result<LocalProgram> {
+    let world: usize = sizes.iter().map(|(_, n)| (*n).max(1)).product();
+    if rank >= world {
+        return Err(Error::Lowering(format!(
+            "rank {rank} is not one of the {world} ranks"
+        )));
+    }
+    let coords = rank_coords(sizes, rank);
+    let mut values: BTreeMap<ValueId, LocalValue> = BTreeMap::new();
+    let mut ops = BTreeMap::new();
+    let mut groups = BTreeMap::new();
+    for &v in g.values() {
+        let node = g.node(v);
+        let (global_shape, indices) = piece_indices(&node.ty, bindings, &coords)
+            .map_err(|e| Error::Lowering(format!("%{}: {e}", node.name)))?;
+        let shape: Vec<usize> = indices.iter().map(Vec::len).collect();
+        let local_dims = || shape.iter().map(|&n| Dim::constant(n as i64)).collect();
+        let op = match &node.op {
+            Op::Reshape { .. } => Op::Reshape {
+                shape: local_dims(),
+            },
+            Op::Broadcast { implicit, .. } => Op::Broadcast {
+                shape: local_dims(),
+                implicit: *implicit,
+            },
+            Op::Full { value, dtype, .. } => Op::Full {
+                shape: local_dims(),
+                value: *value,
+                dtype: *dtype,
+            },
+            other => other.clone(),
+        };
+        match &op {
+            Op::Param { .. } => {}
+            Op::Collective { axis, .. } => {
+                groups.insert(v, axis_group(sizes, &coords, axis));
+            }
+            _ => {
+                // The op's own shape rule on the local pieces must give the local result.
+                let operand_types: Vec<TensorType> = g
+                    .operands(v)
+                    .iter()
+                    .map(|o| local_type(g.ty(*o), &values[o].shape))
+                    .collect();
+                let refs: Vec<&TensorType> = operand_types.iter().collect();
+                let inferred = infer(&op, &refs).map_err(|e| {
+                    Error::Lowering(format!("%{} on rank {rank}: {}", node.name, e.message))
+                })?;
+                let (_, inferred) = inferred;
+                if inferred != local_type(&node.ty, &shape).shape {
+                    return Err(Error::Lowering(format!(
+                        "%{} on rank {rank}: its `{}` gives {} from the local operands, but the piece it holds is [{}]",
+                        node.name,
+                        op.name(),
+                        tpc_ir::types::shape_string(&inferred),
+                        shape
+                            .iter()
+                            .map(|n| n.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+        }
+        let partial = node
+            .ty
+            .sharding
+            .partial
+            .iter()
+            .map(|p| p.axis.clone())
+            .collect();
+        values.insert(
+            v,
+            LocalValue {
+                shape,
+                global_shape,
+                indices,
+                partial,
+            },
+        );
+        ops.insert(v, op);
+    }
+    Ok(LocalProgram {
+        rank,
+        coords,
+        values,
+        ops,
+        groups,
+    })
+}
