@@ -36,8 +36,8 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  tpc compile examples/mlp.ir --devices 8\n  \
                             tpc compile examples/attention_glm.ir --print-ir-after all --time-passes\n\n\
-                            The default pipeline is what exists so far: propagate-sharding. Resharding, \
-                            lowering and code generation join it as they are built."
+                            The default pipeline shards the program: propagate-sharding, insert-resharding, \
+                            reorder-sharded-axis. `--emit local --rank R` prints what rank R runs (lower-to-local)."
     )]
     Compile(CompileArgs),
     /// Run a program on the CPU reference executor and summarize its outputs.
@@ -92,7 +92,7 @@ pub struct RunArgs {
     #[arg(long, requires = "devices")]
     pub check: bool,
     /// With --devices: the passes that shard the program.
-    #[arg(long, default_value = "propagate-sharding,insert-resharding")]
+    #[arg(long, default_value = tpc::passes::DEFAULT_PIPELINE)]
     pub pipeline: String,
 }
 
@@ -104,7 +104,7 @@ pub struct CompileArgs {
     #[arg(long)]
     pub devices: Option<i64>,
     /// Comma-separated passes to run, in order.
-    #[arg(long, default_value = "propagate-sharding,insert-resharding")]
+    #[arg(long, default_value = tpc::passes::DEFAULT_PIPELINE)]
     pub pipeline: String,
     /// Print the IR after this pass (or `all`) on standard error.
     #[arg(long, value_name = "PASS|all")]

@@ -8,7 +8,7 @@ use tpc::passes::PassManager;
 
 fn local(file: &str, devices: i64, rank: usize) -> String {
     let mut g = common::load(&common::root().join("examples").join(file));
-    PassManager::parse("propagate-sharding,insert-resharding")
+    PassManager::parse(tpc::passes::DEFAULT_PIPELINE)
         .expect("pipeline")
         .run(&mut g)
         .expect("passes");
@@ -71,7 +71,7 @@ fn every_rank_of_every_example_lowers_and_the_pieces_tile_each_value() {
         .collect();
     for path in common::ir_files("examples") {
         let mut g = common::load(&path);
-        let mut pm = PassManager::parse("propagate-sharding,insert-resharding").expect("pipeline");
+        let mut pm = PassManager::parse(tpc::passes::DEFAULT_PIPELINE).expect("pipeline");
         pm.context.symbols = b.clone();
         pm.run(&mut g).expect("passes");
         let fixed = g.mesh.axes.iter().all(|a| a.size.is_some());

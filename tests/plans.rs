@@ -13,7 +13,7 @@ fn plan(file: &str) -> (BTreeMap<(String, String), usize>, serde_json::Value) {
     let b: BTreeMap<String, i64> = [("B".to_string(), 2), ("S".to_string(), 128)]
         .into_iter()
         .collect();
-    let mut pm = PassManager::parse("propagate-sharding,insert-resharding").expect("pipeline");
+    let mut pm = PassManager::parse(tpc::passes::DEFAULT_PIPELINE).expect("pipeline");
     pm.verify_each = true;
     pm.context.symbols = b.clone();
     pm.run(&mut g).expect("passes");
@@ -93,7 +93,7 @@ fn sequence_parallel_block_scatters_and_gathers_instead_of_allreducing() {
 #[test]
 fn sequence_parallel_block_gathers_weights_when_activations_are_larger() {
     let mut g = common::load(&common::root().join("examples/block_seqpar.ir"));
-    let mut pm = PassManager::parse("propagate-sharding,insert-resharding").expect("pipeline");
+    let mut pm = PassManager::parse(tpc::passes::DEFAULT_PIPELINE).expect("pipeline");
     pm.context.symbols = tpc::parse_bindings("B=64,S=1024").expect("bindings");
     pm.run(&mut g).expect("passes");
     let gathered: Vec<String> = g
@@ -102,14 +102,10 @@ fn sequence_parallel_block_gathers_weights_when_activations_are_larger() {
         .filter(|&&v| g.op(v).name() == "allgather")
         .map(|&v| g.name(g.operands(v)[0]).to_string())
         .collect();
-    assert!(
-        gathered.contains(&"attn.c_attn.weight".to_string()),
-        "{gathered:?}"
-    );
-    assert!(
-        gathered.contains(&"mlp.c_fc.weight".to_string()),
-        "{gathered:?}"
-    );
+    // (The fused weight's heads are not its outermost factor: reordered before the gather.)
+    for w in ["attn.c_attn.weight", "mlp.c_fc.weight"] {
+        assert!(gathered.iter().any(|g| g.starts_with(w)), "{gathered:?}");
+    }
 }
 
 #[test]

@@ -36,7 +36,7 @@ fn rel_err(want: &Tensor, got: &Tensor) -> f64 {
 fn check(path: &std::path::Path, devices: i64, cost_symbols: &BTreeMap<String, i64>) {
     let original = common::load(path);
     let mut g = original.clone();
-    let mut pm = PassManager::parse("propagate-sharding,insert-resharding").expect("pipeline");
+    let mut pm = PassManager::parse(tpc::passes::DEFAULT_PIPELINE).expect("pipeline");
     pm.verify_each = true;
     pm.context.symbols = cost_symbols.clone();
     pm.run(&mut g)
@@ -87,7 +87,11 @@ fn examples_on_n_ranks_equal_the_reference() {
 
 #[test]
 fn pass_cases_on_n_ranks_equal_the_reference() {
-    for pass in ["propagate-sharding", "insert-resharding"] {
+    for pass in [
+        "propagate-sharding",
+        "insert-resharding",
+        "reorder-sharded-axis",
+    ] {
         for path in common::ir_files(&format!("tests/passes/{pass}")) {
             let text = std::fs::read_to_string(&path).expect("readable");
             let devices = if text.contains("mesh dp = 2, tp = 4") {
@@ -106,7 +110,7 @@ fn sharded_dropout_is_bit_identical() {
     let path = common::root().join("examples/dropout_broadcast.ir");
     let original = common::load(&path);
     let mut g = original.clone();
-    PassManager::parse("propagate-sharding,insert-resharding")
+    PassManager::parse(tpc::passes::DEFAULT_PIPELINE)
         .expect("pipeline")
         .run(&mut g)
         .expect("passes");

@@ -100,12 +100,18 @@ fn check_declared_partial(g: &Graph, v: ValueId, diags: &mut Vec<Diagnostic>) {
         return;
     }
     let rule = rule_of(g, v);
+    // Moving elements (reshape, permute) keeps a pending reduction pending.
+    let moves = matches!(node.op, Op::Reshape { .. } | Op::Permute { .. });
     for p in &node.ty.sharding.partial {
         let reduces = rule
             .factors
             .iter()
             .any(|f| f.kind == FactorKind::Reduction(p.op));
-        if reduces {
+        let carried = moves
+            && g.operands(v)
+                .first()
+                .is_some_and(|&o| g.ty(o).sharding.partial.contains(p));
+        if reduces || carried {
             continue;
         }
         let keyword = match p.op {

@@ -12,6 +12,7 @@ pub mod lower;
 mod manager;
 mod place;
 mod propagate;
+mod reorder;
 mod reshard;
 
 pub use manager::{registry, PassInfo, PassManager, PassRecord, PrintAfter};
@@ -39,6 +40,10 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The passes that shard a program, in order: what `tpc compile` and `tpc run --devices` run
+/// unless told otherwise.
+pub const DEFAULT_PIPELINE: &str = "propagate-sharding,insert-resharding,reorder-sharded-axis";
 
 /// Runs one pass function: the signature every pass has.
 pub type PassFn = fn(&mut Graph, &PassContext) -> Result<bool>;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tpc_ir::verify::verify;
 use tpc_ir::Graph;
 
-use crate::{dce, propagate, reshard, Error, PassContext, PassFn, Result};
+use crate::{dce, propagate, reorder, reshard, Error, PassContext, PassFn, Result};
 
 /// A registered pass.
 #[derive(Clone, Copy, Debug)]
@@ -28,6 +28,11 @@ pub fn registry() -> &'static [PassInfo] {
             name: "insert-resharding",
             description: "insert the cheapest collective wherever an op needs an operand laid out differently",
             run: reshard::run,
+        },
+        PassInfo {
+            name: "reorder-sharded-axis",
+            description: "move the split factor of every gather and scatter to the outermost dim, with local permutes around it",
+            run: reorder::run,
         },
         PassInfo {
             name: "dce",

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use tpc_ir::rule::{FactorId, FactorRule};
-use tpc_ir::{Dim, Factor, Partial, ReduceOp, TensorType};
+use tpc_ir::{Dim, Factor, Graph, Partial, ReduceOp, TensorType};
 
 /// Where a value lies on one mesh axis.
 #[derive(Clone, Debug, PartialEq)]
@@ -166,4 +166,15 @@ pub(crate) fn write_back(ty: &mut TensorType, before: &Places, after: &Places) {
             Place::Fixed => {}
         }
     }
+}
+
+/// `base`, or `base2`, `base3`, … : the first name no value of `g` has.
+pub(crate) fn fresh_name(g: &Graph, base: &str) -> String {
+    if g.find(base).is_none() {
+        return base.to_string();
+    }
+    (2..)
+        .map(|i| format!("{base}{i}"))
+        .find(|n| g.find(n).is_none())
+        .unwrap_or_else(|| base.to_string())
 }

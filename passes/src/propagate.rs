@@ -185,14 +185,7 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
             .map(|&v| (v, global_bytes(g.ty(v), &cx.symbols)))
             .collect(),
     };
-    // A declared result type annotates the value returned, where that value has no place of
-    // its own on the axis.
-    for (o, (declared, _)) in g.outputs().iter().zip(&g.result_types) {
-        let places = state.places.entry(*o).or_default();
-        for (axis, p) in places_of(declared) {
-            places.entry(axis).or_insert(p);
-        }
-    }
+
     // Rules and operands do not change while propagating: compute them once.
     let ops: Vec<(ValueId, FactorRule, Vec<ValueId>)> = order
         .iter()
@@ -201,9 +194,28 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
         .collect();
     // Each round adds at least one (value, axis) place, so this many rounds always suffice.
     let limit = order.len() * axes.len() + 1;
+    let mut declared_seeded = false;
     for _ in 0..limit {
         let mut changed = false;
-        for (v, rule, operands) in ops.iter().chain(ops.iter().rev()) {
+        for (v, rule, operands) in &ops {
+            changed |= state.through(g, *v, rule, operands, &axes);
+        }
+        // A declared result type acts like a consumer of the returned value: after the values
+        // have heard from their producers (so a partial sum can still become a reduce_scatter
+        // into the declared split), it gives a layout to a returned value that has none.
+        if !declared_seeded {
+            declared_seeded = true;
+            for (o, (declared, _)) in g.outputs().iter().zip(&g.result_types) {
+                let places = state.places.entry(*o).or_default();
+                for (axis, p) in places_of(declared) {
+                    if !places.contains_key(&axis) {
+                        places.insert(axis, p);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        for (v, rule, operands) in ops.iter().rev() {
             changed |= state.through(g, *v, rule, operands, &axes);
         }
         if !changed {

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use tpc_ir::rule::{rule_of, FactorKind};
 use tpc_ir::{Collective, Dim, Graph, Node, Op, ReduceOp, Sharding, TensorType, ValueId};
 
-use crate::place::{locate, place_in, places_of, Place};
+use crate::place::{fresh_name, locate, place_in, places_of, Place};
 use crate::{Error, Result};
 
 /// A layout change on one axis: whole (`None`) or a place.
@@ -92,16 +92,6 @@ struct Resharder {
 }
 
 impl Resharder {
-    fn fresh_name(g: &Graph, base: &str) -> String {
-        if g.find(base).is_none() {
-            return base.to_string();
-        }
-        (2..)
-            .map(|i| format!("{base}{i}"))
-            .find(|n| g.find(n).is_none())
-            .unwrap_or_else(|| base.to_string())
-    }
-
     /// One collective node converting `x` on `axis`, placed before `before` (or at the end).
     fn collective(
         &mut self,
@@ -113,7 +103,7 @@ impl Resharder {
         to: &Target,
     ) -> Result<ValueId> {
         let ty = with_place(g.ty(x), axis, to)?;
-        let name = Self::fresh_name(g, &format!("{}.{}", g.name(x), kind.name()));
+        let name = fresh_name(g, &format!("{}.{}", g.name(x), kind.name()));
         let node = Node {
             name,
             op: Op::Collective {
@@ -325,7 +315,7 @@ impl Resharder {
         }
         let ty = g.ty(v).clone();
         let span = g.node(v).span;
-        let name = Self::fresh_name(g, &format!("{}.part", g.name(v)));
+        let name = fresh_name(g, &format!("{}.part", g.name(v)));
         let product = g.insert_before(
             v,
             Node {
@@ -343,7 +333,7 @@ impl Resharder {
         bty.sharding.dims = sum_ty.sharding.dims.clone();
         bty.sharding.dims[ty.rank() - 1] =
             g.ty(b).sharding.dims.first().cloned().unwrap_or_default();
-        let name = Self::fresh_name(g, &format!("{}.bias", g.name(v)));
+        let name = fresh_name(g, &format!("{}.bias", g.name(v)));
         let shape = ty.shape.clone();
         let bias = g.insert_before(
             v,
