@@ -208,8 +208,8 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
             for (o, (declared, _)) in g.outputs().iter().zip(&g.result_types) {
                 let places = state.places.entry(*o).or_default();
                 for (axis, p) in places_of(declared) {
-                    if !places.contains_key(&axis) {
-                        places.insert(axis, p);
+                    if let std::collections::btree_map::Entry::Vacant(e) = places.entry(axis) {
+                        e.insert(p);
                         changed = true;
                     }
                 }
