@@ -79,6 +79,15 @@ pub(crate) fn locate(
     size: &Dim,
     inner: &Dim,
 ) -> Option<FactorSplit> {
+    // A dim that is one factor holds any split of itself (the common case: no arithmetic).
+    if let [f] = factors {
+        return Some(FactorSplit {
+            factor: *f,
+            outer: outer.clone(),
+            size: size.clone(),
+            inner: inner.clone(),
+        });
+    }
     let extents: Vec<Dim> = factors
         .iter()
         .map(|&f| rule.factors[f].extent.clone())
@@ -112,6 +121,14 @@ pub(crate) fn place_in(
     s: &FactorSplit,
 ) -> Option<Place> {
     let j = factors.iter().position(|&f| f == s.factor)?;
+    if factors.len() == 1 {
+        return Some(Place::Split {
+            dim,
+            outer: s.outer.clone(),
+            size: s.size.clone(),
+            inner: s.inner.clone(),
+        });
+    }
     let extents: Vec<Dim> = factors
         .iter()
         .map(|&f| rule.factors[f].extent.clone())
@@ -168,13 +185,25 @@ pub(crate) fn write_back(ty: &mut TensorType, before: &Places, after: &Places) {
     }
 }
 
-/// `base`, or `base2`, `base3`, … : the first name no value of `g` has.
-pub(crate) fn fresh_name(g: &Graph, base: &str) -> String {
-    if g.find(base).is_none() {
-        return base.to_string();
+/// The names a graph's values have, for making new ones without scanning the graph each time.
+pub(crate) struct Names(std::collections::BTreeSet<String>);
+
+impl Names {
+    pub(crate) fn of(g: &Graph) -> Names {
+        Names(g.values().iter().map(|&v| g.name(v).to_string()).collect())
     }
-    (2..)
-        .map(|i| format!("{base}{i}"))
-        .find(|n| g.find(n).is_none())
-        .unwrap_or_else(|| base.to_string())
+
+    /// `base`, or `base2`, `base3`, … : the first name not taken, now taken.
+    pub(crate) fn fresh(&mut self, base: &str) -> String {
+        let name = if self.0.contains(base) {
+            (2..)
+                .map(|i| format!("{base}{i}"))
+                .find(|n| !self.0.contains(n))
+                .unwrap_or_else(|| base.to_string())
+        } else {
+            base.to_string()
+        };
+        self.0.insert(name.clone());
+        name
+    }
 }

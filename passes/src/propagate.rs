@@ -27,6 +27,10 @@ struct State {
     places: BTreeMap<ValueId, Places>,
     /// Each value's global size in bytes, for choosing between conflicting splits.
     bytes: BTreeMap<ValueId, f64>,
+    /// A counter of places gained, and for each value (by index) the count when it last gained
+    /// one: an op is visited again only when one of its tensors changed since its last visit.
+    clock: u64,
+    stamp: Vec<u64>,
 }
 
 impl State {
@@ -48,7 +52,24 @@ impl State {
             }
         }
         places.insert(axis.to_string(), p);
+        self.touch(v);
         true
+    }
+
+    /// Records that `v` gained a place, so that the ops around it are visited again.
+    fn touch(&mut self, v: ValueId) {
+        self.clock += 1;
+        if let Some(s) = self.stamp.get_mut(v.index()) {
+            *s = self.clock;
+        }
+    }
+
+    /// Whether some tensor of an op last visited at `seen` gained a place since.
+    fn stale(&self, seen: Option<u64>, v: ValueId, operands: &[ValueId]) -> bool {
+        let Some(seen) = seen else { return true };
+        std::iter::once(&v)
+            .chain(operands)
+            .any(|t| self.stamp.get(t.index()).is_some_and(|&s| s > seen))
     }
 
     /// The split of one of the op's factors that its tensors should follow on `axis`: among the
@@ -184,6 +205,8 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
             .iter()
             .map(|&v| (v, global_bytes(g.ty(v), &cx.symbols)))
             .collect(),
+        clock: 0,
+        stamp: vec![0; order.iter().map(|v| v.index() + 1).max().unwrap_or(0)],
     };
 
     // Rules and operands do not change while propagating: compute them once.
@@ -195,10 +218,20 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
     // Each round adds at least one (value, axis) place, so this many rounds always suffice.
     let limit = order.len() * axes.len() + 1;
     let mut declared_seeded = false;
+    let mut seen: Vec<Option<u64>> = vec![None; ops.len()];
+    let mut visit = |state: &mut State, i: usize| {
+        let (v, rule, operands) = &ops[i];
+        if !state.stale(seen[i], *v, operands) {
+            return false;
+        }
+        let changed = state.through(g, *v, rule, operands, &axes);
+        seen[i] = Some(state.clock);
+        changed
+    };
     for _ in 0..limit {
         let mut changed = false;
-        for (v, rule, operands) in &ops {
-            changed |= state.through(g, *v, rule, operands, &axes);
+        for i in 0..ops.len() {
+            changed |= visit(&mut state, i);
         }
         // A declared result type acts like a consumer of the returned value: after the values
         // have heard from their producers (so a partial sum can still become a reduce_scatter
@@ -207,16 +240,21 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
             declared_seeded = true;
             for (o, (declared, _)) in g.outputs().iter().zip(&g.result_types) {
                 let places = state.places.entry(*o).or_default();
+                let mut gained = false;
                 for (axis, p) in places_of(declared) {
                     if let std::collections::btree_map::Entry::Vacant(e) = places.entry(axis) {
                         e.insert(p);
-                        changed = true;
+                        gained = true;
                     }
+                }
+                if gained {
+                    changed = true;
+                    state.touch(*o);
                 }
             }
         }
-        for (v, rule, operands) in ops.iter().rev() {
-            changed |= state.through(g, *v, rule, operands, &axes);
+        for i in (0..ops.len()).rev() {
+            changed |= visit(&mut state, i);
         }
         if !changed {
             break;

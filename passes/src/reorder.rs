@@ -16,7 +16,7 @@
 
 use tpc_ir::{Collective, Dim, DimSharding, Factor, Graph, Node, Op, TensorType, ValueId};
 
-use crate::place::{fresh_name, places_of, Place};
+use crate::place::{places_of, Names, Place};
 use crate::Result;
 
 /// `ty` with dim `dim` cut into `[outer, size, inner]` (ones dropped), the `size` part carrying
@@ -100,6 +100,7 @@ pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
         })
         .collect();
     let mut changed = false;
+    let mut names = Names::of(g);
     for c in collectives {
         let Op::Collective { kind, axis } = g.op(c).clone() else {
             continue;
@@ -149,13 +150,13 @@ pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
         // Before the collective: expose the factor, move it to the front.
         let mut src = x;
         if reshaped {
-            let name = fresh_name(g, &format!("{x_name}.split"));
+            let name = names.fresh(&format!("{x_name}.split"));
             let op = Op::Reshape {
                 shape: x_exp.shape.clone(),
             };
             src = g.insert_before(c, node(name, op, x_exp.clone(), span), &[src]);
         }
-        let name = fresh_name(g, &format!("{x_name}.major"));
+        let name = names.fresh(&format!("{x_name}.major"));
         let op = Op::Permute { perm: perm.clone() };
         let major = g.insert_before(c, node(name, op, permuted(&x_exp, &perm), span), &[src]);
         g.set_operand(c, 0, major);
@@ -164,7 +165,7 @@ pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
         let outputs: Vec<usize> = (0..g.outputs().len())
             .filter(|&i| g.outputs()[i] == c)
             .collect();
-        let major_name = fresh_name(g, &format!("{c_name}.major"));
+        let major_name = names.fresh(&format!("{c_name}.major"));
         let cn = g.node_mut(c);
         cn.name = major_name;
         cn.ty = permuted(&y_exp, &perm);
@@ -179,7 +180,7 @@ pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
             None => g.add_node(n, &[operand]),
         };
         let back_name = if reshaped {
-            fresh_name(g, &format!("{c_name}.minor"))
+            names.fresh(&format!("{c_name}.minor"))
         } else {
             c_name.clone()
         };

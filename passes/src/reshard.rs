@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use tpc_ir::rule::{rule_of, FactorKind};
 use tpc_ir::{Collective, Dim, Graph, Node, Op, ReduceOp, Sharding, TensorType, ValueId};
 
-use crate::place::{fresh_name, locate, place_in, places_of, Place};
+use crate::place::{locate, place_in, places_of, Names, Place};
 use crate::{Error, Result};
 
 /// A layout change on one axis: whole (`None`) or a place.
@@ -89,6 +89,7 @@ struct Resharder {
     /// Conversions already made: (value, axis, target) -> the converted value.
     made: BTreeMap<(ValueId, String, String), ValueId>,
     changed: bool,
+    names: Names,
 }
 
 impl Resharder {
@@ -103,7 +104,7 @@ impl Resharder {
         to: &Target,
     ) -> Result<ValueId> {
         let ty = with_place(g.ty(x), axis, to)?;
-        let name = fresh_name(g, &format!("{}.{}", g.name(x), kind.name()));
+        let name = self.names.fresh(&format!("{}.{}", g.name(x), kind.name()));
         let node = Node {
             name,
             op: Op::Collective {
@@ -315,7 +316,7 @@ impl Resharder {
         }
         let ty = g.ty(v).clone();
         let span = g.node(v).span;
-        let name = fresh_name(g, &format!("{}.part", g.name(v)));
+        let name = self.names.fresh(&format!("{}.part", g.name(v)));
         let product = g.insert_before(
             v,
             Node {
@@ -333,7 +334,7 @@ impl Resharder {
         bty.sharding.dims = sum_ty.sharding.dims.clone();
         bty.sharding.dims[ty.rank() - 1] =
             g.ty(b).sharding.dims.first().cloned().unwrap_or_default();
-        let name = fresh_name(g, &format!("{}.bias", g.name(v)));
+        let name = self.names.fresh(&format!("{}.bias", g.name(v)));
         let shape = ty.shape.clone();
         let bias = g.insert_before(
             v,
@@ -369,6 +370,7 @@ pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
         axes: axes.clone(),
         made: BTreeMap::new(),
         changed: false,
+        names: Names::of(g),
     };
     let ops: Vec<ValueId> = g
         .values()
