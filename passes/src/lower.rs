@@ -9,12 +9,16 @@
 //! op by op (each op's shape rule applied to the local operands must give the local result).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tpc_ir::infer::infer;
 use tpc_ir::layout::{piece_indices, rank_coords, MeshCoords};
 use tpc_ir::{Dim, Graph, Op, TensorType, ValueId};
 
 use crate::{Error, Result};
+
+/// For each dim of a piece, the global index of each local index.
+pub type IndexMaps = Arc<Vec<Vec<usize>>>;
 
 /// One value on one rank.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,8 +27,8 @@ pub struct LocalValue {
     pub shape: Vec<usize>,
     /// The whole value's shape.
     pub global_shape: Vec<usize>,
-    /// For each dim, the global index of each local index.
-    pub indices: Vec<Vec<usize>>,
+    /// For each dim, the global index of each local index (shared between values of one type).
+    pub indices: IndexMaps,
     /// Mesh axes over which this rank's piece is a partial sum (or max, min) still to reduce.
     pub partial: Vec<String>,
 }
@@ -81,10 +85,20 @@ pub fn lower_to_local(
     let mut values: BTreeMap<ValueId, LocalValue> = BTreeMap::new();
     let mut ops = BTreeMap::new();
     let mut groups = BTreeMap::new();
+    // Most values share one of a few types: cut each type once.
+    let mut pieces: Vec<(&TensorType, Vec<usize>, IndexMaps)> = Vec::new();
     for &v in g.values() {
         let node = g.node(v);
-        let (global_shape, indices) = piece_indices(&node.ty, bindings, &coords)
-            .map_err(|e| Error::Lowering(format!("%{}: {e}", node.name)))?;
+        let (global_shape, indices) = match pieces.iter().find(|(t, ..)| **t == node.ty) {
+            Some((_, s, i)) => (s.clone(), Arc::clone(i)),
+            None => {
+                let (s, i) = piece_indices(&node.ty, bindings, &coords)
+                    .map_err(|e| Error::Lowering(format!("%{}: {e}", node.name)))?;
+                let i = Arc::new(i);
+                pieces.push((&node.ty, s.clone(), Arc::clone(&i)));
+                (s, i)
+            }
+        };
         let shape: Vec<usize> = indices.iter().map(Vec::len).collect();
         let local_dims = || shape.iter().map(|&n| Dim::constant(n as i64)).collect();
         let op = match &node.op {
