@@ -246,9 +246,24 @@ impl Resharder {
                         _ => None,
                     }
                 });
+                // No operand arrives split on a reduction (a declared partial result): split the
+                // first reduction of that kind locally, which makes each rank's sum partial.
+                let split = split.or_else(|| {
+                    let f = rule
+                        .factors
+                        .iter()
+                        .position(|f| f.kind == FactorKind::Reduction(*op))?;
+                    let one = Dim::constant(1);
+                    Some(crate::place::FactorSplit {
+                        factor: f,
+                        outer: one.clone(),
+                        size: rule.factors[f].extent.clone(),
+                        inner: one,
+                    })
+                });
                 let Some(s) = split else {
                     return Err(Error::Unsupported(format!(
-                        "%{} is partial over `{axis}` but no operand of its `{}` is split on a reduction",
+                        "%{} is partial over `{axis}` but its `{}` reduces nothing",
                         g.name(v),
                         g.op(v).name()
                     )));
@@ -259,6 +274,56 @@ impl Resharder {
                     .collect()
             }
         }))
+    }
+
+    /// Whether the op producing `v` can produce its layout on `axis` from local operands: a
+    /// split must lie in one pass (or new) factor of its rule.
+    fn producible(g: &Graph, v: ValueId, axis: &str) -> bool {
+        let Some(Place::Split {
+            dim,
+            outer,
+            size,
+            inner,
+        }) = places_of(g.ty(v)).get(axis).cloned()
+        else {
+            return true;
+        };
+        let rule = rule_of(g, v);
+        rule.result
+            .get(dim)
+            .and_then(|fs| locate(&rule, fs, &outer, &size, &inner))
+            .is_some_and(|s| {
+                matches!(
+                    rule.factors[s.factor].kind,
+                    FactorKind::Pass | FactorKind::New
+                )
+            })
+    }
+
+    /// `v`, split on `axis` where its op cannot split (a softmax declared split on its own dim),
+    /// becomes the op computed whole on that axis, then a local `shard` to the declared layout.
+    /// Returns the node now computing the op.
+    fn shard_after(&mut self, g: &mut Graph, v: ValueId, axis: &str) -> Result<ValueId> {
+        let node = g.node(v).clone();
+        let whole = Node {
+            name: self.names.fresh(&format!("{}.whole", node.name)),
+            op: node.op.clone(),
+            ty: with_place(&node.ty, axis, &None)?,
+            span: node.span,
+            explicit_type: true,
+        };
+        let operands = g.operands(v);
+        let w = g.insert_before(v, whole, &operands);
+        for i in (0..operands.len()).rev() {
+            g.remove_operand_edge(v, i);
+        }
+        g.set_operand(v, 0, w);
+        g.node_mut(v).op = Op::Collective {
+            kind: Collective::Shard,
+            axis: axis.to_string(),
+        };
+        self.changed = true;
+        Ok(w)
     }
 
     /// Inserts what the op producing `v` needs, operand by operand, axis by axis.
@@ -380,6 +445,12 @@ pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
         .collect();
     for v in ops {
         for u in r.split_bias(g, v)? {
+            let mut u = u;
+            for axis in &axes {
+                if !Resharder::producible(g, u, axis) {
+                    u = r.shard_after(g, u, axis)?;
+                }
+            }
             r.fix(g, u)?;
         }
     }
