@@ -102,11 +102,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let outputs = match args.devices {
         None => tpc::runtime::run_reference(&graph, &inputs, &bindings)?,
         Some(d) => {
-            tpc::resolve_devices(&graph, d, &tpc::SourceFile::new(&name, &text))?;
+            let axes = tpc::resolve_devices(&graph, d, &tpc::SourceFile::new(&name, &text))?;
             let mut sharded = graph.clone();
             let mut pm = tpc::passes::PassManager::parse(&args.pipeline)?;
             pm.verify_each = true;
             pm.context.symbols = bindings.clone();
+            pm.context.axis_sizes = axes.into_iter().collect();
             pm.run(&mut sharded)?;
             let sizes = sharded.mesh.resolve(Some(d))?;
             let mesh = tpc::runtime::ranks::MeshSizes(
@@ -208,13 +209,15 @@ fn tolerance(dt: tpc::ir::DType) -> f64 {
 pub fn compile(args: CompileArgs) -> Result<ExitCode> {
     let (name, text) = read_source(&args.file)?;
     let mut graph = tpc::load(&name, &text)?;
-    if let Some(d) = args.devices {
-        tpc::resolve_devices(&graph, d, &tpc::SourceFile::new(&name, &text))?;
-    }
+    let axis_sizes = match args.devices {
+        Some(d) => tpc::resolve_devices(&graph, d, &tpc::SourceFile::new(&name, &text))?,
+        None => Vec::new(),
+    };
     let bindings = tpc::parse_bindings(&args.bind)?;
     let mut pm = tpc::passes::PassManager::parse(&args.pipeline)?;
     pm.verify_each = true;
     pm.context.symbols = bindings.clone();
+    pm.context.axis_sizes = axis_sizes.into_iter().collect();
     pm.print_after = match args.print_ir_after.as_deref() {
         None => tpc::passes::PrintAfter::None,
         Some("all") => tpc::passes::PrintAfter::All,

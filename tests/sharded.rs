@@ -39,9 +39,10 @@ fn check(path: &std::path::Path, devices: i64, cost_symbols: &BTreeMap<String, i
     let mut pm = PassManager::parse(tpc::passes::DEFAULT_PIPELINE).expect("pipeline");
     pm.verify_each = true;
     pm.context.symbols = cost_symbols.clone();
+    let sizes = g.mesh.resolve(Some(devices)).expect("mesh");
+    pm.context.axis_sizes = sizes.iter().cloned().collect();
     pm.run(&mut g)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let sizes = g.mesh.resolve(Some(devices)).expect("mesh");
     let mesh = MeshSizes(sizes.into_iter().map(|(n, s)| (n, s as usize)).collect());
     let b = bindings();
     let inputs = random_inputs(&original, &b, 9).expect("inputs");

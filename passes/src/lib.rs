@@ -54,4 +54,8 @@ pub struct PassContext {
     /// Symbol values at which the cost model sizes tensors (`--bind`); a symbol left out counts
     /// as [`cost::UNBOUND_SYMBOL`].
     pub symbols: BTreeMap<String, i64>,
+    /// Mesh axis sizes, when the device count is known (`--devices`): what a pass that must
+    /// count ranks (reorder-sharded-axis for `all_to_all`) needs; without them it leaves such
+    /// collectives as they are.
+    pub axis_sizes: BTreeMap<String, i64>,
 }

@@ -10,61 +10,198 @@
 //! %y = permute(%y.major) {dims = [1, 0, 2]}       : [B, S, E]
 //! ```
 //!
-//! The value keeps its name, so its users read the same. `all_to_all` is left as it is: it
-//! sends to each peer a block of one dim and receives blocks of another, which no single
-//! permutation makes contiguous on both sides; its per-peer packing belongs to codegen.
+//! The value keeps its name, so its users read the same. An `all_to_all` sends each peer a
+//! block of the result's split dim and receives the peer's block of the operand's split dim: with
+//! the operand's split dim cut as `[n, size / n]` (one block per rank; this needs the axis size
+//! `n`, from `--devices`) and put first, followed by the result's split dim, both sides chunk
+//! along dim 0. Without the axis size, or with an uneven split, it is left for codegen to pack.
+
+use std::collections::BTreeMap;
 
 use tpc_ir::{Collective, Dim, DimSharding, Factor, Graph, Node, Op, TensorType, ValueId};
 
 use crate::place::{places_of, Names, Place};
 use crate::Result;
 
-/// `ty` with dim `dim` cut into `[outer, size, inner]` (ones dropped), the `size` part carrying
-/// the split over `axis` when `ty` has it; and the index of the `size` dim.
-fn expand(
+/// One part of a dim cut into parts: its extent, and whether it carries the split on the axis.
+#[derive(Clone)]
+struct Part {
+    extent: Dim,
+    split: bool,
+}
+
+fn whole(extent: &Dim) -> Part {
+    Part {
+        extent: extent.clone(),
+        split: false,
+    }
+}
+
+/// `ty` with the dims in `cuts` cut into their parts (parts of extent 1 that carry nothing are
+/// dropped), the parts marked `split` carrying the split over `axis` and the others whole; for
+/// each cut dim, the positions of its kept parts in the result.
+fn cut(
     ty: &TensorType,
-    dim: usize,
-    outer: &Dim,
-    size: &Dim,
-    inner: &Dim,
-) -> (TensorType, usize) {
+    cuts: &BTreeMap<usize, Vec<Part>>,
+    axis: &str,
+) -> (TensorType, BTreeMap<usize, Vec<Option<usize>>>) {
     let one = Dim::constant(1);
-    let mut shape = ty.shape[..dim].to_vec();
-    let mut dims = ty.sharding.dims[..dim].to_vec();
-    let old = &ty.sharding.dims[dim];
-    let split_axes: Vec<String> = old
-        .factors
-        .iter()
-        .find(|f| !f.axes.is_empty())
-        .map(|f| f.axes.clone())
-        .unwrap_or_default();
-    if *outer != one {
-        shape.push(outer.clone());
-        dims.push(DimSharding::default());
+    let mut shape = Vec::new();
+    let mut dims = Vec::new();
+    let mut at = BTreeMap::new();
+    for (d, extent) in ty.shape.iter().enumerate() {
+        let Some(parts) = cuts.get(&d) else {
+            shape.push(extent.clone());
+            dims.push(ty.sharding.dims[d].clone());
+            continue;
+        };
+        let mut positions = Vec::new();
+        for p in parts {
+            if p.extent == one && !p.split {
+                positions.push(None);
+                continue;
+            }
+            positions.push(Some(shape.len()));
+            shape.push(p.extent.clone());
+            dims.push(DimSharding {
+                factors: if p.split {
+                    vec![Factor {
+                        extent: p.extent.clone(),
+                        axes: vec![axis.to_string()],
+                    }]
+                } else {
+                    vec![]
+                },
+                closed: false,
+            });
+        }
+        at.insert(d, positions);
     }
-    let k = shape.len();
-    shape.push(size.clone());
-    dims.push(DimSharding {
-        factors: if split_axes.is_empty() {
-            vec![]
-        } else {
-            vec![Factor {
-                extent: size.clone(),
-                axes: split_axes,
-            }]
-        },
-        closed: false,
-    });
-    if *inner != one {
-        shape.push(inner.clone());
-        dims.push(DimSharding::default());
-    }
-    shape.extend(ty.shape[dim + 1..].iter().cloned());
-    dims.extend(ty.sharding.dims[dim + 1..].iter().cloned());
     let mut out = ty.clone();
     out.shape = shape;
     out.sharding.dims = dims;
-    (out, k)
+    (out, at)
+}
+
+/// Whether dim `d` of `ty` is split over some axis other than `axis`.
+fn other_axis_on(ty: &TensorType, d: usize, axis: &str) -> bool {
+    ty.sharding.dims[d]
+        .factors
+        .iter()
+        .any(|f| f.axes.iter().any(|a| a != axis))
+}
+
+/// The views that make a collective act on its outermost dim: the operand's and the result's
+/// types cut into parts, and the permutation (applied to both) that brings the parts NCCL
+/// chunks along to the front. `None` when the collective already is contiguous or this pass
+/// cannot make it so.
+fn plan(
+    g: &Graph,
+    c: ValueId,
+    kind: Collective,
+    axis: &str,
+    cx: &crate::PassContext,
+) -> Option<(TensorType, TensorType, Vec<usize>)> {
+    let x = g.operands(c)[0];
+    let (x_ty, y_ty) = (g.ty(x), g.ty(c));
+    let one = Dim::constant(1);
+    let split_of = |ty: &TensorType| match places_of(ty).get(axis).cloned() {
+        Some(Place::Split {
+            dim,
+            outer,
+            size,
+            inner,
+        }) => Some((dim, outer, size, inner)),
+        _ => None,
+    };
+    match kind {
+        Collective::AllGather | Collective::ReduceScatter(_) => {
+            // The split side: the operand of a gather, the result of a scatter.
+            let split_ty = if kind == Collective::AllGather {
+                x_ty
+            } else {
+                y_ty
+            };
+            let (dim, outer, size, inner) = split_of(split_ty)?;
+            let leading_ones = split_ty.shape[..dim].iter().all(|d| *d == one);
+            if (leading_ones && outer == one) || other_axis_on(split_ty, dim, axis) {
+                return None;
+            }
+            let parts = |split| {
+                vec![
+                    whole(&outer),
+                    Part {
+                        extent: size.clone(),
+                        split,
+                    },
+                    whole(&inner),
+                ]
+            };
+            let gather = kind == Collective::AllGather;
+            let (x_cut, at) = cut(x_ty, &BTreeMap::from([(dim, parts(gather))]), axis);
+            let (y_cut, _) = cut(y_ty, &BTreeMap::from([(dim, parts(!gather))]), axis);
+            let k = at[&dim][1]?;
+            let perm = std::iter::once(k)
+                .chain((0..x_cut.shape.len()).filter(|&d| d != k))
+                .collect();
+            Some((x_cut, y_cut, perm))
+        }
+        Collective::AllToAll => {
+            // Each rank sends the j-th block of the result's split dim to rank j and receives
+            // into the place of the sender's block of the operand's split dim. With the
+            // operand's split dim cut as [n, size / n] (n ranks, one block each) and brought to
+            // the front, followed by the result's split dim, both sides chunk along dim 0.
+            let n = Dim::constant(*cx.axis_sizes.get(axis)?);
+            let (i, oi, si, ii) = split_of(x_ty)?;
+            let (j, oj, sj, ij) = split_of(y_ty)?;
+            let per_rank = si.exact_div(&n)?;
+            if i == j || other_axis_on(x_ty, i, axis) || other_axis_on(y_ty, j, axis) {
+                return None;
+            }
+            let i_parts = |split| {
+                vec![
+                    whole(&oi),
+                    Part {
+                        extent: n.clone(),
+                        split,
+                    },
+                    whole(&per_rank),
+                    whole(&ii),
+                ]
+            };
+            let j_parts = |split| {
+                vec![
+                    whole(&oj),
+                    Part {
+                        extent: sj.clone(),
+                        split,
+                    },
+                    whole(&ij),
+                ]
+            };
+            let (x_cut, at) = cut(
+                x_ty,
+                &BTreeMap::from([(i, i_parts(true)), (j, j_parts(false))]),
+                axis,
+            );
+            let (y_cut, _) = cut(
+                y_ty,
+                &BTreeMap::from([(i, i_parts(false)), (j, j_parts(true))]),
+                axis,
+            );
+            let (p, q) = (at[&i][1]?, at[&j][1]?);
+            let perm: Vec<usize> = [p, q]
+                .into_iter()
+                .chain((0..x_cut.shape.len()).filter(|&d| d != p && d != q))
+                .collect();
+            let identity = perm.iter().enumerate().all(|(a, &b)| a == b);
+            if identity && x_cut.shape == x_ty.shape {
+                return None;
+            }
+            Some((x_cut, y_cut, perm))
+        }
+        _ => None,
+    }
 }
 
 fn permuted(ty: &TensorType, perm: &[usize]) -> TensorType {
@@ -84,7 +221,7 @@ fn node(name: String, op: Op, ty: TensorType, span: tpc_ir::Span) -> Node {
     }
 }
 
-pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
+pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
     let collectives: Vec<ValueId> = g
         .values()
         .iter()
@@ -93,7 +230,9 @@ pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
             matches!(
                 g.op(v),
                 Op::Collective {
-                    kind: Collective::AllGather | Collective::ReduceScatter(_),
+                    kind: Collective::AllGather
+                        | Collective::ReduceScatter(_)
+                        | Collective::AllToAll,
                     ..
                 }
             )
@@ -105,41 +244,12 @@ pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
         let Op::Collective { kind, axis } = g.op(c).clone() else {
             continue;
         };
+        let Some((x_exp, y_exp, perm)) = plan(g, c, kind, &axis, cx) else {
+            continue;
+        };
         let x = g.operands(c)[0];
-        // The split side: the operand of a gather, the result of a scatter.
-        let split_ty = match kind {
-            Collective::AllGather => g.ty(x).clone(),
-            _ => g.ty(c).clone(),
-        };
-        let Some(Place::Split {
-            dim,
-            outer,
-            size,
-            inner,
-        }) = places_of(&split_ty).get(&axis).cloned()
-        else {
-            continue;
-        };
-        let one = Dim::constant(1);
-        let leading_ones = split_ty.shape[..dim].iter().all(|d| *d == one);
-        if leading_ones && outer == one {
-            continue;
-        }
-        // Another axis splitting the same dim would need both kept in order: leave it be.
-        if split_ty.sharding.dims[dim]
-            .factors
-            .iter()
-            .any(|f| !f.axes.is_empty() && f.axes != [axis.clone()])
-        {
-            continue;
-        }
         let (x_ty, y_ty) = (g.ty(x).clone(), g.ty(c).clone());
-        let (x_exp, k) = expand(&x_ty, dim, &outer, &size, &inner);
-        let (y_exp, _) = expand(&y_ty, dim, &outer, &size, &inner);
         let rank = x_exp.shape.len();
-        let perm: Vec<usize> = std::iter::once(k)
-            .chain((0..rank).filter(|&d| d != k))
-            .collect();
         let mut inverse = vec![0; rank];
         for (i, &p) in perm.iter().enumerate() {
             inverse[p] = i;
