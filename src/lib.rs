@@ -16,6 +16,7 @@ pub mod gen;
 pub mod local;
 pub mod report;
 
+pub use tpc_codegen as codegen;
 pub use tpc_ir as ir;
 pub use tpc_passes as passes;
 pub use tpc_runtime as runtime;

@@ -1,3 +1,23 @@
-//! tpc-codegen: segmentation, kernel IR, CUDA C writer and host programs.
+//! tpc-codegen: from a sharded program to what a GPU runs.
 //!
-//! Empty for now: code generation is the subject of a later issue (see `docs/` and DESIGN.md).
+//! This first step covers pointwise code end to end: segmentation (`fuse`) puts maximal chains
+//! of pointwise ops into one kernel each; the kernel IR (`kir`) says what a kernel computes; the
+//! CUDA C writer (`cuda`) prints it; NVRTC (`nvrtc`) compiles it to PTX for sm_80 and sm_90. The
+//! runtime interprets the same kernel IR on the CPU. GEMMs, reductions, attention, host programs
+//! and the CUDA executor are later steps (docs/codegen.md).
+
+pub mod cuda;
+pub mod fuse;
+pub mod kir;
+pub mod nvrtc;
+
+/// Errors of the code generator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("libnvrtc is not available: {0}")]
+    NvrtcMissing(String),
+    #[error("NVRTC could not compile the kernels for {arch}: {log}")]
+    Nvrtc { arch: String, log: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -9,6 +9,7 @@ pub mod collective;
 mod exec;
 mod inputs;
 mod io;
+pub mod kernel;
 pub mod layout;
 mod ops;
 pub mod philox;

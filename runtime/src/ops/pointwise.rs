@@ -44,27 +44,32 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
             x.shape().to_vec(),
             v.iter().map(|a| a.wrapping_abs()).collect(),
         ),
-        (_, Data::Float(_)) => map_float(x, |v| match op {
-            UnaryOp::Neg => -v,
-            UnaryOp::Abs => v.abs(),
-            UnaryOp::Exp => v.exp(),
-            UnaryOp::Log => v.ln(),
-            UnaryOp::Sqrt => v.sqrt(),
-            UnaryOp::Rsqrt => 1.0 / v.sqrt(),
-            UnaryOp::Tanh => v.tanh(),
-            UnaryOp::Sigmoid => sigmoid(v),
-            UnaryOp::Relu => {
-                if v > 0.0 || v.is_nan() {
-                    v
-                } else {
-                    0.0
-                }
-            }
-            UnaryOp::Silu => v * sigmoid(v),
-            UnaryOp::Reciprocal => 1.0 / v,
-            UnaryOp::Not => f32::NAN,
-        }),
+        (_, Data::Float(_)) => map_float(x, |v| float_unary(op, v)),
         _ => Err(Error::Internal(format!("{op:?} on {}", x.dtype()))),
+    }
+}
+
+/// A unary op on one f32 (before rounding to the storage dtype).
+pub fn float_unary(op: UnaryOp, v: f32) -> f32 {
+    match op {
+        UnaryOp::Neg => -v,
+        UnaryOp::Abs => v.abs(),
+        UnaryOp::Exp => v.exp(),
+        UnaryOp::Log => v.ln(),
+        UnaryOp::Sqrt => v.sqrt(),
+        UnaryOp::Rsqrt => 1.0 / v.sqrt(),
+        UnaryOp::Tanh => v.tanh(),
+        UnaryOp::Sigmoid => sigmoid(v),
+        UnaryOp::Relu => {
+            if v > 0.0 || v.is_nan() {
+                v
+            } else {
+                0.0
+            }
+        }
+        UnaryOp::Silu => v * sigmoid(v),
+        UnaryOp::Reciprocal => 1.0 / v,
+        UnaryOp::Not => f32::NAN,
     }
 }
 
@@ -72,7 +77,8 @@ pub fn gelu_op(x: &Tensor, approximate: GeluApprox) -> Result<Tensor> {
     map_float(x, |v| gelu(v, approximate))
 }
 
-fn float_binary(op: BinaryOp, a: f32, b: f32) -> f32 {
+/// An arithmetic binary op on two f32 (before rounding to the storage dtype).
+pub fn float_binary(op: BinaryOp, a: f32, b: f32) -> f32 {
     match op {
         BinaryOp::Add => a + b,
         BinaryOp::Sub => a - b,
@@ -98,7 +104,7 @@ fn float_binary(op: BinaryOp, a: f32, b: f32) -> f32 {
     }
 }
 
-fn compare<T: PartialOrd>(op: BinaryOp, a: T, b: T) -> bool {
+pub(crate) fn compare<T: PartialOrd>(op: BinaryOp, a: T, b: T) -> bool {
     match op {
         BinaryOp::Eq => a == b,
         BinaryOp::Ne => a != b,
