@@ -121,9 +121,15 @@ pub fn kernel_source(k: &Kernel) -> String {
         .enumerate()
         .map(|(i, x)| format!("const {}* __restrict__ in{i}", storage(x.dtype)))
         .collect();
-    params.push(format!("{}* __restrict__ out", storage(k.output_dtype)));
+    params.extend(
+        k.outputs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| format!("{}* __restrict__ out{i}", storage(o.dtype))),
+    );
     params.extend((0..k.rank).map(|d| format!("long long n{d}")));
-    let _ = writeln!(out, "// {} = {}", k.output, k.name);
+    let stored: Vec<String> = k.outputs.iter().map(|o| format!("%{}", o.name)).collect();
+    let _ = writeln!(out, "// {}: {}", k.name, stored.join(", "));
     let _ = writeln!(
         out,
         "extern \"C\" __global__ void {}({}) {{",
@@ -161,12 +167,14 @@ pub fn kernel_source(k: &Kernel) -> String {
             Expr::Load(j) => {
                 let input = &k.inputs[*j];
                 // Row-major offset over the dims the input has (broadcast dims contribute 0).
-                let mut offset = String::from("0LL");
-                for d in 0..k.rank {
-                    if !input.broadcast[d] {
-                        offset = format!("({offset}) * n{d} + i{d}");
-                    }
+                let mut offset: Option<String> = None;
+                for d in (0..k.rank).filter(|&d| !input.broadcast[d]) {
+                    offset = Some(match offset {
+                        None => format!("i{d}"),
+                        Some(o) => format!("({o}) * n{d} + i{d}"),
+                    });
                 }
+                let offset = offset.unwrap_or_else(|| "0".to_string());
                 load(input.dtype, &format!("in{j}[{offset}]"))
             }
             Expr::Const(c) => float_literal(*c),
@@ -181,11 +189,19 @@ pub fn kernel_source(k: &Kernel) -> String {
         };
         let _ = writeln!(out, "    const {ty_name} v{v} = {rhs};");
     }
-    let _ = writeln!(
-        out,
-        "    out[i] = {};",
-        store(k.output_dtype, &format!("v{}", k.result.0))
-    );
+    for (i, o) in k.outputs.iter().enumerate() {
+        // A value already rounded to the stored dtype is stored from before the rounding (the
+        // conversion rounds the same way).
+        let from = match k.body[o.value.0].1 {
+            Expr::Round(d, a) if d == o.dtype => a,
+            _ => o.value,
+        };
+        let _ = writeln!(
+            out,
+            "    out{i}[i] = {};",
+            store(o.dtype, &format!("v{}", from.0))
+        );
+    }
     let _ = writeln!(out, "  }}");
     let _ = writeln!(out, "}}");
     out

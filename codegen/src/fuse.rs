@@ -1,5 +1,6 @@
-//! Segmentation of a program into kernels: maximal chains of pointwise ops (unary, gelu, binary,
-//! where, cast) become one fused kernel each, with the broadcasts that feed them read in place.
+//! Segmentation of a program into kernels: maximal groups of pointwise ops (unary, gelu, binary,
+//! where, cast) of one shape become one fused kernel each, with the broadcasts that feed them read
+//! in place and every member used outside the group stored.
 //! Everything else is its own segment for now (collectives, GEMMs, reductions, attention: later
 //! steps of codegen).
 
@@ -8,7 +9,7 @@ use std::collections::BTreeMap;
 use tpc_ir::op::BinaryOp;
 use tpc_ir::{DType, Graph, Op, ValueId};
 
-use crate::kir::{Expr, Input, Kernel, Scalar, Value};
+use crate::kir::{Expr, Input, Kernel, Output, Scalar, Value};
 
 /// A piece of the program that runs as one unit.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,8 +48,20 @@ fn absorbed(g: &Graph, v: ValueId) -> bool {
 }
 
 /// The program's segments, in program order (parameters are not segments).
+///
+/// Fusion is greedy in program order: a pointwise op joins the group of one of its operands
+/// when it has that group's shape and every other operand was computed before the group began
+/// (so nothing outside the group can depend on the group and feed it back: no cycles). A group
+/// may fan out and in; every member used outside it is an output of its kernel.
 pub fn segment(g: &Graph) -> Vec<Segment> {
-    let mut groups: Vec<Vec<ValueId>> = Vec::new();
+    let position: BTreeMap<ValueId, usize> = g
+        .values()
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (v, i))
+        .collect();
+    // (members, position of the first member)
+    let mut groups: Vec<(Vec<ValueId>, usize)> = Vec::new();
     let mut group_of: BTreeMap<ValueId, usize> = BTreeMap::new();
     let mut order: Vec<Result<usize, ValueId>> = Vec::new();
     for &v in g.values() {
@@ -59,22 +72,33 @@ pub fn segment(g: &Graph) -> Vec<Segment> {
             order.push(Err(v));
             continue;
         }
-        // Join the group whose last value is an operand used only here, of the same shape.
-        let join = g.operands(v).into_iter().find_map(|u| {
-            let gi = *group_of.get(&u)?;
-            let last = *groups[gi].last()?;
-            let only_here = g.users(u).iter().all(|&w| w == v) && !g.outputs().contains(&u);
-            (last == u && only_here && g.ty(u).shape == g.ty(v).shape).then_some(gi)
+        let operands = g.operands(v);
+        let join = operands.iter().find_map(|u| {
+            let gi = *group_of.get(u)?;
+            let (members, first) = &groups[gi];
+            let same_shape = g.ty(members[0]).shape == g.ty(v).shape;
+            // An absorbed broadcast is read from its operand.
+            let source = |o: ValueId| {
+                if absorbed(g, o) {
+                    g.operands(o)[0]
+                } else {
+                    o
+                }
+            };
+            let before = operands
+                .iter()
+                .all(|&o| group_of.get(&o) == Some(&gi) || position[&source(o)] < *first);
+            (same_shape && before).then_some(gi)
         });
         match join {
             Some(gi) => {
-                groups[gi].push(v);
+                groups[gi].0.push(v);
                 group_of.insert(v, gi);
             }
             None => {
                 group_of.insert(v, groups.len());
                 order.push(Ok(groups.len()));
-                groups.push(vec![v]);
+                groups.push((vec![v], position[&v]));
             }
         }
     }
@@ -84,7 +108,7 @@ pub fn segment(g: &Graph) -> Vec<Segment> {
         .map(|(i, o)| match o {
             Err(v) => Segment::Op(v),
             Ok(gi) => {
-                let members = groups[gi].clone();
+                let members = groups[gi].0.clone();
                 Segment::Pointwise {
                     kernel: build(g, &members, i),
                     members,
@@ -219,12 +243,13 @@ impl Builder<'_> {
     }
 }
 
-/// The kernel computing `members` (a fused chain, last one stored).
+/// The kernel computing `members` (a fused group, in program order); it stores every member
+/// used outside the group or returned.
 fn build(g: &Graph, members: &[ValueId], index: usize) -> Kernel {
-    let last = *members.last().expect("a group has members");
+    let first = members[0];
     let mut b = Builder {
         g,
-        out_shape: g.ty(last).shape.clone(),
+        out_shape: g.ty(first).shape.clone(),
         inputs: Vec::new(),
         input_of: BTreeMap::new(),
         body: Vec::new(),
@@ -233,14 +258,23 @@ fn build(g: &Graph, members: &[ValueId], index: usize) -> Kernel {
     for &m in members {
         b.member(m);
     }
-    let result = b.value_of[&last];
+    let outputs: Vec<Output> = members
+        .iter()
+        .filter(|&&m| g.outputs().contains(&m) || g.users(m).iter().any(|u| !members.contains(u)))
+        .map(|&m| Output {
+            name: g.name(m).to_string(),
+            dtype: g.ty(m).dtype,
+            value: b.value_of[&m],
+        })
+        .collect();
+    let named = outputs
+        .last()
+        .map_or(first, |o| g.find(&o.name).unwrap_or(first));
     Kernel {
-        name: kernel_name(g, last, index),
+        name: kernel_name(g, named, index),
         inputs: b.inputs,
-        output: g.name(last).to_string(),
-        output_dtype: g.ty(last).dtype,
+        outputs,
         rank: b.out_shape.len(),
         body: b.body,
-        result,
     }
 }

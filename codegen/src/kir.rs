@@ -1,9 +1,9 @@
 //! The kernel IR: what a generated kernel computes, small and typed, printable, written to CUDA C
 //! by `cuda.rs` and interpreted on the CPU by the runtime, so both executors run one meaning.
 //!
-//! A pointwise kernel computes one output element per thread. Its output has `rank` dims whose
-//! extents are kernel arguments (`n0`, `n1`, …), so one compile serves every batch and sequence
-//! length. Each input is read at the output's index, except along the dims it broadcasts (its
+//! A pointwise kernel computes one element of each of its outputs per thread. The outputs share
+//! `rank` dims whose extents are kernel arguments (`n0`, `n1`, …), so one compile serves every
+//! batch and sequence length. Each input is read at the output's index, except along the dims it broadcasts (its
 //! extent there is 1). The body is a list of SSA values, each computed in f32 (or as a bool for
 //! comparisons) and rounded to the dtype its op stores, so a fused chain rounds exactly as the
 //! unfused ops do.
@@ -50,19 +50,26 @@ pub enum Scalar {
     Bool,
 }
 
+/// A tensor the kernel writes: a graph value (for diagnostics and the host program), its
+/// dtype, and the body value stored to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub name: String,
+    pub dtype: DType,
+    pub value: Value,
+}
+
 /// A pointwise kernel.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Kernel {
     pub name: String,
     pub inputs: Vec<Input>,
-    /// The value it stores (for diagnostics and the host program) and its dtype.
-    pub output: String,
-    pub output_dtype: DType,
-    /// The output's rank: the kernel takes that many extents.
+    /// Every value of the fused group that is used outside it, in program order: all of the
+    /// same shape.
+    pub outputs: Vec<Output>,
+    /// The outputs' rank: the kernel takes that many extents.
     pub rank: usize,
     pub body: Vec<(Scalar, Expr)>,
-    /// The body value stored to the output.
-    pub result: Value,
 }
 
 impl Kernel {
@@ -118,14 +125,16 @@ impl fmt::Display for Kernel {
             };
             writeln!(f, "  v{i}: {ty} = {rhs}")?;
         }
-        writeln!(
-            f,
-            "  store %{}: {}[{}] = {}",
-            self.output,
-            dtype_name(self.output_dtype),
-            extents.join(", "),
-            self.result
-        )?;
+        for o in &self.outputs {
+            writeln!(
+                f,
+                "  store %{}: {}[{}] = {}",
+                o.name,
+                dtype_name(o.dtype),
+                extents.join(", "),
+                o.value
+            )?;
+        }
         write!(f, "}}")
     }
 }

@@ -10,10 +10,10 @@ use crate::ops::pointwise::{compare, float_binary, float_unary, gelu};
 use crate::tensor::{round_to, Tensor};
 use crate::{Error, Result};
 
-/// Runs pointwise kernel `k` on `inputs` (in the kernel's input order) into an output of
-/// `shape`; each input's shape must be `shape` with its broadcast dims of extent 1 (or missing
-/// on the left).
-pub fn run_pointwise(k: &Kernel, inputs: &[&Tensor], shape: &[usize]) -> Result<Tensor> {
+/// Runs pointwise kernel `k` on `inputs` (in the kernel's input order) into its outputs, all
+/// of `shape`; each input's shape must be `shape` with its broadcast dims of extent 1 (or
+/// missing on the left).
+pub fn run_pointwise(k: &Kernel, inputs: &[&Tensor], shape: &[usize]) -> Result<Vec<Tensor>> {
     if inputs.len() != k.inputs.len() || shape.len() != k.rank {
         return Err(Error::Internal(format!(
             "kernel {} takes {} inputs of rank {}, got {} for rank {}",
@@ -48,7 +48,7 @@ pub fn run_pointwise(k: &Kernel, inputs: &[&Tensor], shape: &[usize]) -> Result<
         data.push(x.to_f32_vec());
     }
     let total: usize = shape.iter().product();
-    let mut out = Vec::with_capacity(total);
+    let mut outs: Vec<Vec<f32>> = vec![Vec::with_capacity(total); k.outputs.len()];
     let mut regs = vec![0f32; k.body.len()];
     let mut index = vec![0usize; k.rank];
     for _ in 0..total {
@@ -79,7 +79,9 @@ pub fn run_pointwise(k: &Kernel, inputs: &[&Tensor], shape: &[usize]) -> Result<
             };
             debug_assert!(*ty == Scalar::F32 || regs[v] == 0.0 || regs[v] == 1.0);
         }
-        out.push(regs[k.result.0]);
+        for (o, spec) in outs.iter_mut().zip(&k.outputs) {
+            o.push(regs[spec.value.0]);
+        }
         // Next output index, row-major.
         for d in (0..k.rank).rev() {
             index[d] += 1;
@@ -89,12 +91,17 @@ pub fn run_pointwise(k: &Kernel, inputs: &[&Tensor], shape: &[usize]) -> Result<
             index[d] = 0;
         }
     }
-    match k.output_dtype {
-        DType::Bool => Tensor::from_bool(shape.to_vec(), out.iter().map(|&x| x != 0.0).collect()),
-        DType::I64 => Err(Error::Internal(format!(
-            "kernel {} stores i64, which pointwise kernels do not",
-            k.name
-        ))),
-        dt => Tensor::from_f32(dt, shape.to_vec(), out),
-    }
+    outs.into_iter()
+        .zip(&k.outputs)
+        .map(|(out, spec)| match spec.dtype {
+            DType::Bool => {
+                Tensor::from_bool(shape.to_vec(), out.iter().map(|&x| x != 0.0).collect())
+            }
+            DType::I64 => Err(Error::Internal(format!(
+                "kernel {} stores i64, which pointwise kernels do not",
+                k.name
+            ))),
+            dt => Tensor::from_f32(dt, shape.to_vec(), out),
+        })
+        .collect()
 }
