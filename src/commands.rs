@@ -108,7 +108,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             pm.verify_each = true;
             pm.context.symbols = bindings.clone();
             pm.context.axis_sizes = axes.into_iter().collect();
-            pm.run(&mut sharded)?;
+            pm.run(&mut sharded)
+                .map_err(|e| tpc::pass_error(e, &tpc::SourceFile::new(&name, &text)))?;
             let sizes = sharded.mesh.resolve(Some(d))?;
             let mesh = tpc::runtime::ranks::MeshSizes(
                 sizes.into_iter().map(|(n, s)| (n, s as usize)).collect(),
@@ -234,7 +235,9 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
             tpc::passes::PrintAfter::Passes(names)
         }
     };
-    let records = pm.run(&mut graph)?;
+    let records = pm
+        .run(&mut graph)
+        .map_err(|e| tpc::pass_error(e, &tpc::SourceFile::new(&name, &text)))?;
     for r in &records {
         if let Some(ir) = &r.ir_after {
             eprintln!("# IR after {}\n{ir}", r.pass);

@@ -83,6 +83,24 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A pass error, with a graph left invalid by a pass shown as located diagnostics in `file`
+/// (a bug in tpc, but one a person can then read and report).
+pub fn pass_error(e: tpc_passes::Error, file: &SourceFile) -> Error {
+    match e {
+        tpc_passes::Error::InvalidAfter { pass, diagnostics } => Error::Program {
+            file: file.clone(),
+            diagnostics: diagnostics
+                .into_iter()
+                .map(|mut d| {
+                    d.message = format!("after pass `{pass}` (a bug in tpc): {}", d.message);
+                    d
+                })
+                .collect(),
+        },
+        other => Error::Pass(other),
+    }
+}
+
 /// Parses and verifies a program given as text; `name` is what diagnostics call the file.
 pub fn load(name: &str, text: &str) -> Result<Graph> {
     let file = SourceFile::new(name, text);

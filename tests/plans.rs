@@ -125,3 +125,28 @@ fn dropout_on_a_broadcast_needs_no_collective() {
     assert!(counts.is_empty(), "{counts:?}");
     assert!(report["peak_bytes_per_device"].as_u64().unwrap_or(0) > 0);
 }
+
+/// What `tpc compile` prints is itself a program: compiling it again at the same size changes
+/// nothing (no collective is added twice, propagation leaves collectives alone, partial sums
+/// may pass through the permutes around a reduce_scatter).
+#[test]
+fn compiled_programs_compile_to_themselves() {
+    let b = tpc::parse_bindings("B=2,S=128").expect("bindings");
+    let compile = |g: &mut tpc::Graph| {
+        let mut pm = PassManager::parse(tpc::passes::DEFAULT_PIPELINE).expect("pipeline");
+        pm.verify_each = true;
+        pm.context.symbols = b.clone();
+        pm.context.axis_sizes = g.mesh.resolve(Some(8)).expect("mesh").into_iter().collect();
+        pm.run(g).expect("passes");
+        tpc::ir::print(g, tpc::ir::PrintMode::Full)
+    };
+    for path in common::ir_files("examples") {
+        let mut g = common::load(&path);
+        let once = compile(&mut g);
+        let mut again = tpc::load("once.ir", &once)
+            .unwrap_or_else(|e| panic!("{}\n{}", path.display(), e.render()));
+        tpc::resolve_devices(&again, 8, &tpc::SourceFile::new("once.ir", &once))
+            .unwrap_or_else(|e| panic!("{}\n{}", path.display(), e.render()));
+        assert_eq!(compile(&mut again), once, "{}", path.display());
+    }
+}

@@ -239,6 +239,22 @@ fn check_torn_groups(
             if groups.len() < 2 || unit <= 1 {
                 continue;
             }
+            // A split that lies inside one of the groups (a whole factor, or part of one) is the
+            // reshape's own business: it splits that factor, tearing nothing.
+            let (outer, inner) = (
+                consts[..*j].iter().product::<i64>(),
+                consts[j + 1..].iter().product::<i64>(),
+            );
+            let inside_one = (0..groups.len()).any(|k| {
+                let before: i64 = groups[..k].iter().product();
+                let after: i64 = groups[k + 1..].iter().product();
+                outer % before == 0
+                    && inner % after == 0
+                    && (outer / before) * len * (inner / after) == groups[k]
+            });
+            if inside_one {
+                continue;
+            }
             // The rank holding element `x` of the dim, with the split part in the middle.
             let owner = |x: i64| {
                 let k = ((x / outer_inner) % len) as usize;

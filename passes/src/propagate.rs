@@ -36,6 +36,10 @@ struct State {
 impl State {
     /// Gives `v` the place `p` on `axis` when it has none there, the dim is open and unsplit.
     fn offer(&mut self, g: &Graph, v: ValueId, axis: &str, p: Place) -> bool {
+        // A collective's layout on each side is what it exists for: never changed.
+        if matches!(g.op(v), Op::Collective { .. }) {
+            return false;
+        }
         let places = self.places.entry(v).or_default();
         if places.contains_key(axis) {
             return false;
@@ -212,7 +216,7 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
     // Rules and operands do not change while propagating: compute them once.
     let ops: Vec<(ValueId, FactorRule, Vec<ValueId>)> = order
         .iter()
-        .filter(|&&v| !matches!(g.op(v), Op::Param { .. }))
+        .filter(|&&v| !matches!(g.op(v), Op::Param { .. } | Op::Collective { .. }))
         .map(|&v| (v, rule_of(g, v), g.operands(v)))
         .collect();
     // Each round adds at least one (value, axis) place, so this many rounds always suffice.

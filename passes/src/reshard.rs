@@ -232,6 +232,12 @@ impl Resharder {
                     }
                 }
             }
+            Some(Place::Partial(op))
+                if matches!(g.op(v), Op::Reshape { .. } | Op::Permute { .. }) =>
+            {
+                // Moving elements keeps a pending reduction pending: the operand stays partial.
+                vec![Some(Place::Partial(*op))]
+            }
             Some(Place::Partial(op)) => {
                 // The operand split that made the result partial: a reduction factor of that op.
                 let split = operands.iter().zip(&rule.operands).find_map(|(&o, dims)| {
