@@ -128,25 +128,51 @@ fn dropout_on_a_broadcast_needs_no_collective() {
 
 /// What `tpc compile` prints is itself a program: compiling it again at the same size changes
 /// nothing (no collective is added twice, propagation leaves collectives alone, partial sums
-/// may pass through the permutes around a reduce_scatter).
+/// may pass through the permutes around a reduce_scatter, `(4@tp, 32)` after a reshape is seen
+/// to be the `128@tp` it came from). Every example at 8 devices, every pass case at 4 (8 on a
+/// dp × tp mesh).
 #[test]
 fn compiled_programs_compile_to_themselves() {
     let b = tpc::parse_bindings("B=2,S=128").expect("bindings");
-    let compile = |g: &mut tpc::Graph| {
+    let compile = |g: &mut tpc::Graph, devices: i64| {
         let mut pm = PassManager::parse(tpc::passes::DEFAULT_PIPELINE).expect("pipeline");
         pm.verify_each = true;
         pm.context.symbols = b.clone();
-        pm.context.axis_sizes = g.mesh.resolve(Some(8)).expect("mesh").into_iter().collect();
+        pm.context.axis_sizes = g
+            .mesh
+            .resolve(Some(devices))
+            .expect("mesh")
+            .into_iter()
+            .collect();
         pm.run(g).expect("passes");
         tpc::ir::print(g, tpc::ir::PrintMode::Full)
     };
-    for path in common::ir_files("examples") {
+    let mut cases: Vec<(std::path::PathBuf, i64)> = common::ir_files("examples")
+        .into_iter()
+        .map(|p| (p, 8))
+        .collect();
+    for pass in [
+        "propagate-sharding",
+        "insert-resharding",
+        "reorder-sharded-axis",
+    ] {
+        for p in common::ir_files(&format!("tests/passes/{pass}")) {
+            let text = std::fs::read_to_string(&p).expect("readable");
+            let devices = if text.contains("mesh dp = 2, tp = 4") {
+                8
+            } else {
+                4
+            };
+            cases.push((p, devices));
+        }
+    }
+    for (path, devices) in cases {
         let mut g = common::load(&path);
-        let once = compile(&mut g);
+        let once = compile(&mut g, devices);
         let mut again = tpc::load("once.ir", &once)
             .unwrap_or_else(|e| panic!("{}\n{}", path.display(), e.render()));
-        tpc::resolve_devices(&again, 8, &tpc::SourceFile::new("once.ir", &once))
+        tpc::resolve_devices(&again, devices, &tpc::SourceFile::new("once.ir", &once))
             .unwrap_or_else(|e| panic!("{}\n{}", path.display(), e.render()));
-        assert_eq!(compile(&mut again), once, "{}", path.display());
+        assert_eq!(compile(&mut again, devices), once, "{}", path.display());
     }
 }

@@ -207,3 +207,27 @@ impl Names {
         name
     }
 }
+
+/// Whether two places on an axis of `n` ranks (when known) put the same elements on each rank:
+/// an even split of `[outer, size, inner]` is the same as one of `[outer, n, inner * size / n]`
+/// (`128@tp` over 4 ranks is `(4@tp, 32)`).
+pub(crate) fn same_layout(a: &Place, b: &Place, n: Option<i64>) -> bool {
+    if a == b {
+        return true;
+    }
+    let canonical = |p: &Place| -> Option<(usize, Dim, Dim)> {
+        let Place::Split {
+            dim,
+            outer,
+            size,
+            inner,
+        } = p
+        else {
+            return None;
+        };
+        let n = Dim::constant(n?);
+        let rest = size.exact_div(&n)?;
+        Some((*dim, outer.clone(), inner.mul(&rest).ok()?))
+    };
+    matches!((canonical(a), canonical(b)), (Some(x), Some(y)) if x == y)
+}

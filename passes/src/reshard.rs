@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use tpc_ir::rule::{rule_of, FactorKind};
 use tpc_ir::{Collective, Dim, Graph, Node, Op, ReduceOp, Sharding, TensorType, ValueId};
 
-use crate::place::{locate, place_in, places_of, Names, Place};
+use crate::place::{locate, place_in, places_of, same_layout, Names, Place};
 use crate::{Error, Result};
 
 /// A layout change on one axis: whole (`None`) or a place.
@@ -90,6 +90,8 @@ struct Resharder {
     made: BTreeMap<(ValueId, String, String), ValueId>,
     changed: bool,
     names: Names,
+    /// Mesh axis sizes when known, to see that two writings of a split are one layout.
+    axis_sizes: BTreeMap<String, i64>,
 }
 
 impl Resharder {
@@ -132,7 +134,12 @@ impl Resharder {
         to: &Target,
     ) -> Result<ValueId> {
         let from = places_of(g.ty(x)).get(axis).cloned();
-        if from == *to || matches!(from, Some(Place::Fixed)) || matches!(to, Some(Place::Fixed)) {
+        let n = self.axis_sizes.get(axis).copied();
+        let same = match (&from, to) {
+            (Some(a), Some(b)) => same_layout(a, b, n),
+            (a, b) => a == b,
+        };
+        if same || matches!(from, Some(Place::Fixed)) || matches!(to, Some(Place::Fixed)) {
             return Ok(x);
         }
         let key = (x, axis.to_string(), format!("{to:?}"));
@@ -432,7 +439,7 @@ impl Resharder {
     }
 }
 
-pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
+pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
     let axes: Vec<String> = g.mesh.axes.iter().map(|a| a.name.clone()).collect();
     if axes.is_empty() {
         return Ok(false);
@@ -442,6 +449,7 @@ pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
         made: BTreeMap::new(),
         changed: false,
         names: Names::of(g),
+        axis_sizes: cx.axis_sizes.clone(),
     };
     let ops: Vec<ValueId> = g
         .values()
