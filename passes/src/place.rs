@@ -231,3 +231,43 @@ pub(crate) fn same_layout(a: &Place, b: &Place, n: Option<i64>) -> bool {
     };
     matches!((canonical(a), canonical(b)), (Some(x), Some(y)) if x == y)
 }
+
+/// As [`locate`], and else, with the axis size `n` known, the factor whose even split over `n`
+/// ranks puts the same elements on each rank: `2304@tp` over 8 ranks is Bloom's
+/// `(16@tp, 3, 48)` (each rank holds 288 = 2 × 3 × 48 rows either way).
+pub(crate) fn locate_even(
+    rule: &FactorRule,
+    factors: &[FactorId],
+    outer: &Dim,
+    size: &Dim,
+    inner: &Dim,
+    n: Option<i64>,
+) -> Option<FactorSplit> {
+    if let Some(s) = locate(rule, factors, outer, size, inner) {
+        return Some(s);
+    }
+    let have = Place::Split {
+        dim: 0,
+        outer: outer.clone(),
+        size: size.clone(),
+        inner: inner.clone(),
+    };
+    let extents: Vec<Dim> = factors
+        .iter()
+        .map(|&f| rule.factors[f].extent.clone())
+        .collect();
+    factors.iter().enumerate().find_map(|(k, &f)| {
+        let candidate = Place::Split {
+            dim: 0,
+            outer: product(&extents[..k]),
+            size: extents[k].clone(),
+            inner: product(&extents[k + 1..]),
+        };
+        same_layout(&have, &candidate, n).then(|| FactorSplit {
+            factor: f,
+            outer: Dim::constant(1),
+            size: extents[k].clone(),
+            inner: Dim::constant(1),
+        })
+    })
+}

@@ -20,13 +20,15 @@ use tpc_ir::rule::{rule_of, FactorId, FactorKind, FactorRule};
 use tpc_ir::{Graph, Op, ValueId};
 
 use crate::cost::global_bytes;
-use crate::place::{locate, place_in, places_of, write_back, FactorSplit, Place, Places};
+use crate::place::{locate_even, place_in, places_of, write_back, FactorSplit, Place, Places};
 use crate::Result;
 
 struct State {
     places: BTreeMap<ValueId, Places>,
     /// Each value's global size in bytes, for choosing between conflicting splits.
     bytes: BTreeMap<ValueId, f64>,
+    /// Mesh axis sizes when known: an even split may then be read as a split of a factor.
+    axis_sizes: BTreeMap<String, i64>,
     /// A counter of places gained, and for each value (by index) the count when it last gained
     /// one: an op is visited again only when one of its tensors changed since its last visit.
     clock: u64,
@@ -95,10 +97,16 @@ impl State {
                 inner,
             }) = self.places.get(t).and_then(|p| p.get(axis))
             {
-                if let Some(s) = dims
-                    .get(*dim)
-                    .and_then(|fs| locate(rule, fs, outer, size, inner))
-                {
+                if let Some(s) = dims.get(*dim).and_then(|fs| {
+                    locate_even(
+                        rule,
+                        fs,
+                        outer,
+                        size,
+                        inner,
+                        self.axis_sizes.get(axis).copied(),
+                    )
+                }) {
                     if rule.factors[s.factor].kind != FactorKind::Replicated
                         && !candidates.contains(&s)
                     {
@@ -209,6 +217,7 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
             .iter()
             .map(|&v| (v, global_bytes(g.ty(v), &cx.symbols)))
             .collect(),
+        axis_sizes: cx.axis_sizes.clone(),
         clock: 0,
         stamp: vec![0; order.iter().map(|v| v.index() + 1).max().unwrap_or(0)],
     };
