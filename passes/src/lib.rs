@@ -30,6 +30,10 @@ pub enum Error {
     EmptyPipeline,
     #[error("cannot lower to a rank: {0}")]
     Lowering(String),
+    /// Internal to insert-resharding, which handles it: `value`'s op cannot make its layout on
+    /// `axis` from local pieces.
+    #[error("%{value} is split over `{axis}` in a way its op cannot produce locally")]
+    NotLocal { value: String, axis: String },
     #[error("not supported yet: {0}")]
     Unsupported(String),
     #[error("the graph is invalid after pass `{pass}` ({} error(s))", .diagnostics.len())]

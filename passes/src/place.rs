@@ -246,6 +246,11 @@ pub(crate) fn locate_even(
     if let Some(s) = locate(rule, factors, outer, size, inner) {
         return Some(s);
     }
+    // Without the axis size no two writings can be told equal; a one-factor dim has no other.
+    n?;
+    if factors.len() < 2 {
+        return None;
+    }
     let have = Place::Split {
         dim: 0,
         outer: outer.clone(),

@@ -231,11 +231,10 @@ impl Resharder {
                             .collect()
                     }
                     _ => {
-                        return Err(Error::Unsupported(format!(
-                        "%{} is split over `{axis}` in a way its op `{}` cannot produce locally",
-                        g.name(v),
-                        g.op(v).name()
-                    )))
+                        return Err(Error::NotLocal {
+                            value: g.name(v).to_string(),
+                            axis: axis.to_string(),
+                        })
                     }
                 }
             }
@@ -287,30 +286,6 @@ impl Resharder {
                     .collect()
             }
         }))
-    }
-
-    /// Whether the op producing `v` can produce its layout on `axis` from local operands: a
-    /// split must lie in one pass (or new) factor of its rule.
-    fn producible(g: &Graph, v: ValueId, axis: &str) -> bool {
-        let Some(Place::Split {
-            dim,
-            outer,
-            size,
-            inner,
-        }) = places_of(g.ty(v)).get(axis).cloned()
-        else {
-            return true;
-        };
-        let rule = rule_of(g, v);
-        rule.result
-            .get(dim)
-            .and_then(|fs| locate(&rule, fs, &outer, &size, &inner))
-            .is_some_and(|s| {
-                matches!(
-                    rule.factors[s.factor].kind,
-                    FactorKind::Pass | FactorKind::New
-                )
-            })
     }
 
     /// `v`, split on `axis` where its op cannot split (a softmax declared split on its own dim),
@@ -459,13 +434,18 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
         .collect();
     for v in ops {
         for u in r.split_bias(g, v)? {
+            // A layout the op cannot make locally (a split it keeps whole) is made whole and
+            // sharded after; each axis at most once.
             let mut u = u;
-            for axis in &axes {
-                if !Resharder::producible(g, u, axis) {
-                    u = r.shard_after(g, u, axis)?;
+            for _ in 0..=axes.len() {
+                match r.fix(g, u) {
+                    Err(Error::NotLocal { axis, .. }) => u = r.shard_after(g, u, &axis)?,
+                    other => {
+                        other?;
+                        break;
+                    }
                 }
             }
-            r.fix(g, u)?;
         }
     }
     // Results are laid out as the function's declared result types say where they say
