@@ -36,3 +36,21 @@ pub fn load(path: &Path) -> tpc::Graph {
         .to_string();
     tpc::load(&rel, &text).unwrap_or_else(|e| panic!("{}", e.render()))
 }
+
+/// The sharding passes' filetest directories.
+pub const PASS_DIRS: [&str; 3] = [
+    "tests/passes/propagate-sharding",
+    "tests/passes/insert-resharding",
+    "tests/passes/reorder-sharded-axis",
+];
+
+/// The device count a pass case runs on: its mesh's fixed sizes when all are fixed (`mesh dp =
+/// 2, tp = 4` is 8), else 4.
+pub fn case_devices(g: &tpc::Graph) -> i64 {
+    let sizes: Vec<i64> = g.mesh.axes.iter().filter_map(|a| a.size).collect();
+    if !sizes.is_empty() && sizes.len() == g.mesh.axes.len() {
+        sizes.iter().product()
+    } else {
+        4
+    }
+}

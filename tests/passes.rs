@@ -33,12 +33,8 @@ fn pass_filetests() {
             pm.verify_each = true;
             // The CLI's default bindings, so that `tpc compile CASE` prints the snapshot.
             pm.context.symbols = tpc::parse_bindings("B=2,S=128").expect("bindings");
-            // As tests/sharded.rs runs the cases: 4 devices, or 8 for a dp = 2, tp = 4 mesh.
-            let devices = if text.contains("mesh dp = 2, tp = 4") {
-                8
-            } else {
-                4
-            };
+            // As tests/sharded.rs runs the cases.
+            let devices = common::case_devices(&original);
             pm.context.axis_sizes = original
                 .mesh
                 .resolve(Some(devices))

@@ -151,18 +151,9 @@ fn compiled_programs_compile_to_themselves() {
         .into_iter()
         .map(|p| (p, 8))
         .collect();
-    for pass in [
-        "propagate-sharding",
-        "insert-resharding",
-        "reorder-sharded-axis",
-    ] {
-        for p in common::ir_files(&format!("tests/passes/{pass}")) {
-            let text = std::fs::read_to_string(&p).expect("readable");
-            let devices = if text.contains("mesh dp = 2, tp = 4") {
-                8
-            } else {
-                4
-            };
+    for dir in common::PASS_DIRS {
+        for p in common::ir_files(dir) {
+            let devices = common::case_devices(&common::load(&p));
             cases.push((p, devices));
         }
     }

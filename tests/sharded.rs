@@ -88,18 +88,9 @@ fn examples_on_n_ranks_equal_the_reference() {
 
 #[test]
 fn pass_cases_on_n_ranks_equal_the_reference() {
-    for pass in [
-        "propagate-sharding",
-        "insert-resharding",
-        "reorder-sharded-axis",
-    ] {
-        for path in common::ir_files(&format!("tests/passes/{pass}")) {
-            let text = std::fs::read_to_string(&path).expect("readable");
-            let devices = if text.contains("mesh dp = 2, tp = 4") {
-                8
-            } else {
-                4
-            };
+    for dir in common::PASS_DIRS {
+        for path in common::ir_files(dir) {
+            let devices = common::case_devices(&common::load(&path));
             check(&path, devices, &bindings());
         }
     }

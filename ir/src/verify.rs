@@ -215,7 +215,10 @@ fn check_torn_groups(
         let consts: Option<Vec<i64>> = ds.factors.iter().map(|f| f.extent.as_const()).collect();
         let Some(consts) = consts else { continue };
         let parts: i64 = ds.factors[*j].axes.iter().map(|a| size(a)).product();
-        let (outer_inner, len) = (consts[j + 1..].iter().product::<i64>(), consts[*j]);
+        // The split as [outer, len, inner] elements of the dim.
+        let outer: i64 = consts[..*j].iter().product();
+        let len = consts[*j];
+        let inner: i64 = consts[j + 1..].iter().product();
         let extent: i64 = consts.iter().product();
         if parts <= 1 || extent > MAX_CHECKED_EXTENT {
             continue;
@@ -241,10 +244,6 @@ fn check_torn_groups(
             }
             // A split that lies inside one of the groups (a whole factor, or part of one) is the
             // reshape's own business: it splits that factor, tearing nothing.
-            let (outer, inner) = (
-                consts[..*j].iter().product::<i64>(),
-                consts[j + 1..].iter().product::<i64>(),
-            );
             let inside_one = (0..groups.len()).any(|k| {
                 let before: i64 = groups[..k].iter().product();
                 let after: i64 = groups[k + 1..].iter().product();
@@ -257,7 +256,7 @@ fn check_torn_groups(
             }
             // The rank holding element `x` of the dim, with the split part in the middle.
             let owner = |x: i64| {
-                let k = ((x / outer_inner) % len) as usize;
+                let k = ((x / inner) % len) as usize;
                 (0..parts as usize)
                     .find(|&p| {
                         crate::layout::split_range(len as usize, parts as usize, p).contains(&k)

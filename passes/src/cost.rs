@@ -11,11 +11,19 @@ pub const UNBOUND_SYMBOL: i64 = 128;
 /// `d` evaluated with `symbols`, unbound symbols at [`UNBOUND_SYMBOL`]; as a float, so that a
 /// huge symbolic size compares instead of overflowing.
 pub fn extent(d: &Dim, symbols: &BTreeMap<String, i64>) -> f64 {
-    let mut bound = symbols.clone();
-    for s in d.symbols() {
-        bound.entry(s).or_insert(UNBOUND_SYMBOL);
-    }
-    match d.eval(&bound) {
+    let missing: Vec<String> = d
+        .symbols()
+        .into_iter()
+        .filter(|s| !symbols.contains_key(s))
+        .collect();
+    let value = if missing.is_empty() {
+        d.eval(symbols)
+    } else {
+        let mut bound = symbols.clone();
+        bound.extend(missing.into_iter().map(|s| (s, UNBOUND_SYMBOL)));
+        d.eval(&bound)
+    };
+    match value {
         Ok(n) => n as f64,
         // Only an extent that overflows i64 fails here: it is larger than any other.
         Err(_) => f64::MAX,

@@ -88,10 +88,7 @@ pub(crate) fn locate(
             inner: inner.clone(),
         });
     }
-    let extents: Vec<Dim> = factors
-        .iter()
-        .map(|&f| rule.factors[f].extent.clone())
-        .collect();
+    let extents = extents_of(rule, factors);
     for (j, &f) in factors.iter().enumerate() {
         let before = product(&extents[..j]);
         let after = product(&extents[j + 1..]);
@@ -129,16 +126,42 @@ pub(crate) fn place_in(
             inner: s.inner.clone(),
         });
     }
-    let extents: Vec<Dim> = factors
-        .iter()
-        .map(|&f| rule.factors[f].extent.clone())
-        .collect();
+    let extents = extents_of(rule, factors);
     Some(Place::Split {
         dim,
         outer: product(&extents[..j]).mul(&s.outer).ok()?,
         size: s.size.clone(),
         inner: s.inner.mul(&product(&extents[j + 1..])).ok()?,
     })
+}
+
+/// A dim's factors for a split `[outer, size, inner]` with `size` over `axis` (ones dropped).
+pub(crate) fn split_factors(outer: &Dim, size: &Dim, inner: &Dim, axis: &str) -> Vec<Factor> {
+    let one = Dim::constant(1);
+    let whole = |extent: &Dim| Factor {
+        extent: extent.clone(),
+        axes: vec![],
+    };
+    let mut factors = Vec::new();
+    if *outer != one {
+        factors.push(whole(outer));
+    }
+    factors.push(Factor {
+        extent: size.clone(),
+        axes: vec![axis.to_string()],
+    });
+    if *inner != one {
+        factors.push(whole(inner));
+    }
+    factors
+}
+
+/// The extents of `factors` in `rule`.
+fn extents_of(rule: &FactorRule, factors: &[FactorId]) -> Vec<Dim> {
+    factors
+        .iter()
+        .map(|&f| rule.factors[f].extent.clone())
+        .collect()
 }
 
 /// Writes the places a value gained into its type's sharding.
@@ -154,24 +177,7 @@ pub(crate) fn write_back(ty: &mut TensorType, before: &Places, after: &Places) {
                 size,
                 inner,
             } => {
-                let one = Dim::constant(1);
-                let mut factors = Vec::new();
-                if *outer != one {
-                    factors.push(Factor {
-                        extent: outer.clone(),
-                        axes: vec![],
-                    });
-                }
-                factors.push(Factor {
-                    extent: size.clone(),
-                    axes: vec![axis.clone()],
-                });
-                if *inner != one {
-                    factors.push(Factor {
-                        extent: inner.clone(),
-                        axes: vec![],
-                    });
-                }
+                let factors = split_factors(outer, size, inner, axis);
                 if let Some(ds) = ty.sharding.dims.get_mut(*dim) {
                     ds.factors = factors;
                 }
@@ -257,10 +263,7 @@ pub(crate) fn locate_even(
         size: size.clone(),
         inner: inner.clone(),
     };
-    let extents: Vec<Dim> = factors
-        .iter()
-        .map(|&f| rule.factors[f].extent.clone())
-        .collect();
+    let extents = extents_of(rule, factors);
     factors.iter().enumerate().find_map(|(k, &f)| {
         let candidate = Place::Split {
             dim: 0,

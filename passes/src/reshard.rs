@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use tpc_ir::rule::{rule_of, FactorKind};
 use tpc_ir::{Collective, Dim, Graph, Node, Op, ReduceOp, Sharding, TensorType, ValueId};
 
-use crate::place::{locate, place_in, places_of, same_layout, Names, Place};
+use crate::place::{locate, place_in, places_of, same_layout, split_factors, Names, Place};
 use crate::{Error, Result};
 
 /// A layout change on one axis: whole (`None`) or a place.
@@ -62,23 +62,7 @@ fn with_place(ty: &TensorType, axis: &str, to: &Target) -> Result<TensorType> {
                     "splitting dim {dim} over `{axis}` where another axis already splits it"
                 )));
             }
-            let one = Dim::constant(1);
-            if *outer != one {
-                ds.factors.push(tpc_ir::Factor {
-                    extent: outer.clone(),
-                    axes: vec![],
-                });
-            }
-            ds.factors.push(tpc_ir::Factor {
-                extent: size.clone(),
-                axes: vec![axis.to_string()],
-            });
-            if *inner != one {
-                ds.factors.push(tpc_ir::Factor {
-                    extent: inner.clone(),
-                    axes: vec![],
-                });
-            }
+            ds.factors = split_factors(outer, size, inner, axis);
         }
     }
     Ok(out)
