@@ -19,10 +19,12 @@ fn main() {
         }
     };
     let segments = tpc::codegen::fuse::segment(&g);
-    let kernels: Vec<&tpc::codegen::kir::Kernel> = segments
+    let kernels: Vec<tpc::codegen::kir::Kernel> = segments
         .iter()
         .filter_map(|s| match s {
-            tpc::codegen::fuse::Segment::Pointwise { kernel, .. } => Some(kernel),
+            tpc::codegen::fuse::Segment::Pointwise { kernel, .. } => {
+                Some(tpc::codegen::kir::Kernel::Fused(kernel.clone()))
+            }
             _ => None,
         })
         .collect();

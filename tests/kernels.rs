@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use tpc::codegen::fuse::{segment, Segment};
-use tpc::codegen::kir::Kernel;
+use tpc::codegen::kir::{Fused, Kernel};
 use tpc::runtime::{random_inputs, run_reference};
 
 fn bindings() -> BTreeMap<String, i64> {
@@ -24,7 +24,7 @@ fn files() -> Vec<std::path::PathBuf> {
     f
 }
 
-fn kernels(g: &tpc::Graph) -> Vec<(Kernel, Vec<tpc::ir::ValueId>)> {
+fn kernels(g: &tpc::Graph) -> Vec<(Fused, Vec<tpc::ir::ValueId>)> {
     segment(g)
         .into_iter()
         .filter_map(|s| match s {
@@ -43,8 +43,8 @@ fn kernel_ir_and_cuda_snapshots() {
         for (k, _) in &ks {
             text.push_str(&format!("{k}\n\n"));
         }
-        let refs: Vec<&Kernel> = ks.iter().map(|(k, _)| k).collect();
-        text.push_str(&tpc::codegen::cuda::module_source(&refs));
+        let all: Vec<Kernel> = ks.iter().map(|(k, _)| Kernel::Fused(k.clone())).collect();
+        text.push_str(&tpc::codegen::cuda::module_source(&all));
         insta::assert_snapshot!(format!("kernels_{}", common::stem(&path)), text);
     }
 }
@@ -105,8 +105,9 @@ fn nvrtc_compiles_every_kernel() {
     for path in files() {
         let g = common::load(&path);
         let ks = kernels(&g);
-        let refs: Vec<&Kernel> = ks.iter().map(|(k, _)| k).collect();
-        let source = tpc::codegen::cuda::module_source(&refs);
+        let refs: Vec<&Fused> = ks.iter().map(|(k, _)| k).collect();
+        let all: Vec<Kernel> = ks.iter().map(|(k, _)| Kernel::Fused(k.clone())).collect();
+        let source = tpc::codegen::cuda::module_source(&all);
         for arch in tpc::codegen::nvrtc::ARCHES {
             let ptx = tpc::codegen::nvrtc::compile(&source, arch)
                 .unwrap_or_else(|e| panic!("{}: {e}\n{source}", path.display()));

@@ -9,14 +9,14 @@ use std::collections::BTreeMap;
 use tpc_ir::op::BinaryOp;
 use tpc_ir::{DType, Graph, Op, ValueId};
 
-use crate::kir::{Expr, Input, Kernel, Output, Scalar, Value};
+use crate::kir::{Expr, Fused, Input, Output, Scalar, Value};
 
 /// A piece of the program that runs as one unit.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Segment {
     /// A fused pointwise kernel computing `members` (in order); the last one is stored.
     Pointwise {
-        kernel: Kernel,
+        kernel: Fused,
         members: Vec<ValueId>,
     },
     /// An op not fused into a kernel by this step.
@@ -245,7 +245,7 @@ impl Builder<'_> {
 
 /// The kernel computing `members` (a fused group, in program order); it stores every member
 /// used outside the group or returned.
-fn build(g: &Graph, members: &[ValueId], index: usize) -> Kernel {
+fn build(g: &Graph, members: &[ValueId], index: usize) -> Fused {
     let first = members[0];
     let mut b = Builder {
         g,
@@ -265,16 +265,20 @@ fn build(g: &Graph, members: &[ValueId], index: usize) -> Kernel {
             name: g.name(m).to_string(),
             dtype: g.ty(m).dtype,
             value: b.value_of[&m],
+            per_row: false,
         })
         .collect();
     let named = outputs
         .last()
         .map_or(first, |o| g.find(&o.name).unwrap_or(first));
-    Kernel {
+    Fused {
         name: kernel_name(g, named, index),
         inputs: b.inputs,
         outputs,
         rank: b.out_shape.len(),
+        row: None,
+        global_index: false,
+        args: Vec::new(),
         body: b.body,
     }
 }

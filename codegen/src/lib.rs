@@ -8,6 +8,7 @@
 
 pub mod cuda;
 pub mod fuse;
+pub mod host;
 pub mod kir;
 pub mod nvrtc;
 

@@ -1,0 +1,327 @@
+//! Host programs: what one rank runs, as an ordered list of steps over buffers.
+//!
+//! Every buffer lives at a fixed offset of the rank's one device arena (the memory plan: offsets
+//! are reused once a buffer is dead), so a host program says exactly how much memory the rank
+//! needs (`peak_bytes`). Both executors run the same steps: the CPU executor on a byte arena (so
+//! a wrong plan corrupts its results and the check against the reference catches it), the CUDA
+//! executor with kernels from the module, cuBLASLt GEMMs and NCCL calls.
+
+use std::fmt;
+
+use tpc_ir::{Collective, DType, ReduceOp};
+
+use crate::kir::Kernel;
+
+/// A buffer of the host program, by position in [`HostProgram::buffers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BufId(pub usize);
+
+impl fmt::Display for BufId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "b{}", self.0)
+    }
+}
+
+/// A buffer: one tensor (the graph value it holds) or a table of i64.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    /// The graph value it holds (`%name`), or what a table is.
+    pub name: String,
+    pub dtype: DType,
+    /// The rank's local shape.
+    pub shape: Vec<usize>,
+    /// Offset in the rank's arena, in bytes (aligned to [`ALIGN`]).
+    pub offset: u64,
+}
+
+/// Alignment of every buffer in the arena, in bytes.
+pub const ALIGN: u64 = 256;
+
+impl Buffer {
+    pub fn elems(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.elems() as u64 * self.dtype.size_bytes()
+    }
+}
+
+/// A kernel argument.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Arg {
+    Buffer(BufId),
+    Int(i64),
+    Float(f32),
+}
+
+/// What a GEMM adds after the product, before its one rounding (cuBLASLt's epilogues).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    /// `+ bias[n]`.
+    Bias,
+    /// `gelu.tanh(acc + bias[n])` (cuBLASLt's GELU_BIAS: the tanh approximation).
+    BiasGelu,
+    /// `gelu.tanh(acc)`.
+    Gelu,
+}
+
+/// `c[b] = epilogue(a[b] · op(b[b]))` for `batch` row-major matrices: a is `m×k`, b is `k×n`
+/// (or `n×k` when `b_transposed`: torch's linear weight), c is `m×n`. Batch strides are in
+/// elements; a stride of 0 reuses one matrix for every batch. Products accumulate in f32; the
+/// result is rounded once to `dtype` (the CPU executor also rounds the biased sum before gelu, as
+/// the unfused ops do; cuBLASLt does not).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gemm {
+    pub a: BufId,
+    pub b: BufId,
+    pub c: BufId,
+    pub bias: Option<BufId>,
+    pub epilogue: Epilogue,
+    pub dtype: DType,
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+    pub b_transposed: bool,
+}
+
+/// A run of consecutive elements: `len` elements from `src` in the sender's input to `dst` in
+/// the receiver's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub src: usize,
+    pub dst: usize,
+    pub len: usize,
+}
+
+/// A collective between the ranks of `group` (in their order on `axis`), this rank among them.
+///
+/// Its meaning is given by the runs: for every member `s` (in group order), this rank's output
+/// receives `recv[s]` from `s`'s input; with `reduce`, the elements received for one output
+/// element from all members are combined in group order, else each output element is received
+/// once. `send[t]` lists what this rank's input gives member `t` (the mirror of `t`'s `recv`),
+/// which is what point-to-point NCCL calls need. `kind` says which NCCL call it is when the
+/// runs have that call's shape (one run per member at equal strides), and names it in print.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exchange {
+    pub kind: Collective,
+    pub axis: String,
+    pub group: Vec<usize>,
+    pub input: BufId,
+    pub output: BufId,
+    pub dtype: DType,
+    pub reduce: Option<ReduceOp>,
+    pub recv: Vec<Vec<Run>>,
+    pub send: Vec<Vec<Run>>,
+}
+
+/// One step of a host program, run in order on the rank's stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// The caller's tensor for parameter `%param`, cut to this rank's piece, is copied in.
+    Input {
+        buf: BufId,
+        param: String,
+    },
+    /// The buffer's arena range is now in use (no work: the plan placed it).
+    Alloc {
+        buf: BufId,
+    },
+    /// A table of i64 the host computes (global offsets, positions), copied in.
+    Table {
+        buf: BufId,
+        values: Vec<i64>,
+    },
+    /// A kernel of the module.
+    Launch {
+        kernel: usize,
+        grid: [u32; 3],
+        block: u32,
+        shared_bytes: u32,
+        args: Vec<Arg>,
+    },
+    Gemm(Gemm),
+    Exchange(Exchange),
+    /// The buffer's range may be reused by later allocations.
+    Free {
+        buf: BufId,
+    },
+    /// The buffer holds this rank's piece of result `%value`.
+    Output {
+        buf: BufId,
+        value: String,
+    },
+}
+
+/// What one rank runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostProgram {
+    pub rank: usize,
+    pub world: usize,
+    pub buffers: Vec<Buffer>,
+    pub steps: Vec<Step>,
+    /// The arena's size: the most bytes the plan has in use at once (with alignment).
+    pub peak_bytes: u64,
+}
+
+/// The kernels of a program and each rank's host program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compiled {
+    pub kernels: Vec<Kernel>,
+    pub hosts: Vec<HostProgram>,
+}
+
+fn dims(shape: &[usize]) -> String {
+    shape
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn reduce_name(op: ReduceOp) -> &'static str {
+    match op {
+        ReduceOp::Sum => "sum",
+        ReduceOp::Max => "max",
+        ReduceOp::Min => "min",
+    }
+}
+
+impl HostProgram {
+    /// The program as text; `kernels` names the launched kernels.
+    pub fn display<'a>(&'a self, kernels: &'a [Kernel]) -> impl fmt::Display + 'a {
+        Printed {
+            host: self,
+            kernels,
+        }
+    }
+}
+
+struct Printed<'a> {
+    host: &'a HostProgram,
+    kernels: &'a [Kernel],
+}
+
+impl fmt::Display for Printed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = self.host;
+        writeln!(
+            f,
+            "host rank {} of {} (arena {} bytes) {{",
+            h.rank, h.world, h.peak_bytes
+        )?;
+        let buf = |b: &BufId| {
+            let x = &h.buffers[b.0];
+            format!("{b}")
+                + &format!(
+                    " %{}: {}[{}] @{}",
+                    x.name,
+                    x.dtype,
+                    dims(&x.shape),
+                    x.offset
+                )
+        };
+        for s in &h.steps {
+            match s {
+                Step::Input { buf: b, param } => writeln!(f, "  input {} <- %{param}", buf(b))?,
+                Step::Alloc { buf: b } => writeln!(f, "  alloc {}", buf(b))?,
+                Step::Table { buf: b, values } => {
+                    writeln!(f, "  table {} ({} values)", buf(b), values.len())?
+                }
+                Step::Launch {
+                    kernel,
+                    grid,
+                    block,
+                    shared_bytes,
+                    args,
+                } => {
+                    let k = &self.kernels[*kernel];
+                    let params = k.params();
+                    let args: Vec<String> = args
+                        .iter()
+                        .zip(&params)
+                        .map(|(a, p)| match a {
+                            Arg::Buffer(b) => format!("{}={b}", p.name),
+                            Arg::Int(i) => format!("{}={i}", p.name),
+                            Arg::Float(x) => format!("{}={x:?}", p.name),
+                        })
+                        .collect();
+                    write!(
+                        f,
+                        "  launch @{} grid [{}, {}, {}] block {}",
+                        k.name(),
+                        grid[0],
+                        grid[1],
+                        grid[2],
+                        block
+                    )?;
+                    if *shared_bytes > 0 {
+                        write!(f, " shared {shared_bytes}")?;
+                    }
+                    writeln!(f, " ({})", args.join(", "))?
+                }
+                Step::Gemm(g) => {
+                    let epi = match g.epilogue {
+                        Epilogue::None => "",
+                        Epilogue::Bias => " +bias",
+                        Epilogue::BiasGelu => " +bias gelu.tanh",
+                        Epilogue::Gelu => " gelu.tanh",
+                    };
+                    write!(
+                        f,
+                        "  gemm {} {} = {} x {}{}",
+                        g.dtype,
+                        g.c,
+                        g.a,
+                        g.b,
+                        if g.b_transposed { "^T" } else { "" }
+                    )?;
+                    if let Some(b) = g.bias {
+                        write!(f, " + {b}")?;
+                    }
+                    writeln!(
+                        f,
+                        "{epi} (batch {} m {} n {} k {}, strides {}/{}/{})",
+                        g.batch, g.m, g.n, g.k, g.stride_a, g.stride_b, g.stride_c
+                    )?
+                }
+                Step::Exchange(x) => {
+                    let op = match (x.kind, x.reduce) {
+                        (_, Some(r)) => format!("{}.{}", x.kind.name(), reduce_name(r)),
+                        (k, None) => k.name().to_string(),
+                    };
+                    let counts: Vec<String> = x
+                        .recv
+                        .iter()
+                        .map(|runs| {
+                            let n: usize = runs.iter().map(|r| r.len).sum();
+                            if runs.len() > 1 {
+                                format!("{n} in {} runs", runs.len())
+                            } else {
+                                n.to_string()
+                            }
+                        })
+                        .collect();
+                    let group: Vec<String> = x.group.iter().map(|r| r.to_string()).collect();
+                    writeln!(
+                        f,
+                        "  {op} {} -> {} over {} ranks [{}] (receives {})",
+                        x.input,
+                        x.output,
+                        x.axis,
+                        group.join(", "),
+                        counts.join(", ")
+                    )?
+                }
+                Step::Free { buf: b } => writeln!(f, "  free {b}")?,
+                Step::Output { buf: b, value } => writeln!(f, "  output %{value} <- {b}")?,
+            }
+        }
+        write!(f, "}}")
+    }
+}
