@@ -94,6 +94,27 @@ pub struct RunArgs {
     /// With --devices: the passes that shard the program.
     #[arg(long, default_value = tpc::passes::DEFAULT_PIPELINE)]
     pub pipeline: String,
+    /// With --devices: how the ranks run: `host` runs the compiled host programs (generated
+    /// kernels through the kernel-IR interpreter, GEMM and collective steps, the memory plan);
+    /// `ops` runs the sharded graph op by op.
+    #[arg(long, value_enum, default_value_t = Executor::Host)]
+    pub executor: Executor,
+    /// With --devices: `cpu` runs the ranks as threads here; `cuda` runs the host programs on
+    /// GPUs (one per rank; see docs/cli.md for several nodes).
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Executor {
+    Host,
+    Ops,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Cpu,
+    Cuda,
 }
 
 #[derive(Args, Debug)]
@@ -119,7 +140,11 @@ pub struct CompileArgs {
     /// and peak bytes per device.
     #[arg(long, value_enum)]
     pub report: Option<ReportFormat>,
-    /// The rank whose program `--emit local` prints.
+    /// Write sharded.ir, kernels.cu, kernels.ptx (when NVRTC is present), rank<r>.host and
+    /// report.json into this directory.
+    #[arg(short = 'o', long = "out-dir", value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// The rank whose program `--emit local` and `--emit host` print.
     #[arg(long, default_value_t = 0)]
     pub rank: usize,
     /// Symbol values at which the passes weigh layouts by bytes moved, and for the report's
@@ -139,4 +164,10 @@ pub enum Emit {
     Ir,
     /// One rank's program: every value with the shape of that rank's piece (needs --devices).
     Local,
+    /// The generated kernels as CUDA C.
+    Cuda,
+    /// The generated kernels as PTX for sm_90 (needs libnvrtc).
+    Ptx,
+    /// One rank's host program (`--rank`).
+    Host,
 }

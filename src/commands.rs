@@ -9,7 +9,7 @@ use std::time::Instant;
 use tpc::ir::{print, PrintMode};
 use tpc::{Error, Result};
 
-use crate::cli::{CheckArgs, CompileArgs, Emit, FmtArgs, RunArgs};
+use crate::cli::{Backend, CheckArgs, CompileArgs, Emit, Executor, FmtArgs, RunArgs};
 
 /// The file's text and the name diagnostics use for it; `-` is standard input.
 fn read_source(path: &Path) -> Result<(String, String)> {
@@ -119,13 +119,31 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                     "the program declares no mesh, so it runs on one device, not {d}; add `mesh tp`"
                 )));
             }
-            tpc::runtime::ranks::run_sharded(
-                &sharded,
-                &mesh,
-                &inputs,
-                &bindings,
-                std::time::Duration::from_secs(300),
-            )?
+            let timeout = std::time::Duration::from_secs(300);
+            match (args.executor, args.backend) {
+                (Executor::Ops, Backend::Cpu) => {
+                    tpc::runtime::ranks::run_sharded(&sharded, &mesh, &inputs, &bindings, timeout)?
+                }
+                (Executor::Host, backend) => {
+                    let artifacts = tpc::compile::codegen(sharded, d, &bindings)?;
+                    match backend {
+                        Backend::Cpu => tpc::runtime::host::run_host_programs(
+                            &artifacts.sharded,
+                            &artifacts.compiled,
+                            &mesh,
+                            &inputs,
+                            &bindings,
+                            timeout,
+                        )?,
+                        Backend::Cuda => tpc::run_cuda(&artifacts, &inputs)?,
+                    }
+                }
+                (Executor::Ops, Backend::Cuda) => {
+                    return Err(Error::Usage(
+                        "--backend cuda runs host programs; drop --executor ops".into(),
+                    ))
+                }
+            }
         }
     };
     let elapsed = start.elapsed();
@@ -253,11 +271,66 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
             );
         }
     }
+    let needs_codegen =
+        args.out_dir.is_some() || matches!(args.emit, Emit::Cuda | Emit::Ptx | Emit::Host);
+    if needs_codegen {
+        let artifacts = tpc::compile::codegen(graph, args.devices.unwrap_or(1), &bindings)?;
+        if let Some(dir) = &args.out_dir {
+            let written = artifacts.write_dir(dir)?;
+            let peak: Vec<String> = artifacts
+                .hosts()
+                .iter()
+                .map(|h| h.peak_bytes.to_string())
+                .collect();
+            eprintln!(
+                "wrote {} files to {} ({} kernels, {} ranks, peak bytes per rank: {}){}",
+                written.len(),
+                dir.display(),
+                artifacts.kernels().len(),
+                artifacts.hosts().len(),
+                peak.join(", "),
+                if tpc::codegen::nvrtc::available() {
+                    String::new()
+                } else {
+                    format!(
+                        "; no kernels.ptx: libnvrtc is missing ({})",
+                        tpc::codegen::nvrtc::HOW_TO_GET_NVRTC
+                    )
+                }
+            );
+        }
+        match args.emit {
+            Emit::Cuda => print!("{}", artifacts.cuda),
+            Emit::Ptx => print!("{}", artifacts.ptx("sm_90")?),
+            Emit::Host => {
+                let text = artifacts.host_text(args.rank).ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--rank {} is not one of the {} ranks",
+                        args.rank,
+                        artifacts.hosts().len()
+                    ))
+                })?;
+                print!("{text}");
+            }
+            Emit::Ir if args.out_dir.is_none() => print!("{}", artifacts.sharded_ir()),
+            _ => {}
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.report.is_some() {
         let devices = args
             .devices
             .ok_or_else(|| Error::Usage("--report needs --devices, to size every piece".into()))?;
-        let report = tpc::report::report(&graph, devices, &bindings)?;
+        let report = match tpc::compile::codegen(graph.clone(), devices, &bindings) {
+            Ok(a) => a.report,
+            Err(e) => {
+                let mut r = tpc::report::report(&graph, devices, &bindings)?;
+                if let serde_json::Value::Object(m) = &mut r {
+                    m.insert("codegen_error".into(), serde_json::json!(e.to_string()));
+                }
+                r
+            }
+        };
         println!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
@@ -276,6 +349,7 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
                 tpc::local::local_program(&graph, &sizes, &bindings, args.rank)?
             );
         }
+        Emit::Cuda | Emit::Ptx | Emit::Host => {}
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,10 @@
 
 use std::collections::BTreeMap;
 
+pub mod compile;
+/// The embedding guide (docs/embedding.md); its examples run as doctests.
+#[doc = include_str!("../docs/embedding.md")]
+pub mod embedding_guide {}
 pub mod gen;
 pub mod local;
 pub mod report;
@@ -21,6 +25,7 @@ pub use tpc_ir as ir;
 pub use tpc_passes as passes;
 pub use tpc_runtime as runtime;
 
+pub use compile::{compile, compile_graph, run_cuda, run_on_cpu, Artifacts, CompileOptions};
 pub use tpc_ir::{Diagnostic, Graph, SourceFile};
 
 /// Errors of the tpc API.
@@ -45,6 +50,13 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Codegen(tpc_codegen::Error),
 }
 
 impl Error {

@@ -50,7 +50,11 @@ pub fn report(g: &Graph, devices: i64, bindings: &BTreeMap<String, i64>) -> Resu
         for (pos, &v) in g.values().iter().enumerate() {
             live += local_bytes(g.ty(v), bindings, c)?;
             top = top.max(live);
-            for o in g.operands(v) {
+            let mut operands = g.operands(v);
+            // An operand used twice by one op is freed once.
+            operands.sort();
+            operands.dedup();
+            for o in operands {
                 if last_use.get(&o) == Some(&pos) && !g.outputs().contains(&o) {
                     live -= local_bytes(g.ty(o), bindings, c)?;
                 }

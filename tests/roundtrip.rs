@@ -226,7 +226,13 @@ proptest! {
                 let mesh = tpc::runtime::ranks::MeshSizes(sizes.into_iter().map(|(n, s)| (n, s as usize)).collect());
                 let ranked = tpc::runtime::ranks::run_sharded(&resharded, &mesh, &inputs, &b, std::time::Duration::from_secs(60))
                     .map_err(|e| TestCaseError::fail(format!("{text}\n{}\n{e}", print(&resharded, PrintMode::Full))))?;
-                for (w, x) in want.iter().zip(&ranked) {
+                // The same program compiled to kernels and host programs, on the CPU executor.
+                let devices = mesh.world() as i64;
+                let artifacts = tpc::compile::codegen(resharded.clone(), devices, &b)
+                    .map_err(|e| TestCaseError::fail(format!("{text}\n{}\n{}", print(&resharded, PrintMode::Full), e.render())))?;
+                let hosted = tpc::runtime::host::run_host_programs(&artifacts.sharded, &artifacts.compiled, &mesh, &inputs, &b, std::time::Duration::from_secs(60))
+                    .map_err(|e| TestCaseError::fail(format!("{text}\n{}\nhost programs: {e}", print(&resharded, PrintMode::Full))))?;
+                for (w, x) in want.iter().zip(&ranked).chain(want.iter().zip(&hosted)) {
                     let peak = w.max_abs().max(1e-3);
                     // Computed in bf16 anywhere (then perhaps cast to f32): bf16's rounding.
                     let low = g.values().iter().any(|&v| g.ty(v).dtype != tpc::ir::DType::F32);

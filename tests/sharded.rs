@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tpc::passes::PassManager;
+use tpc::runtime::host::run_host_programs;
 use tpc::runtime::ranks::{run_sharded, MeshSizes};
 use tpc::runtime::{random_inputs, run_reference, Tensor};
 
@@ -47,9 +48,22 @@ fn check(path: &std::path::Path, devices: i64, cost_symbols: &BTreeMap<String, i
     let b = bindings();
     let inputs = random_inputs(&original, &b, 9).expect("inputs");
     let want = run_reference(&original, &inputs, &b).expect("reference");
-    let got = run_sharded(&g, &mesh, &inputs, &b, Duration::from_secs(60))
+    let by_ops = run_sharded(&g, &mesh, &inputs, &b, Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{} on {devices}: {e}", path.display()));
-    for (w, x) in want.iter().zip(&got) {
+    // The same program compiled to kernels and host programs, run by the CPU executor.
+    let artifacts = tpc::compile::codegen(g.clone(), devices, &b)
+        .unwrap_or_else(|e| panic!("{} on {devices}: {}", path.display(), e.render()));
+    let by_hosts = run_host_programs(
+        &artifacts.sharded,
+        &artifacts.compiled,
+        &mesh,
+        &inputs,
+        &b,
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("{} on {devices} through host programs: {e}", path.display()));
+    let pairs = want.iter().zip(&by_ops).chain(want.iter().zip(&by_hosts));
+    for (w, x) in pairs {
         assert_eq!(w.shape(), x.shape());
         let err = rel_err(w, x);
         let tol = if w.dtype() == tpc::ir::DType::F32 {

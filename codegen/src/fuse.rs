@@ -1,85 +1,274 @@
-//! Segmentation of a program into kernels: maximal groups of pointwise ops (unary, gelu, binary,
-//! where, cast) of one shape become one fused kernel each, with the broadcasts that feed them read
-//! in place and every member used outside the group stored.
-//! Everything else is its own segment for now (collectives, GEMMs, reductions, attention: later
-//! steps of codegen).
+//! Segmentation: a sharded program cut into what a GPU runs, in program order.
+//!
+//! - Maximal groups of pointwise ops (unary, gelu, binary, where, cast, broadcast, dropout,
+//!   rand_like, full) and row reductions (softmax, layer norm, rms norm, sum/mean/max/min over
+//!   adjacent dims) become one [`Fused`] kernel each: the ops before a reduction are its
+//!   prologue, the ops after it (on the full shape or on the reduced one) its epilogue.
+//! - `linear`/`matmul` become GEMMs, with the bias and a following tanh-gelu in the epilogue.
+//! - permute, slice, concat become strided copies; `reshape` is a view of its operand's buffer.
+//! - `embedding`, `sdpa`, `cross_entropy` get their own kernels; collectives stay alone.
+//!
+//! Segmentation reads the global (sharded) graph, so one set of kernels serves every rank: the
+//! ranks differ only in the extents, offsets and tables they pass (see `build.rs`).
 
 use std::collections::BTreeMap;
 
-use tpc_ir::op::BinaryOp;
-use tpc_ir::{DType, Graph, Op, ValueId};
+use tpc_ir::op::{BinaryOp, GeluApprox, UnaryOp};
+use tpc_ir::{DType, Dim, Graph, Op, ReduceKind, ReduceOp, ValueId};
 
-use crate::kir::{Expr, Fused, Input, Output, Scalar, Value};
+use crate::kir::{self, Expr, Fused, Input, Kernel, Output, Scalar, Value};
+use crate::{Error, Result};
+
+/// A float the host computes per rank and passes to a fused kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScalarSource {
+    /// `1 / n`, n the product of the *global* extents of `dims` of `value` (a mean over a split
+    /// dim divides by the whole count).
+    InverseCount { value: ValueId, dims: Vec<usize> },
+}
+
+/// How a fused kernel is called.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FusedCall {
+    /// The graph values read, in the kernel's input order.
+    pub inputs: Vec<ValueId>,
+    /// The graph values written, in the kernel's output order.
+    pub outputs: Vec<ValueId>,
+    /// A value whose shape is the iteration space (its local shape gives the extents, its
+    /// index maps the global-offset tables).
+    pub space: ValueId,
+    pub args: Vec<ScalarSource>,
+    /// Every op of the group, in program order.
+    pub members: Vec<ValueId>,
+}
 
 /// A piece of the program that runs as one unit.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Segment {
-    /// A fused pointwise kernel computing `members` (in order); the last one is stored.
-    Pointwise {
-        kernel: Fused,
-        members: Vec<ValueId>,
+    /// A fused kernel (`kernel` indexes [`Plan::kernels`]).
+    Fused {
+        kernel: usize,
+        call: FusedCall,
     },
-    /// An op not fused into a kernel by this step.
-    Op(ValueId),
+    /// A GEMM computing `value` (a linear or matmul); with `gelu`, the gelu user fused into the
+    /// epilogue, whose value the GEMM then writes.
+    Gemm {
+        value: ValueId,
+        gelu: Option<ValueId>,
+    },
+    /// A strided-copy kernel computing `value` (permute, slice or concat).
+    Copy {
+        kernel: usize,
+        value: ValueId,
+    },
+    Embedding {
+        kernel: usize,
+        value: ValueId,
+    },
+    Attention {
+        kernel: usize,
+        value: ValueId,
+    },
+    CrossEntropy {
+        kernel: usize,
+        value: ValueId,
+    },
+    /// A collective.
+    Collective(ValueId),
+    /// A reshape: a view of its operand's buffer.
+    View(ValueId),
+}
+
+/// The kernels of a program and the segments that call them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub kernels: Vec<Kernel>,
+    pub segments: Vec<Segment>,
 }
 
 fn is_float(d: DType) -> bool {
     matches!(d, DType::F32 | DType::BF16 | DType::F16)
 }
 
-/// Whether `v` is a pointwise op this step fuses: float or bool values only (no i64).
-fn fusable(g: &Graph, v: ValueId) -> bool {
-    let pointwise = matches!(
-        g.op(v),
-        Op::Unary(_) | Op::Gelu { .. } | Op::Binary(_) | Op::Where | Op::Cast { .. }
-    );
-    let scalar_ok = |d: DType| is_float(d) || d == DType::Bool;
-    pointwise
-        && scalar_ok(g.ty(v).dtype)
+fn scalar_ok(d: DType) -> bool {
+    is_float(d) || d == DType::Bool
+}
+
+/// The row a reduction-like op reduces over (dims `a..b` of its operand), if it is one.
+fn row_of(g: &Graph, v: ValueId) -> Option<(usize, usize)> {
+    let rank = g.ty(g.operands(v).first().copied()?).shape.len();
+    match g.op(v) {
+        Op::Softmax { dim } => Some((*dim, dim + 1)),
+        Op::LayerNorm { normalized, .. } | Op::RmsNorm { normalized, .. } => {
+            Some((rank - normalized.min(&rank), rank))
+        }
+        Op::Reduce { dims, .. } => {
+            let mut d = dims.clone();
+            d.sort_unstable();
+            let (first, last) = (*d.first()?, *d.last()?);
+            // Only adjacent dims form a row.
+            (last - first + 1 == d.len()).then_some((first, last + 1))
+        }
+        _ => None,
+    }
+}
+
+/// Whether `v` is an op a fused kernel computes.
+fn elementwise(g: &Graph, v: ValueId) -> bool {
+    let ok = match g.op(v) {
+        Op::Unary(_)
+        | Op::Gelu { .. }
+        | Op::Binary(_)
+        | Op::Where
+        | Op::Cast { .. }
+        | Op::Broadcast { .. }
+        | Op::Dropout { .. }
+        | Op::RandLike { .. }
+        | Op::Full { .. } => true,
+        _ => false,
+    };
+    ok && scalar_ok(g.ty(v).dtype)
         && g.operands(v).iter().all(|&o| scalar_ok(g.ty(o).dtype))
-        && g.ty(v).sharding.partial.is_empty()
+        && !g.ty(v).shape.is_empty()
 }
 
-/// A broadcast read in place by the kernels that use it: every user is a fused op.
-fn absorbed(g: &Graph, v: ValueId) -> bool {
-    matches!(g.op(v), Op::Broadcast { .. })
-        && !g.outputs().contains(&v)
-        && g.users(v).iter().all(|&u| fusable(g, u))
+fn reduction(g: &Graph, v: ValueId) -> bool {
+    row_of(g, v).is_some()
+        && is_float(g.ty(v).dtype)
+        && g.operands(v).iter().all(|&o| is_float(g.ty(o).dtype))
 }
 
-/// The program's segments, in program order (parameters are not segments).
-///
-/// Fusion is greedy in program order: a pointwise op joins the group of one of its operands
-/// when it has that group's shape and every other operand was computed before the group began
-/// (so nothing outside the group can depend on the group and feed it back: no cycles). A group
-/// may fan out and in; every member used outside it is an output of its kernel.
-pub fn segment(g: &Graph) -> Vec<Segment> {
+/// The shape of a group's per-row values: the space with the row dims removed.
+fn row_shape(space: &[Dim], row: (usize, usize)) -> Vec<Dim> {
+    space[..row.0]
+        .iter()
+        .chain(&space[row.1..])
+        .cloned()
+        .collect()
+}
+
+/// The same shape with the row dims kept as 1.
+fn row_shape_keep(space: &[Dim], row: (usize, usize)) -> Vec<Dim> {
+    let mut s = space.to_vec();
+    for d in &mut s[row.0..row.1] {
+        *d = Dim::constant(1);
+    }
+    s
+}
+
+/// How a member of a group sees the iteration space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum View {
+    /// One value per element.
+    Full,
+    /// One value per row.
+    Row,
+}
+
+struct Group {
+    members: Vec<ValueId>,
+    /// Position (in program order) of the first member.
+    first: usize,
+    space: Vec<Dim>,
+    /// The sharding of the space (members must agree, so local extents agree).
+    space_value: ValueId,
+    row: Option<(usize, usize)>,
+    views: BTreeMap<ValueId, View>,
+}
+
+impl Group {
+    /// How `v` (of shape `shape`) would sit in this group, if it fits.
+    fn view_for(&self, g: &Graph, v: ValueId) -> Option<View> {
+        let shape = &g.ty(v).shape;
+        let same_layout = |u: ValueId| {
+            let (a, b) = (g.ty(u), g.ty(self.space_value));
+            a.shape == b.shape && a.sharding.dims == b.sharding.dims
+        };
+        if *shape == self.space && same_layout(v) {
+            return Some(View::Full);
+        }
+        let row = self.row?;
+        (*shape == row_shape(&self.space, row) || *shape == row_shape_keep(&self.space, row))
+            .then_some(View::Row)
+    }
+}
+
+/// The program's segments and kernels, in program order (parameters are not segments).
+pub fn segment(g: &Graph) -> Result<Plan> {
     let position: BTreeMap<ValueId, usize> = g
         .values()
         .iter()
         .enumerate()
         .map(|(i, &v)| (v, i))
         .collect();
-    // (members, position of the first member)
-    let mut groups: Vec<(Vec<ValueId>, usize)> = Vec::new();
-    let mut group_of: BTreeMap<ValueId, usize> = BTreeMap::new();
-    let mut order: Vec<Result<usize, ValueId>> = Vec::new();
+    let mut users: BTreeMap<ValueId, Vec<ValueId>> = BTreeMap::new();
     for &v in g.values() {
-        if matches!(g.op(v), Op::Param { .. }) || absorbed(g, v) {
+        for o in g.operands(v) {
+            users.entry(o).or_default().push(v);
+        }
+    }
+    let is_output = |v: ValueId| g.outputs().contains(&v);
+    let only_user = |v: ValueId| match users.get(&v).map(Vec::as_slice) {
+        Some([u]) if !is_output(v) => Some(*u),
+        _ => None,
+    };
+    // GEMMs that take a following tanh-gelu into their epilogue.
+    let mut gelu_of: BTreeMap<ValueId, ValueId> = BTreeMap::new();
+    for &v in g.values() {
+        if matches!(g.op(v), Op::Linear | Op::Matmul) && is_float(g.ty(v).dtype) {
+            if let Some(u) = only_user(v) {
+                let fits = matches!(
+                    g.op(u),
+                    Op::Gelu {
+                        approximate: GeluApprox::Tanh
+                    }
+                ) && g.ty(u).dtype == g.ty(v).dtype;
+                if fits {
+                    gelu_of.insert(v, u);
+                }
+            }
+        }
+    }
+    let fused_gelus: Vec<ValueId> = gelu_of.values().copied().collect();
+    // Broadcasts that only feed fused ops are read in place by them, never materialized.
+    let absorbed: Vec<ValueId> = g
+        .values()
+        .iter()
+        .copied()
+        .filter(|&v| {
+            matches!(g.op(v), Op::Broadcast { .. })
+                && !is_output(v)
+                && users.get(&v).is_some_and(|us| {
+                    us.iter().all(|&u| {
+                        elementwise(g, u) && !matches!(g.op(u), Op::Broadcast { .. })
+                            || reduction(g, u)
+                    })
+                })
+        })
+        .collect();
+
+    let mut groups: Vec<Group> = Vec::new();
+    let mut group_of: BTreeMap<ValueId, usize> = BTreeMap::new();
+    // Either a group (by index) or a single op, in program order.
+    let mut order: Vec<std::result::Result<usize, ValueId>> = Vec::new();
+    for &v in g.values() {
+        if matches!(g.op(v), Op::Param { .. }) || fused_gelus.contains(&v) || absorbed.contains(&v)
+        {
             continue;
         }
-        if !fusable(g, v) {
+        let is_row_op = reduction(g, v);
+        if !elementwise(g, v) && !is_row_op {
             order.push(Err(v));
             continue;
         }
         let operands = g.operands(v);
         let join = operands.iter().find_map(|u| {
             let gi = *group_of.get(u)?;
-            let (members, first) = &groups[gi];
-            let same_shape = g.ty(members[0]).shape == g.ty(v).shape;
-            // An absorbed broadcast is read from its operand.
+            let group = &groups[gi];
+            // Nothing outside the group that was computed after it began may feed it (no
+            // cycles through other segments).
             let source = |o: ValueId| {
-                if absorbed(g, o) {
+                if absorbed.contains(&o) {
                     g.operands(o)[0]
                 } else {
                     o
@@ -87,69 +276,258 @@ pub fn segment(g: &Graph) -> Vec<Segment> {
             };
             let before = operands
                 .iter()
-                .all(|&o| group_of.get(&o) == Some(&gi) || position[&source(o)] < *first);
-            (same_shape && before).then_some(gi)
+                .all(|&o| group_of.get(&o) == Some(&gi) || position[&source(o)] < group.first);
+            if !before {
+                return None;
+            }
+            if is_row_op {
+                let row = row_of(g, v)?;
+                let input = g.operands(v)[0];
+                let fits = g.ty(input).shape == group.space
+                    && group.views.get(&input) == Some(&View::Full)
+                    && group.row.is_none_or(|r| r == row);
+                return fits.then_some(gi);
+            }
+            let view = group.view_for(g, v)?;
+            // A broadcast inside a group only spreads a per-row value along the row.
+            if let Op::Broadcast { .. } = g.op(v) {
+                let src = g.operands(v)[0];
+                if group_of.get(&src) == Some(&gi) {
+                    let row = group.row?;
+                    let mask = broadcast_mask(&g.ty(src).shape, &group.space);
+                    let along_row = (0..mask.len()).all(|d| mask[d] == (row.0..row.1).contains(&d));
+                    if !(view == View::Full && group.views[&src] == View::Row && along_row) {
+                        return None;
+                    }
+                }
+            }
+            // A draw by global index needs one element per draw.
+            if view == View::Row && matches!(g.op(v), Op::Dropout { .. } | Op::RandLike { .. }) {
+                return None;
+            }
+            // Per-element operands of a per-row op would be a reduction: not this op.
+            if view == View::Row
+                && operands
+                    .iter()
+                    .any(|o| group.views.get(o) == Some(&View::Full))
+            {
+                return None;
+            }
+            Some(gi)
         });
         match join {
             Some(gi) => {
-                groups[gi].0.push(v);
+                let group = &mut groups[gi];
+                if is_row_op {
+                    group.row = row_of(g, v);
+                    group.views.insert(v, reduced_view(g, v));
+                } else {
+                    let view = group.view_for(g, v).unwrap_or(View::Full);
+                    group.views.insert(v, view);
+                }
+                group.members.push(v);
                 group_of.insert(v, gi);
             }
             None => {
+                let (space, space_value, row, view) = if is_row_op {
+                    let input = g.operands(v)[0];
+                    (
+                        g.ty(input).shape.clone(),
+                        input,
+                        row_of(g, v),
+                        reduced_view(g, v),
+                    )
+                } else {
+                    (g.ty(v).shape.clone(), v, None, View::Full)
+                };
                 group_of.insert(v, groups.len());
                 order.push(Ok(groups.len()));
-                groups.push((vec![v], position[&v]));
+                groups.push(Group {
+                    members: vec![v],
+                    first: position[&v],
+                    space,
+                    space_value,
+                    row,
+                    views: [(v, view)].into_iter().collect(),
+                });
             }
         }
     }
-    order
-        .into_iter()
-        .enumerate()
-        .map(|(i, o)| match o {
-            Err(v) => Segment::Op(v),
+
+    let mut kernels: Vec<Kernel> = Vec::new();
+    let mut segments = Vec::new();
+    // Copy kernels are shared by dtype and rank.
+    let mut copy_kernels: BTreeMap<(String, usize), usize> = BTreeMap::new();
+    for item in order {
+        let v = match item {
             Ok(gi) => {
-                let members = groups[gi].0.clone();
-                Segment::Pointwise {
-                    kernel: build(g, &members, i),
-                    members,
+                let index = kernels.len();
+                let (kernel, call) = build(g, &groups[gi], &users, &absorbed, index)?;
+                kernels.push(Kernel::Fused(kernel));
+                segments.push(Segment::Fused {
+                    kernel: index,
+                    call,
+                });
+                continue;
+            }
+            Err(v) => v,
+        };
+        let dtype = g.ty(v).dtype;
+        let name = |what: &str| format!("k{}_{what}_{}", kernels.len(), clean(g.name(v)));
+        let segment = match g.op(v) {
+            Op::Linear | Op::Matmul => {
+                if !is_float(dtype) {
+                    return Err(unsupported(g, v, "a GEMM of non-float values"));
+                }
+                Segment::Gemm {
+                    value: v,
+                    gelu: gelu_of.get(&v).copied(),
                 }
             }
-        })
+            Op::Reshape { .. } => Segment::View(v),
+            Op::Collective { .. } => Segment::Collective(v),
+            Op::Permute { .. } | Op::Slice { .. } | Op::Concat { .. } => {
+                let rank = g.ty(v).shape.len();
+                let key = (dtype.to_string(), rank);
+                let kernel = match copy_kernels.get(&key) {
+                    Some(&k) => k,
+                    None => {
+                        kernels.push(Kernel::Copy(kir::Copy {
+                            name: format!("copy_{dtype}_r{rank}"),
+                            dtype,
+                            rank,
+                        }));
+                        copy_kernels.insert(key, kernels.len() - 1);
+                        kernels.len() - 1
+                    }
+                };
+                Segment::Copy { kernel, value: v }
+            }
+            Op::Embedding => {
+                let k = Kernel::Embedding(kir::Embedding {
+                    name: name("embedding"),
+                    dtype,
+                });
+                kernels.push(k);
+                Segment::Embedding {
+                    kernel: kernels.len() - 1,
+                    value: v,
+                }
+            }
+            Op::Sdpa { causal, .. } => {
+                let k = Kernel::Attention(kir::Attention {
+                    name: name("attention"),
+                    dtype,
+                    causal: *causal,
+                });
+                kernels.push(k);
+                Segment::Attention {
+                    kernel: kernels.len() - 1,
+                    value: v,
+                }
+            }
+            Op::CrossEntropy { ignore_index } => {
+                let k = Kernel::CrossEntropy(kir::CrossEntropy {
+                    name: name("cross_entropy"),
+                    dtype,
+                    ignore_index: *ignore_index,
+                });
+                kernels.push(k);
+                Segment::CrossEntropy {
+                    kernel: kernels.len() - 1,
+                    value: v,
+                }
+            }
+            Op::Reduce { dims, .. } if row_of(g, v).is_none() => {
+                return Err(unsupported(
+                    g,
+                    v,
+                    &format!(
+                        "a reduction over dims {dims:?}, which are not adjacent (reduce one run of adjacent dims at a time, or permute first)"
+                    ),
+                ))
+            }
+            other => {
+                return Err(unsupported(
+                    g,
+                    v,
+                    &format!("`{}` on {} values", other.name(), dtype),
+                ))
+            }
+        };
+        segments.push(segment);
+    }
+    Ok(Plan { kernels, segments })
+}
+
+fn unsupported(g: &Graph, v: ValueId, what: &str) -> Error {
+    Error::Unsupported {
+        value: g.name(v).to_string(),
+        what: what.to_string(),
+    }
+}
+
+/// A reduction keeps one value per row; softmax and the norms one per element.
+fn reduced_view(g: &Graph, v: ValueId) -> View {
+    match g.op(v) {
+        Op::Reduce { .. } => View::Row,
+        _ => View::Full,
+    }
+}
+
+/// A name C accepts: other characters as `_`.
+fn clean(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
 }
 
-/// A kernel name C accepts: `k<index>_<value name with other characters as _>`.
-fn kernel_name(g: &Graph, v: ValueId, index: usize) -> String {
-    let clean: String = g
-        .name(v)
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    format!("k{index}_{clean}")
-}
-
-/// Per output dim, whether a tensor of shape `from` is broadcast along it (right-aligned).
-fn broadcast_mask(from: &[tpc_ir::Dim], to: &[tpc_ir::Dim]) -> Vec<bool> {
+/// Per space dim, whether a tensor of shape `from` is broadcast along it (right-aligned).
+fn broadcast_mask(from: &[Dim], to: &[Dim]) -> Vec<bool> {
     let offset = to.len().saturating_sub(from.len());
-    let one = tpc_ir::Dim::constant(1);
+    let one = Dim::constant(1);
     (0..to.len())
         .map(|d| d < offset || (from[d - offset] == one && to[d] != one))
         .collect()
 }
 
+/// torch.finfo(dtype).eps: rms_norm's default epsilon.
+fn machine_eps(d: DType) -> f64 {
+    match d {
+        DType::BF16 => 0.0078125,
+        DType::F16 => 0.0009765625,
+        _ => f32::EPSILON as f64,
+    }
+}
+
 struct Builder<'g> {
     g: &'g Graph,
-    out_shape: Vec<tpc_ir::Dim>,
+    group: &'g Group,
+    absorbed: &'g [ValueId],
     inputs: Vec<Input>,
-    input_of: BTreeMap<ValueId, usize>,
+    input_of: BTreeMap<(ValueId, bool), usize>,
+    input_values: Vec<ValueId>,
     body: Vec<(Scalar, Expr)>,
     value_of: BTreeMap<ValueId, Value>,
+    /// The body value of each input's load.
+    loaded: BTreeMap<usize, Value>,
+    args: Vec<ScalarSource>,
+    arg_text: Vec<String>,
+    global_index: bool,
 }
 
 impl Builder<'_> {
     fn push(&mut self, ty: Scalar, e: Expr) -> Value {
         self.body.push((ty, e));
         Value(self.body.len() - 1)
+    }
+
+    fn f32(&mut self, e: Expr) -> Value {
+        self.push(Scalar::F32, e)
+    }
+
+    fn constant(&mut self, c: f32) -> Value {
+        self.f32(Expr::Const(c))
     }
 
     fn scalar_of(d: DType) -> Scalar {
@@ -160,125 +538,344 @@ impl Builder<'_> {
         }
     }
 
-    /// The value of operand `o` of a member: computed in the kernel, or loaded (through an
-    /// absorbed broadcast, from the broadcast's operand).
-    fn operand(&mut self, o: ValueId) -> Value {
-        if let Some(&v) = self.value_of.get(&o) {
-            return v;
+    /// The mask an operand of shape `shape` is read with by a member seen as `view`.
+    fn mask(&self, o: ValueId, view: View) -> Vec<bool> {
+        let space = &self.group.space;
+        match (view, self.group.row) {
+            (View::Row, Some(row)) => {
+                // A per-row operand: its dims are the space's outside the row (kept as 1, or
+                // removed).
+                let shape = &self.g.ty(o).shape;
+                if *shape == row_shape_keep(space, row) {
+                    broadcast_mask(shape, space)
+                        .iter()
+                        .enumerate()
+                        .map(|(d, &b)| b || (row.0..row.1).contains(&d))
+                        .collect()
+                } else {
+                    (0..space.len())
+                        .map(|d| (row.0..row.1).contains(&d))
+                        .collect()
+                }
+            }
+            _ => broadcast_mask(&self.g.ty(o).shape, space),
         }
-        let source = if absorbed(self.g, o) {
-            self.g.operands(o)[0]
+    }
+
+    /// The value of operand `o` of a member seen as `view`: computed in the kernel, or loaded.
+    fn operand(&mut self, o: ValueId, view: View) -> Result<Value> {
+        if let Some(&v) = self.value_of.get(&o) {
+            return Ok(v);
+        }
+        // An absorbed broadcast: its operand, read with the broadcast dims dropped.
+        let (o, mask) = if self.absorbed.contains(&o) {
+            if view == View::Row {
+                return Err(unsupported(self.g, o, "a broadcast read by a per-row op"));
+            }
+            let src = self.g.operands(o)[0];
+            (
+                src,
+                broadcast_mask(&self.g.ty(src).shape, &self.group.space),
+            )
         } else {
-            o
+            (o, self.mask(o, view))
         };
-        let k = match self.input_of.get(&source) {
+        let key = (o, view == View::Row);
+        let k = match self.input_of.get(&key) {
             Some(&k) => k,
             None => {
-                let ty = self.g.ty(source);
                 self.inputs.push(Input {
-                    name: self.g.name(source).to_string(),
-                    dtype: ty.dtype,
-                    broadcast: broadcast_mask(&ty.shape, &self.out_shape),
+                    name: self.g.name(o).to_string(),
+                    dtype: self.g.ty(o).dtype,
+                    broadcast: mask,
                 });
-                self.input_of.insert(source, self.inputs.len() - 1);
+                self.input_values.push(o);
+                self.input_of.insert(key, self.inputs.len() - 1);
                 self.inputs.len() - 1
             }
         };
-        let v = self.push(Self::scalar_of(self.g.ty(source).dtype), Expr::Load(k));
-        self.value_of.insert(o, v);
-        v
+        if let Some(&v) = self.loaded.get(&k) {
+            return Ok(v);
+        }
+        let v = self.push(Self::scalar_of(self.g.ty(o).dtype), Expr::Load(k));
+        self.loaded.insert(k, v);
+        Ok(v)
     }
 
     /// `x` (computed in f32) rounded to what `dtype` stores.
     fn round(&mut self, dtype: DType, x: Value) -> Value {
         match dtype {
-            DType::BF16 | DType::F16 => self.push(Scalar::F32, Expr::Round(dtype, x)),
+            DType::BF16 | DType::F16 => self.f32(Expr::Round(dtype, x)),
             _ => x,
         }
     }
 
-    fn member(&mut self, v: ValueId) {
+    fn arg(&mut self, source: ScalarSource, text: String) -> Value {
+        let i = match self.args.iter().position(|a| *a == source) {
+            Some(i) => i,
+            None => {
+                self.args.push(source);
+                self.arg_text.push(text);
+                self.args.len() - 1
+            }
+        };
+        self.f32(Expr::Arg(i))
+    }
+
+    /// `1/n` for the row of member `v`'s operand (global count).
+    fn inverse_row_count(&mut self, v: ValueId) -> Value {
+        let input = self.g.operands(v)[0];
+        let (a, b) = self.group.row.unwrap_or((0, 0));
+        let dims: Vec<usize> = (a..b).collect();
+        let text = format!("1 / count of %{} over dims {dims:?}", self.g.name(input));
+        self.arg(ScalarSource::InverseCount { value: input, dims }, text)
+    }
+
+    fn member(&mut self, v: ValueId) -> Result<()> {
         let g = self.g;
-        let ops: Vec<Value> = g.operands(v).into_iter().map(|o| self.operand(o)).collect();
+        let view = self.group.views[&v];
+        let operand_ids = g.operands(v);
         let dtype = g.ty(v).dtype;
         let out = match g.op(v) {
-            Op::Unary(op) if dtype == DType::Bool => {
-                self.push(Scalar::Bool, Expr::Unary(*op, ops[0]))
+            Op::Broadcast { .. } => {
+                // Read in place: a load with the broadcast dims dropped, or, inside the group,
+                // the per-row value itself (uniform along the row).
+                self.operand(operand_ids[0], view_of_source(self, operand_ids[0]))?
             }
-            Op::Unary(op) => {
-                let x = self.push(Scalar::F32, Expr::Unary(*op, ops[0]));
-                self.round(dtype, x)
-            }
-            Op::Gelu { approximate } => {
-                let x = self.push(Scalar::F32, Expr::Gelu(*approximate, ops[0]));
-                self.round(dtype, x)
-            }
-            Op::Binary(op) if op.is_comparison() || op.is_logical() => {
-                self.push(Scalar::Bool, Expr::Binary(*op, ops[0], ops[1]))
-            }
-            Op::Binary(op) => {
-                let x = self.push(Scalar::F32, Expr::Binary(*op, ops[0], ops[1]));
-                self.round(dtype, x)
-            }
-            Op::Where => self.push(Self::scalar_of(dtype), Expr::Select(ops[0], ops[1], ops[2])),
-            Op::Cast { to } => {
-                let from = g.ty(g.operands(v)[0]).dtype;
-                match (from == DType::Bool, *to == DType::Bool) {
-                    (false, true) => {
-                        let zero = self.push(Scalar::F32, Expr::Const(0.0));
-                        self.push(Scalar::Bool, Expr::Binary(BinaryOp::Ne, ops[0], zero))
-                    }
-                    (true, false) => {
-                        let one = self.push(Scalar::F32, Expr::Const(1.0));
-                        let zero = self.push(Scalar::F32, Expr::Const(0.0));
-                        self.push(Scalar::F32, Expr::Select(ops[0], one, zero))
-                    }
-                    (true, true) => ops[0],
-                    (false, false) => self.round(*to, ops[0]),
+            Op::Full { value, dtype, .. } => {
+                if *dtype == DType::Bool {
+                    self.push(
+                        Scalar::Bool,
+                        Expr::Const(if *value != 0.0 { 1.0 } else { 0.0 }),
+                    )
+                } else {
+                    let c = self.constant(*value as f32);
+                    self.round(*dtype, c)
                 }
             }
-            other => unreachable!("{} is not fused", other.name()),
+            Op::RandLike { seed } => {
+                self.global_index = true;
+                let r = self.f32(Expr::Rand(*seed));
+                self.round(dtype, r)
+            }
+            Op::Dropout { p, seed } => {
+                let x = self.operand(operand_ids[0], view)?;
+                if *p >= 1.0 {
+                    self.constant(0.0)
+                } else {
+                    self.global_index = true;
+                    let keep = self.constant((1.0 - p) as f32);
+                    let scale = round_scalar(dtype, (1.0 / (1.0 - p)) as f32);
+                    let scale = self.constant(scale);
+                    let r = self.f32(Expr::Rand(*seed));
+                    let kept = self.push(Scalar::Bool, Expr::Binary(BinaryOp::Lt, r, keep));
+                    let scaled = self.f32(Expr::Binary(BinaryOp::Mul, x, scale));
+                    let scaled = self.round(dtype, scaled);
+                    let zero = self.constant(0.0);
+                    self.f32(Expr::Select(kept, scaled, zero))
+                }
+            }
+            Op::Unary(op) => {
+                let a = self.operand(operand_ids[0], view)?;
+                if dtype == DType::Bool {
+                    self.push(Scalar::Bool, Expr::Unary(*op, a))
+                } else {
+                    let x = self.f32(Expr::Unary(*op, a));
+                    self.round(dtype, x)
+                }
+            }
+            Op::Gelu { approximate } => {
+                let a = self.operand(operand_ids[0], view)?;
+                let x = self.f32(Expr::Gelu(*approximate, a));
+                self.round(dtype, x)
+            }
+            Op::Binary(op) => {
+                let a = self.operand(operand_ids[0], view)?;
+                let b = self.operand(operand_ids[1], view)?;
+                if op.is_comparison() || op.is_logical() {
+                    self.push(Scalar::Bool, Expr::Binary(*op, a, b))
+                } else {
+                    let x = self.f32(Expr::Binary(*op, a, b));
+                    self.round(dtype, x)
+                }
+            }
+            Op::Where => {
+                let c = self.operand(operand_ids[0], view)?;
+                let a = self.operand(operand_ids[1], view)?;
+                let b = self.operand(operand_ids[2], view)?;
+                self.push(Self::scalar_of(dtype), Expr::Select(c, a, b))
+            }
+            Op::Cast { to } => {
+                let a = self.operand(operand_ids[0], view)?;
+                let from = g.ty(operand_ids[0]).dtype;
+                match (from == DType::Bool, *to == DType::Bool) {
+                    (false, true) => {
+                        let zero = self.constant(0.0);
+                        self.push(Scalar::Bool, Expr::Binary(BinaryOp::Ne, a, zero))
+                    }
+                    (true, false) => {
+                        let one = self.constant(1.0);
+                        let zero = self.constant(0.0);
+                        self.f32(Expr::Select(a, one, zero))
+                    }
+                    (true, true) => a,
+                    (false, false) => self.round(*to, a),
+                }
+            }
+            Op::Softmax { .. } => {
+                let x = self.operand(operand_ids[0], View::Full)?;
+                let m = self.f32(Expr::RowReduce(ReduceOp::Max, x));
+                let d = self.f32(Expr::Binary(BinaryOp::Sub, x, m));
+                let e = self.f32(Expr::Unary(UnaryOp::Exp, d));
+                let s = self.f32(Expr::RowReduce(ReduceOp::Sum, e));
+                let y = self.f32(Expr::Binary(BinaryOp::Div, e, s));
+                self.round(dtype, y)
+            }
+            Op::LayerNorm { eps, .. } => {
+                let x = self.operand(operand_ids[0], View::Full)?;
+                let inv_n = self.inverse_row_count(v);
+                let sum = self.f32(Expr::RowReduce(ReduceOp::Sum, x));
+                let mean = self.f32(Expr::Binary(BinaryOp::Mul, sum, inv_n));
+                let c = self.f32(Expr::Binary(BinaryOp::Sub, x, mean));
+                let c2 = self.f32(Expr::Binary(BinaryOp::Mul, c, c));
+                let ss = self.f32(Expr::RowReduce(ReduceOp::Sum, c2));
+                let var = self.f32(Expr::Binary(BinaryOp::Mul, ss, inv_n));
+                let eps = self.constant(*eps as f32);
+                let ve = self.f32(Expr::Binary(BinaryOp::Add, var, eps));
+                let inv = self.f32(Expr::Unary(UnaryOp::Rsqrt, ve));
+                let mut y = self.f32(Expr::Binary(BinaryOp::Mul, c, inv));
+                if let Some(&w) = operand_ids.get(1) {
+                    let w = self.operand(w, View::Full)?;
+                    y = self.f32(Expr::Binary(BinaryOp::Mul, y, w));
+                }
+                if let Some(&b) = operand_ids.get(2) {
+                    let b = self.operand(b, View::Full)?;
+                    y = self.f32(Expr::Binary(BinaryOp::Add, y, b));
+                }
+                self.round(dtype, y)
+            }
+            Op::RmsNorm { eps, .. } => {
+                let x = self.operand(operand_ids[0], View::Full)?;
+                let inv_n = self.inverse_row_count(v);
+                let x2 = self.f32(Expr::Binary(BinaryOp::Mul, x, x));
+                let ss = self.f32(Expr::RowReduce(ReduceOp::Sum, x2));
+                let ms = self.f32(Expr::Binary(BinaryOp::Mul, ss, inv_n));
+                let eps = eps.unwrap_or_else(|| machine_eps(dtype));
+                let eps = self.constant(eps as f32);
+                let me = self.f32(Expr::Binary(BinaryOp::Add, ms, eps));
+                let inv = self.f32(Expr::Unary(UnaryOp::Rsqrt, me));
+                let mut y = self.f32(Expr::Binary(BinaryOp::Mul, x, inv));
+                if let Some(&w) = operand_ids.get(1) {
+                    let w = self.operand(w, View::Full)?;
+                    y = self.f32(Expr::Binary(BinaryOp::Mul, y, w));
+                }
+                self.round(dtype, y)
+            }
+            Op::Reduce { kind, .. } => {
+                let x = self.operand(operand_ids[0], View::Full)?;
+                let y = match kind {
+                    ReduceKind::Sum => self.f32(Expr::RowReduce(ReduceOp::Sum, x)),
+                    ReduceKind::Max => self.f32(Expr::RowReduce(ReduceOp::Max, x)),
+                    ReduceKind::Min => self.f32(Expr::RowReduce(ReduceOp::Min, x)),
+                    ReduceKind::Mean => {
+                        let s = self.f32(Expr::RowReduce(ReduceOp::Sum, x));
+                        let inv_n = self.inverse_row_count(v);
+                        self.f32(Expr::Binary(BinaryOp::Mul, s, inv_n))
+                    }
+                };
+                self.round(dtype, y)
+            }
+            other => {
+                return Err(unsupported(
+                    g,
+                    v,
+                    &format!("`{}` in a fused kernel", other.name()),
+                ))
+            }
         };
         self.value_of.insert(v, out);
+        Ok(())
     }
 }
 
-/// The kernel computing `members` (a fused group, in program order); it stores every member
-/// used outside the group or returned.
-fn build(g: &Graph, members: &[ValueId], index: usize) -> Fused {
-    let first = members[0];
+/// How a broadcast's operand is read: a group member keeps its own view; an outside value is
+/// loaded per element (with the broadcast's mask).
+fn view_of_source(b: &Builder<'_>, o: ValueId) -> View {
+    b.group.views.get(&o).copied().unwrap_or(View::Full)
+}
+
+/// `x` rounded to `d` (bf16, f16) and back, as the storage would.
+fn round_scalar(d: DType, x: f32) -> f32 {
+    match d {
+        DType::BF16 => half::bf16::from_f32(x).to_f32(),
+        DType::F16 => half::f16::from_f32(x).to_f32(),
+        _ => x,
+    }
+}
+
+/// The kernel computing group `group` and how to call it; it stores every member used outside
+/// the group or returned.
+fn build(
+    g: &Graph,
+    group: &Group,
+    users: &BTreeMap<ValueId, Vec<ValueId>>,
+    absorbed: &[ValueId],
+    index: usize,
+) -> Result<(Fused, FusedCall)> {
     let mut b = Builder {
         g,
-        out_shape: g.ty(first).shape.clone(),
+        group,
+        absorbed,
         inputs: Vec::new(),
         input_of: BTreeMap::new(),
+        input_values: Vec::new(),
         body: Vec::new(),
         value_of: BTreeMap::new(),
+        loaded: BTreeMap::new(),
+        args: Vec::new(),
+        arg_text: Vec::new(),
+        global_index: false,
     };
-    for &m in members {
-        b.member(m);
+    for &m in &group.members {
+        b.member(m)?;
     }
-    let outputs: Vec<Output> = members
+    let stored: Vec<ValueId> = group
+        .members
         .iter()
-        .filter(|&&m| g.outputs().contains(&m) || g.users(m).iter().any(|u| !members.contains(u)))
+        .copied()
+        .filter(|m| {
+            g.outputs().contains(m)
+                || users
+                    .get(m)
+                    .is_some_and(|us| us.iter().any(|u| !group.members.contains(u)))
+        })
+        .collect();
+    let outputs: Vec<Output> = stored
+        .iter()
         .map(|&m| Output {
             name: g.name(m).to_string(),
             dtype: g.ty(m).dtype,
             value: b.value_of[&m],
-            per_row: false,
+            per_row: group.views[&m] == View::Row,
         })
         .collect();
-    let named = outputs
-        .last()
-        .map_or(first, |o| g.find(&o.name).unwrap_or(first));
-    Fused {
-        name: kernel_name(g, named, index),
+    let named = stored.last().copied().unwrap_or(group.members[0]);
+    let kernel = Fused {
+        name: format!("k{index}_{}", clean(g.name(named))),
         inputs: b.inputs,
         outputs,
-        rank: b.out_shape.len(),
-        row: None,
-        global_index: false,
-        args: Vec::new(),
+        rank: group.space.len(),
+        row: group.row,
+        global_index: b.global_index,
+        args: b.arg_text,
         body: b.body,
-    }
+    };
+    let call = FusedCall {
+        inputs: b.input_values,
+        outputs: stored,
+        space: group.space_value,
+        args: b.args,
+        members: group.members.clone(),
+    };
+    Ok((kernel, call))
 }

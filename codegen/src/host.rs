@@ -151,10 +151,12 @@ pub enum Step {
     Free {
         buf: BufId,
     },
-    /// The buffer holds this rank's piece of result `%value`.
+    /// The buffer holds this rank's piece of result `%value`, of `shape` (a reshaped result
+    /// is a view of a buffer of another shape).
     Output {
         buf: BufId,
         value: String,
+        shape: Vec<usize>,
     },
 }
 
@@ -231,7 +233,14 @@ impl fmt::Display for Printed<'_> {
                 Step::Input { buf: b, param } => writeln!(f, "  input {} <- %{param}", buf(b))?,
                 Step::Alloc { buf: b } => writeln!(f, "  alloc {}", buf(b))?,
                 Step::Table { buf: b, values } => {
-                    writeln!(f, "  table {} ({} values)", buf(b), values.len())?
+                    let x = &h.buffers[b.0];
+                    writeln!(
+                        f,
+                        "  table {b}: i64[{}] @{} ({})",
+                        values.len(),
+                        x.offset,
+                        x.name
+                    )?
                 }
                 Step::Launch {
                     kernel,
@@ -319,7 +328,11 @@ impl fmt::Display for Printed<'_> {
                     )?
                 }
                 Step::Free { buf: b } => writeln!(f, "  free {b}")?,
-                Step::Output { buf: b, value } => writeln!(f, "  output %{value} <- {b}")?,
+                Step::Output {
+                    buf: b,
+                    value,
+                    shape,
+                } => writeln!(f, "  output %{value}: [{}] <- {b}", dims(shape))?,
             }
         }
         write!(f, "}}")

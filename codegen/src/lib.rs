@@ -6,10 +6,12 @@
 //! runtime interprets the same kernel IR on the CPU. GEMMs, reductions, attention, host programs
 //! and the CUDA executor are later steps (docs/codegen.md).
 
+pub mod build;
 pub mod cuda;
 pub mod fuse;
 pub mod host;
 pub mod kir;
+pub mod memory;
 pub mod nvrtc;
 
 /// Errors of the code generator.
@@ -19,6 +21,14 @@ pub enum Error {
     NvrtcMissing(String),
     #[error("NVRTC could not compile the kernels for {arch}: {log}")]
     Nvrtc { arch: String, log: String },
+    #[error("%{value}: code generation does not support {what} yet")]
+    Unsupported { value: String, what: String },
+    #[error("%{value} on rank {rank}: {message}")]
+    Build {
+        value: String,
+        rank: usize,
+        message: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

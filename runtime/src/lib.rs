@@ -6,7 +6,9 @@
 //! matrixmultiply's sgemm, random numbers come from Philox keyed by seed and global index.
 
 pub mod collective;
+pub mod cuda;
 mod exec;
+pub mod host;
 mod inputs;
 mod io;
 pub mod kernel;
@@ -61,6 +63,8 @@ pub enum Error {
     Io(String),
     #[error("rank {rank} failed: {message}")]
     RankFailed { rank: usize, message: String },
+    #[error("{0}")]
+    Cuda(String),
     #[error("internal error in the reference executor: {0}")]
     Internal(String),
 }

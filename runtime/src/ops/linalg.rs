@@ -137,9 +137,44 @@ pub fn sdpa(
     let ev = v.shape()[r - 1];
     let batch: usize = q.shape()[..r - 2].iter().product();
     let scale = scale.unwrap_or(1.0 / (e as f64).sqrt()) as f32;
-    let (qv, kv, vv) = (q.floats()?, k.floats()?, v.floats()?);
     let dt = q.dtype();
     let mut out = vec![0f32; batch * l * ev];
+    let dims = SdpaDims { batch, l, s, e, ev };
+    let position = |i: usize| query_positions.map_or(i, |p| p[i]) as i64;
+    sdpa_into(
+        dims,
+        (q.floats()?, k.floats()?, v.floats()?),
+        scale,
+        causal.then_some(&position as &dyn Fn(usize) -> i64),
+        dt,
+        &mut out,
+    );
+    Ok(Tensor::float(dt, out_shape.to_vec(), out))
+}
+
+/// The extents of an attention: `batch` slices of `l` queries and `s` keys, `e` elements per
+/// query and key, `ev` per value.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SdpaDims {
+    pub batch: usize,
+    pub l: usize,
+    pub s: usize,
+    pub e: usize,
+    pub ev: usize,
+}
+
+/// `sdpa` on flat slices (q `[batch, l, e]`, k `[batch, s, e]`, v `[batch, s, ev]`) into `out`
+/// (`[batch, l, ev]`); with `causal`, key `j` is masked out for query `i` when `j > causal(i)`.
+/// The caller checks the slices' lengths.
+pub(crate) fn sdpa_into(
+    dims: SdpaDims,
+    (qv, kv, vv): (&[f32], &[f32], &[f32]),
+    scale: f32,
+    causal: Option<&dyn Fn(usize) -> i64>,
+    dt: tpc_ir::DType,
+    out: &mut [f32],
+) {
+    let SdpaDims { batch, l, s, e, ev } = dims;
     let mut scores = vec![0f32; l * s];
     let mut sums = vec![0f32; l];
     for b in 0..batch {
@@ -149,10 +184,10 @@ pub fn sdpa(
         // kᵀ as a view: row stride 1, column stride e.
         gemm(l, e, s, qb, e, 1, kb, 1, e, &mut scores);
         for (i, row) in scores.chunks_mut(s.max(1)).enumerate().take(l) {
+            let position = causal.map(|p| p(i));
             let mut m = f32::NEG_INFINITY;
             for (j, x) in row.iter_mut().enumerate() {
-                let position = query_positions.map_or(i, |p| p[i]);
-                *x = if causal && j > position {
+                *x = if position.is_some_and(|p| j as i64 > p) {
                     f32::NEG_INFINITY
                 } else {
                     *x * scale
@@ -179,5 +214,4 @@ pub fn sdpa(
             orow.iter_mut().for_each(|x| *x = round_to(dt, *x / sum));
         }
     }
-    Ok(Tensor::float(dt, out_shape.to_vec(), out))
 }

@@ -1,0 +1,132 @@
+//! The memory plan: every buffer gets an offset in the rank's one arena, alive from the step
+//! that defines it to the last step that uses it, and a dead buffer's range is reused.
+//!
+//! Placement is first fit in step order over the ranges in use (offsets aligned to
+//! [`ALIGN`]); the arena's size is the highest end reached, which is the rank's peak memory.
+
+use std::collections::BTreeMap;
+
+use crate::host::{BufId, Buffer, Step, ALIGN};
+
+/// Inserts `Alloc` before the first step that writes each buffer and `Free` after the last step
+/// that reads it (never for buffers in `keep`), then places every buffer. Returns the steps and
+/// the arena size.
+pub fn plan(
+    buffers: &mut [Buffer],
+    work: Vec<(Step, Vec<BufId>)>,
+    keep: &[BufId],
+) -> (Vec<Step>, u64) {
+    // First and last step touching each buffer.
+    let mut first: BTreeMap<BufId, usize> = BTreeMap::new();
+    let mut last: BTreeMap<BufId, usize> = BTreeMap::new();
+    for (i, (_, touched)) in work.iter().enumerate() {
+        for &b in touched {
+            first.entry(b).or_insert(i);
+            last.insert(b, i);
+        }
+    }
+    let mut steps = Vec::with_capacity(work.len() * 2);
+    let mut arena = Arena::default();
+    for (i, (step, touched)) in work.into_iter().enumerate() {
+        let mut fresh: Vec<BufId> = touched
+            .iter()
+            .copied()
+            .filter(|b| first.get(b) == Some(&i))
+            .collect();
+        fresh.dedup();
+        for b in fresh {
+            buffers[b.0].offset = arena.place(b, buffers[b.0].bytes());
+            // Inputs and tables are their own allocation.
+            if !matches!(step, Step::Input { .. } | Step::Table { .. }) {
+                steps.push(Step::Alloc { buf: b });
+            }
+        }
+        steps.push(step);
+        let mut dead: Vec<BufId> = touched
+            .iter()
+            .copied()
+            .filter(|b| last.get(b) == Some(&i) && !keep.contains(b))
+            .collect();
+        dead.sort();
+        dead.dedup();
+        for b in dead {
+            arena.release(b);
+            steps.push(Step::Free { buf: b });
+        }
+    }
+    (steps, arena.peak)
+}
+
+#[derive(Default)]
+struct Arena {
+    /// Ranges in use: offset -> (end, buffer).
+    used: BTreeMap<u64, (u64, BufId)>,
+    peak: u64,
+}
+
+impl Arena {
+    fn place(&mut self, b: BufId, bytes: u64) -> u64 {
+        let size = bytes.max(1).div_ceil(ALIGN) * ALIGN;
+        let mut at = 0u64;
+        for (&start, &(end, _)) in &self.used {
+            if start >= at + size {
+                break;
+            }
+            at = at.max(end);
+        }
+        self.used.insert(at, (at + size, b));
+        self.peak = self.peak.max(at + size);
+        at
+    }
+
+    fn release(&mut self, b: BufId) {
+        self.used.retain(|_, (_, x)| *x != b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tpc_ir::DType;
+
+    fn buf(n: usize) -> Buffer {
+        Buffer {
+            name: "x".into(),
+            dtype: DType::F32,
+            shape: vec![n],
+            offset: 0,
+        }
+    }
+
+    fn input(b: usize) -> Step {
+        Step::Input {
+            buf: BufId(b),
+            param: "x".into(),
+        }
+    }
+
+    #[test]
+    fn dead_ranges_are_reused_and_live_ones_never_overlap() {
+        // b0 (1 KiB) used by steps 0-1, b1 by 1-2, b2 by 2-3: b2 can take b0's place.
+        let mut buffers = vec![buf(256), buf(256), buf(256)];
+        let work = vec![
+            (input(0), vec![BufId(0)]),
+            (input(1), vec![BufId(0), BufId(1)]),
+            (input(2), vec![BufId(1), BufId(2)]),
+            (
+                Step::Output {
+                    buf: BufId(2),
+                    value: "y".into(),
+                    shape: vec![256],
+                },
+                vec![BufId(2)],
+            ),
+        ];
+        let (steps, peak) = plan(&mut buffers, work, &[BufId(2)]);
+        assert_eq!(peak, 2048);
+        assert_eq!(buffers[2].offset, buffers[0].offset);
+        assert_ne!(buffers[1].offset, buffers[0].offset);
+        assert!(steps.contains(&Step::Free { buf: BufId(0) }));
+        assert!(!steps.contains(&Step::Free { buf: BufId(2) }));
+    }
+}

@@ -1,0 +1,339 @@
+//! `compile`: from a program to everything a GPU runs, as values an embedder can keep: the
+//! sharded IR, the kernels (as kernel IR, CUDA C and, where NVRTC is present, PTX), each rank's
+//! host program, and the report. The CLI's `tpc compile -o DIR` writes these to files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{json, Value};
+use tpc_codegen::host::{Compiled, HostProgram, Step};
+use tpc_codegen::kir::Kernel;
+use tpc_ir::{print, Graph, PrintMode, SourceFile};
+
+use crate::{Error, Result};
+
+/// How to compile.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// Devices to shard over; `None` compiles for one device.
+    pub devices: Option<i64>,
+    /// Symbol values: the passes weigh layouts by bytes at these sizes, and host programs are
+    /// sized with them (kernels take extents as arguments and serve any size).
+    pub bindings: BTreeMap<String, i64>,
+    /// The passes to run (`tpc_passes::DEFAULT_PIPELINE` by default).
+    pub pipeline: String,
+}
+
+impl Default for CompileOptions {
+    fn default() -> CompileOptions {
+        CompileOptions {
+            devices: None,
+            bindings: [("B", 2), ("S", 128)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            pipeline: tpc_passes::DEFAULT_PIPELINE.to_string(),
+        }
+    }
+}
+
+impl CompileOptions {
+    /// Options for `devices` devices, other settings as default.
+    pub fn devices(devices: i64) -> CompileOptions {
+        CompileOptions {
+            devices: Some(devices),
+            ..CompileOptions::default()
+        }
+    }
+}
+
+/// What `compile` produces.
+#[derive(Clone, Debug)]
+pub struct Artifacts {
+    /// The program after the pipeline: every value's layout, every collective.
+    pub sharded: Graph,
+    /// Mesh axis sizes.
+    pub mesh: Vec<(String, usize)>,
+    pub bindings: BTreeMap<String, i64>,
+    /// The generated kernels and each rank's host program.
+    pub compiled: Compiled,
+    /// All kernels as one CUDA C file.
+    pub cuda: String,
+    /// The report: collectives and their bytes, kernels, peak memory per rank.
+    pub report: Value,
+}
+
+impl Artifacts {
+    pub fn kernels(&self) -> &[Kernel] {
+        &self.compiled.kernels
+    }
+
+    pub fn hosts(&self) -> &[HostProgram] {
+        &self.compiled.hosts
+    }
+
+    /// The sharded program as text (it parses back to the same program).
+    pub fn sharded_ir(&self) -> String {
+        print(&self.sharded, PrintMode::Full)
+    }
+
+    /// Rank `rank`'s host program as text.
+    pub fn host_text(&self, rank: usize) -> Option<String> {
+        self.compiled
+            .hosts
+            .get(rank)
+            .map(|h| format!("{}\n", h.display(&self.compiled.kernels)))
+    }
+
+    /// The kernels in PTX for `arch` (`sm_80`, `sm_90`), through NVRTC.
+    pub fn ptx(&self, arch: &'static str) -> Result<String> {
+        tpc_codegen::nvrtc::compile(&self.cuda, arch).map_err(Error::Codegen)
+    }
+
+    /// Writes `sharded.ir`, `kernels.cu`, `kernels.ptx` (sm_90, when NVRTC is present),
+    /// `rank<r>.host` and `report.json` into `dir`; returns the paths written.
+    pub fn write_dir(&self, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+        let io = |path: &Path, e: std::io::Error| Error::Write {
+            path: path.display().to_string(),
+            source: e,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let mut files: Vec<(String, String)> = vec![
+            ("sharded.ir".into(), self.sharded_ir()),
+            ("kernels.cu".into(), self.cuda.clone()),
+        ];
+        if tpc_codegen::nvrtc::available() {
+            files.push(("kernels.ptx".into(), self.ptx("sm_90")?));
+        }
+        for (r, _) in self.compiled.hosts.iter().enumerate() {
+            files.push((
+                format!("rank{r}.host"),
+                self.host_text(r).unwrap_or_default(),
+            ));
+        }
+        files.push((
+            "report.json".into(),
+            serde_json::to_string_pretty(&self.report).unwrap_or_default() + "\n",
+        ));
+        let mut written = Vec::new();
+        for (name, text) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|e| io(&path, e))?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+}
+
+/// Compiles program text; `name` is what diagnostics call the file.
+pub fn compile(name: &str, text: &str, options: &CompileOptions) -> Result<Artifacts> {
+    let graph = crate::load(name, text)?;
+    compile_loaded(graph, &SourceFile::new(name, text), options)
+}
+
+/// Compiles a graph built in Rust (diagnostics point into its printed form).
+pub fn compile_graph(graph: Graph, options: &CompileOptions) -> Result<Artifacts> {
+    let text = print(&graph, PrintMode::Source);
+    let file = SourceFile::new(format!("@{}", graph.name), &text);
+    // Through the text, so the graph is verified like a parsed one.
+    let graph = crate::load(&file.name, &text)?;
+    compile_loaded(graph, &file, options)
+}
+
+fn compile_loaded(
+    mut graph: Graph,
+    file: &SourceFile,
+    options: &CompileOptions,
+) -> Result<Artifacts> {
+    let devices = options.devices.unwrap_or(1);
+    let axes = crate::resolve_devices(&graph, devices, file)?;
+    let mut pm = tpc_passes::PassManager::parse(&options.pipeline)?;
+    pm.verify_each = true;
+    pm.context.symbols = options.bindings.clone();
+    pm.context.axis_sizes = axes.iter().cloned().collect();
+    pm.run(&mut graph).map_err(|e| crate::pass_error(e, file))?;
+    codegen(graph, devices, &options.bindings)
+}
+
+/// Code generation for a program the passes have sharded (for `devices` devices, symbols
+/// bound by `bindings`): kernels, host programs, CUDA C and the report.
+pub fn codegen(graph: Graph, devices: i64, bindings: &BTreeMap<String, i64>) -> Result<Artifacts> {
+    let options = CompileOptions {
+        devices: Some(devices),
+        bindings: bindings.clone(),
+        ..CompileOptions::default()
+    };
+    let unbound: Vec<String> = graph
+        .values()
+        .iter()
+        .flat_map(|&v| graph.ty(v).shape.iter().flat_map(|d| d.symbols()))
+        .filter(|s| !options.bindings.contains_key(s))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !unbound.is_empty() {
+        return Err(Error::Usage(format!(
+            "host programs need every symbol bound; bind {} (e.g. --bind {}=2)",
+            unbound.join(", "),
+            unbound[0]
+        )));
+    }
+    let mesh: Vec<(String, usize)> = graph
+        .mesh
+        .resolve(Some(devices))?
+        .into_iter()
+        .map(|(n, s)| (n, s as usize))
+        .collect();
+    let plan = tpc_codegen::fuse::segment(&graph).map_err(Error::Codegen)?;
+    let compiled = tpc_codegen::build::compile_hosts(&graph, &plan, &mesh, &options.bindings)
+        .map_err(Error::Codegen)?;
+    let cuda = tpc_codegen::cuda::module_source(&compiled.kernels);
+    let mut report = crate::report::report(&graph, devices, &options.bindings)?;
+    if let Value::Object(map) = &mut report {
+        map.insert("bindings".into(), json!(options.bindings));
+        map.insert("kernels".into(), kernels_json(&compiled));
+        map.insert(
+            "peak_bytes_per_rank".into(),
+            json!(compiled
+                .hosts
+                .iter()
+                .map(|h| h.peak_bytes)
+                .collect::<Vec<_>>()),
+        );
+        map.insert("steps_per_rank".into(), steps_json(&compiled));
+    }
+    Ok(Artifacts {
+        sharded: graph,
+        mesh,
+        bindings: options.bindings.clone(),
+        compiled,
+        cuda,
+        report,
+    })
+}
+
+fn kernels_json(c: &Compiled) -> Value {
+    let kinds: Vec<Value> = c
+        .kernels
+        .iter()
+        .map(|k| {
+            let kind = match k {
+                Kernel::Fused(f) if f.row.is_some() => "fused-rows",
+                Kernel::Fused(_) => "fused-pointwise",
+                Kernel::Copy(_) => "copy",
+                Kernel::Embedding(_) => "embedding",
+                Kernel::Attention(_) => "attention",
+                Kernel::CrossEntropy(_) => "cross-entropy",
+            };
+            json!({"name": k.name(), "kind": kind})
+        })
+        .collect();
+    json!(kinds)
+}
+
+fn steps_json(c: &Compiled) -> Value {
+    let counts: Vec<Value> = c
+        .hosts
+        .iter()
+        .map(|h| {
+            let mut launches = 0;
+            let mut gemms = 0;
+            let mut collectives = 0;
+            for s in &h.steps {
+                match s {
+                    Step::Launch { .. } => launches += 1,
+                    Step::Gemm(_) => gemms += 1,
+                    Step::Exchange(_) => collectives += 1,
+                    _ => {}
+                }
+            }
+            json!({"launches": launches, "gemms": gemms, "collectives": collectives})
+        })
+        .collect();
+    json!(counts)
+}
+
+/// Runs the compiled host programs on CPU rank threads (the CPU executor: kernels through the
+/// kernel-IR interpreter, real collectives between the threads) and returns the results as
+/// global tensors, in the program's result order. `inputs` are the global parameters by name.
+pub fn run_on_cpu(
+    artifacts: &Artifacts,
+    inputs: &BTreeMap<String, tpc_runtime::Tensor>,
+) -> Result<Vec<tpc_runtime::Tensor>> {
+    let mesh = tpc_runtime::ranks::MeshSizes(artifacts.mesh.clone());
+    Ok(tpc_runtime::host::run_host_programs(
+        &artifacts.sharded,
+        &artifacts.compiled,
+        &mesh,
+        inputs,
+        &artifacts.bindings,
+        std::time::Duration::from_secs(300),
+    )?)
+}
+
+/// Runs the compiled host programs on GPUs with the CUDA executor (driver, cuBLASLt, NCCL):
+/// one process owning every rank (rank r on GPU r), or, with `TPC_RANK`, `TPC_WORLD_SIZE`,
+/// `TPC_MASTER_ADDR` and `TPC_MASTER_PORT` set, one process per rank joined over TCP. Kernels
+/// are compiled by NVRTC to PTX for sm_80, which the driver also runs on newer GPUs.
+///
+/// Returns the results as global tensors; in a run of one process per rank, this process's
+/// pieces of them (the other pieces are on the other processes).
+pub fn run_cuda(
+    artifacts: &Artifacts,
+    inputs: &BTreeMap<String, tpc_runtime::Tensor>,
+) -> Result<Vec<tpc_runtime::Tensor>> {
+    use tpc_runtime::cuda::WorldConfig;
+    let world = WorldConfig::from_env()?;
+    let ptx = artifacts.ptx("sm_80")?;
+    let mesh = tpc_runtime::ranks::MeshSizes(artifacts.mesh.clone());
+    let local: Vec<usize> = if world.is_multi_process() {
+        vec![world.rank]
+    } else {
+        (0..mesh.world()).collect()
+    };
+    let g = &artifacts.sharded;
+    let b = &artifacts.bindings;
+    let mut pieces = Vec::with_capacity(local.len());
+    for &r in &local {
+        let coords = mesh.coords(r);
+        let mut mine = BTreeMap::new();
+        for &p in g.params() {
+            let name = g.name(p);
+            let global = inputs
+                .get(name)
+                .ok_or_else(|| tpc_runtime::Error::MissingInput(name.to_string()))?;
+            mine.insert(
+                name.to_string(),
+                tpc_runtime::layout::cut(global, g.ty(p), b, &coords)?,
+            );
+        }
+        pieces.push(mine);
+    }
+    let outs = tpc_runtime::cuda::run_cuda(&artifacts.compiled, &ptx, &pieces, &world)?;
+    let mut results = Vec::new();
+    for &o in g.outputs() {
+        let name = g.name(o);
+        let held: Vec<(tpc_ir::layout::MeshCoords, tpc_runtime::Tensor)> = local
+            .iter()
+            .zip(&outs)
+            .map(|(&r, out)| {
+                out.get(name)
+                    .cloned()
+                    .map(|t| (mesh.coords(r), t))
+                    .ok_or_else(|| {
+                        Error::Runtime(tpc_runtime::Error::Internal(format!(
+                            "rank {r} did not produce %{name}"
+                        )))
+                    })
+            })
+            .collect::<Result<_>>()?;
+        if world.is_multi_process() {
+            results.extend(held.into_iter().map(|(_, t)| t));
+            continue;
+        }
+        let shape = tpc_ir::layout::bound_shape(g.ty(o), b)
+            .map_err(|e| Error::Runtime(tpc_runtime::Error::Shape(e.to_string())))?;
+        results.push(tpc_runtime::layout::assemble(&shape, g.ty(o), b, &held)?);
+    }
+    Ok(results)
+}
