@@ -63,8 +63,16 @@ fn examples_on_one_gpu_equal_the_reference() {
                 .fold(0.0, f64::max)
                 / peak;
             // The GPU sums in other orders and rounds GEMM epilogues once.
-            let tol = if w.dtype() == tpc::ir::DType::F32 { 1e-4 } else { 1.0 / 16.0 };
-            assert!(err <= tol, "{}: relative error {err} on the GPU", path.display());
+            let tol = if w.dtype() == tpc::ir::DType::F32 {
+                1e-4
+            } else {
+                1.0 / 16.0
+            };
+            assert!(
+                err <= tol,
+                "{}: relative error {err} on the GPU",
+                path.display()
+            );
         }
         eprintln!("{}: GPU equals the reference", path.display());
     }

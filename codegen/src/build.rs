@@ -228,11 +228,8 @@ impl HostBuilder<'_> {
                 if k.global_index {
                     let piece = &self.local.values[&call.space];
                     let gstrides = strides(&piece.global_shape);
-                    for d in 0..extents.len() {
-                        let values: Vec<i64> = piece.indices[d]
-                            .iter()
-                            .map(|&i| i as i64 * gstrides[d])
-                            .collect();
+                    for (d, (indices, stride)) in piece.indices.iter().zip(&gstrides).enumerate() {
+                        let values: Vec<i64> = indices.iter().map(|&i| i as i64 * stride).collect();
                         let t = self.table(
                             format!("global offsets of %{} dim {d}", g.name(call.space)),
                             values,
@@ -509,7 +506,7 @@ impl HostBuilder<'_> {
             Collective::AllReduce(op) | Collective::ReduceScatter(op) => Some(*op),
             _ => None,
         };
-        let pieces = |ty: &tpc_ir::TensorType| -> Result<Vec<(Vec<usize>, Vec<Vec<usize>>)>> {
+        let pieces = |ty: &tpc_ir::TensorType| -> Result<Vec<Piece>> {
             group
                 .iter()
                 .map(|&r| {
@@ -551,13 +548,16 @@ impl HostBuilder<'_> {
     }
 }
 
+/// A rank's piece of a value: the global shape and, per dim, the global indices it holds.
+type Piece = (Vec<usize>, Vec<Vec<usize>>);
+
 /// For the member at position `me` of a group whose members hold pieces `from` (global shape,
 /// per-dim global indices) and which must end with the piece `want` (per-dim global indices):
 /// per member, the runs of its piece this member receives. Without `reduce` each element comes
 /// from this member if it holds it, else from the first member that does; with `reduce` from
 /// every member.
 fn runs(
-    from: &[(Vec<usize>, Vec<Vec<usize>>)],
+    from: &[Piece],
     want: &[Vec<usize>],
     me: usize,
     reduce: Option<ReduceOp>,

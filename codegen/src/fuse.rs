@@ -115,18 +115,18 @@ fn row_of(g: &Graph, v: ValueId) -> Option<(usize, usize)> {
 
 /// Whether `v` is an op a fused kernel computes.
 fn elementwise(g: &Graph, v: ValueId) -> bool {
-    let ok = match g.op(v) {
+    let ok = matches!(
+        g.op(v),
         Op::Unary(_)
-        | Op::Gelu { .. }
-        | Op::Binary(_)
-        | Op::Where
-        | Op::Cast { .. }
-        | Op::Broadcast { .. }
-        | Op::Dropout { .. }
-        | Op::RandLike { .. }
-        | Op::Full { .. } => true,
-        _ => false,
-    };
+            | Op::Gelu { .. }
+            | Op::Binary(_)
+            | Op::Where
+            | Op::Cast { .. }
+            | Op::Broadcast { .. }
+            | Op::Dropout { .. }
+            | Op::RandLike { .. }
+            | Op::Full { .. }
+    );
     ok && scalar_ok(g.ty(v).dtype)
         && g.operands(v).iter().all(|&o| scalar_ok(g.ty(o).dtype))
         && !g.ty(v).shape.is_empty()
