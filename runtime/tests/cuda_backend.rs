@@ -3,10 +3,6 @@
 //! present: hand-built programs run on the GPU(s) and are compared with the CPU executor of
 //! the same host programs (kernels, a cuBLASLt GEMM, NCCL exchanges); elsewhere those tests
 //! print "skipped: no CUDA driver/GPU here".
-//!
-//! The GPU tests use whatever kernels the CUDA writer (`tpc_codegen::cuda`) writes today: a
-//! kernel whose source is still a "not written yet" stub is left out of the program (and the
-//! test says so), so these tests grow with the writer without edits.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
