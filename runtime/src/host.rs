@@ -13,6 +13,7 @@ use tpc_ir::op::GeluApprox;
 use tpc_ir::{DType, Graph, ReduceOp};
 
 use crate::collective::{run_ranks, Comm};
+use crate::emulate::{EmuArg, Emulator};
 use crate::kernel::{run_kernel, KArg};
 use crate::layout::{assemble, cut};
 use crate::ops::pointwise::gelu;
@@ -31,6 +32,44 @@ pub fn run_host_programs(
     bindings: &Bindings,
     timeout: Duration,
 ) -> Result<Vec<Tensor>> {
+    run_host_programs_with(
+        g,
+        compiled,
+        Kernels::Interpret,
+        mesh,
+        inputs,
+        bindings,
+        timeout,
+    )
+}
+
+/// How the CPU executor runs a host program's launches.
+#[derive(Clone, Copy)]
+pub enum Kernels<'a> {
+    /// Through the kernel-IR interpreter.
+    Interpret,
+    /// The generated CUDA C itself, compiled for the host ([`Emulator::build`] of the program's
+    /// kernels, in their order).
+    Emulate(&'a Emulator),
+}
+
+/// [`run_host_programs`], with the launches run as `kernels` says.
+pub fn run_host_programs_with(
+    g: &Graph,
+    compiled: &Compiled,
+    kernels: Kernels<'_>,
+    mesh: &MeshSizes,
+    inputs: &BTreeMap<String, Tensor>,
+    bindings: &Bindings,
+    timeout: Duration,
+) -> Result<Vec<Tensor>> {
+    if let Kernels::Emulate(e) = kernels {
+        if e.kernels() != compiled.kernels.as_slice() {
+            return Err(Error::Internal(
+                "the emulator was built from other kernels than the program's".into(),
+            ));
+        }
+    }
     if compiled.hosts.len() != mesh.world() {
         return Err(Error::Internal(format!(
             "{} host programs for {} ranks",
@@ -49,7 +88,7 @@ pub fn run_host_programs(
                 .ok_or_else(|| Error::MissingInput(name.to_string()))?;
             pieces.insert(name.to_string(), cut(global, g.ty(p), bindings, &coords)?);
         }
-        run_host(&compiled.hosts[rank], compiled, &pieces, comm)
+        run_host(&compiled.hosts[rank], compiled, kernels, &pieces, comm)
     })?;
     let mut out = Vec::new();
     for &o in g.outputs() {
@@ -72,20 +111,47 @@ pub fn run_host_programs(
     Ok(out)
 }
 
-/// The rank's memory: one arena of bytes.
+/// The rank's memory: one arena of bytes, its start aligned as a device allocation is (256
+/// bytes), so buffers keep the planned alignment that vectorized kernels test for.
 struct Arena {
     bytes: Vec<u8>,
+    /// Where the arena starts in `bytes`.
+    base: usize,
+    size: usize,
 }
 
 impl Arena {
-    fn range(b: &Buffer) -> std::ops::Range<usize> {
-        let start = b.offset as usize;
-        start..start + b.bytes() as usize
+    const ALIGN: usize = 256;
+
+    fn new(size: usize) -> Arena {
+        let bytes = vec![0u8; size + Self::ALIGN];
+        let base = bytes.as_ptr().align_offset(Self::ALIGN).min(Self::ALIGN);
+        Arena { bytes, base, size }
     }
 
-    fn read(&self, b: &Buffer) -> Data {
-        let raw = &self.bytes[Self::range(b)];
-        match b.dtype {
+    fn range(&self, b: &Buffer) -> Result<std::ops::Range<usize>> {
+        let start = self.base + b.offset as usize;
+        let end = start + b.bytes() as usize;
+        if end > self.base + self.size {
+            return Err(Error::Internal(format!(
+                "%{} ends at byte {} of an arena of {}",
+                b.name,
+                end - self.base,
+                self.size
+            )));
+        }
+        Ok(start..end)
+    }
+
+    /// The address of buffer `b`, for a kernel that reads or writes it in place.
+    fn address(&mut self, b: &Buffer) -> Result<*mut u8> {
+        let r = self.range(b)?;
+        Ok(self.bytes[r].as_mut_ptr())
+    }
+
+    fn read(&self, b: &Buffer) -> Result<Data> {
+        let raw = &self.bytes[self.range(b)?];
+        Ok(match b.dtype {
             DType::F32 => Data::Float(
                 raw.chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -107,11 +173,11 @@ impl Arena {
                     .collect(),
             ),
             DType::Bool => Data::Bool(raw.iter().map(|&x| x != 0).collect()),
-        }
+        })
     }
 
     fn write(&mut self, b: &Buffer, data: &Data) -> Result<()> {
-        let range = Self::range(b);
+        let range = self.range(b)?;
         let n = b.elems();
         let len = match data {
             Data::Float(v) => v.len(),
@@ -167,12 +233,11 @@ impl Arena {
 pub fn run_host(
     host: &HostProgram,
     compiled: &Compiled,
+    kernels: Kernels<'_>,
     inputs: &BTreeMap<String, Tensor>,
     comm: &mut Comm,
 ) -> Result<BTreeMap<String, Tensor>> {
-    let mut arena = Arena {
-        bytes: vec![0u8; host.peak_bytes as usize],
-    };
+    let mut arena = Arena::new(host.peak_bytes as usize);
     let bufs = &host.buffers;
     let mut outputs = BTreeMap::new();
     for step in &host.steps {
@@ -193,48 +258,18 @@ pub fn run_host(
             }
             Step::Alloc { .. } | Step::Free { .. } => {}
             Step::Table { buf, values } => arena.write(&bufs[buf.0], &Data::I64(values.clone()))?,
-            Step::Launch { kernel, args, .. } => {
-                let k = &compiled.kernels[*kernel];
-                let params = k.params();
-                if params.len() != args.len() {
-                    return Err(Error::Internal(format!(
-                        "kernel {} takes {} arguments, the step passes {}",
-                        k.name(),
-                        params.len(),
-                        args.len()
-                    )));
+            Step::Launch {
+                kernel,
+                grid,
+                block,
+                args,
+                ..
+            } => match kernels {
+                Kernels::Interpret => interpret(&mut arena, bufs, compiled, *kernel, args)?,
+                Kernels::Emulate(emulator) => {
+                    emulate(&mut arena, bufs, emulator, *kernel, *grid, *block, args)?
                 }
-                // Read every buffer argument; outputs are written back after the kernel.
-                let mut held: Vec<Option<Data>> = args
-                    .iter()
-                    .map(|a| match a {
-                        Arg::Buffer(b) => Some(arena.read(&bufs[b.0])),
-                        _ => None,
-                    })
-                    .collect();
-                let mut kargs: Vec<KArg<'_>> = Vec::with_capacity(args.len());
-                for ((a, p), h) in args.iter().zip(&params).zip(held.iter_mut()) {
-                    kargs.push(match (a, p.kind) {
-                        (Arg::Buffer(_), ParamKind::Output(_)) => KArg::Out(
-                            h.as_mut()
-                                .ok_or_else(|| Error::Internal("no buffer".into()))?,
-                        ),
-                        (Arg::Buffer(_), _) => KArg::In(
-                            h.as_ref()
-                                .ok_or_else(|| Error::Internal("no buffer".into()))?,
-                        ),
-                        (Arg::Int(i), _) => KArg::Int(*i),
-                        (Arg::Float(x), _) => KArg::Float(*x),
-                    });
-                }
-                run_kernel(k, &mut kargs)?;
-                drop(kargs);
-                for ((a, p), h) in args.iter().zip(&params).zip(&held) {
-                    if let (Arg::Buffer(b), ParamKind::Output(_), Some(d)) = (a, p.kind, h) {
-                        arena.write(&bufs[b.0], d)?;
-                    }
-                }
-            }
+            },
             Step::Gemm(g) => gemm(&mut arena, bufs, g)?,
             Step::Exchange(x) => exchange(&mut arena, bufs, x, comm)?,
             Step::Output { buf, value, shape } => {
@@ -242,13 +277,88 @@ pub fn run_host(
                 let t = Tensor {
                     dtype: b.dtype,
                     shape: shape.clone(),
-                    data: arena.read(b),
+                    data: arena.read(b)?,
                 };
                 outputs.insert(value.clone(), t);
             }
         }
     }
     Ok(outputs)
+}
+
+/// A launch through the kernel-IR interpreter.
+fn interpret(
+    arena: &mut Arena,
+    bufs: &[Buffer],
+    compiled: &Compiled,
+    kernel: usize,
+    args: &[Arg],
+) -> Result<()> {
+    let k = &compiled.kernels[kernel];
+    let params = k.params();
+    if params.len() != args.len() {
+        return Err(Error::Internal(format!(
+            "kernel {} takes {} arguments, the step passes {}",
+            k.name(),
+            params.len(),
+            args.len()
+        )));
+    }
+    // Read every buffer argument; outputs are written back after the kernel.
+    let mut held: Vec<Option<Data>> = args
+        .iter()
+        .map(|a| match a {
+            Arg::Buffer(b) => arena.read(&bufs[b.0]).map(Some),
+            _ => Ok(None),
+        })
+        .collect::<Result<_>>()?;
+    let mut kargs: Vec<KArg<'_>> = Vec::with_capacity(args.len());
+    for ((a, p), h) in args.iter().zip(&params).zip(held.iter_mut()) {
+        kargs.push(match (a, p.kind) {
+            (Arg::Buffer(_), ParamKind::Output(_)) => KArg::Out(
+                h.as_mut()
+                    .ok_or_else(|| Error::Internal("no buffer".into()))?,
+            ),
+            (Arg::Buffer(_), _) => KArg::In(
+                h.as_ref()
+                    .ok_or_else(|| Error::Internal("no buffer".into()))?,
+            ),
+            (Arg::Int(i), _) => KArg::Int(*i),
+            (Arg::Float(x), _) => KArg::Float(*x),
+        });
+    }
+    run_kernel(k, &mut kargs)?;
+    drop(kargs);
+    for ((a, p), h) in args.iter().zip(&params).zip(&held) {
+        if let (Arg::Buffer(b), ParamKind::Output(_), Some(d)) = (a, p.kind, h) {
+            arena.write(&bufs[b.0], d)?;
+        }
+    }
+    Ok(())
+}
+
+/// A launch of the kernel's CUDA C, compiled for the host, on the buffers in place.
+fn emulate(
+    arena: &mut Arena,
+    bufs: &[Buffer],
+    emulator: &Emulator,
+    kernel: usize,
+    grid: [u32; 3],
+    block: u32,
+    args: &[Arg],
+) -> Result<()> {
+    let mut eargs = Vec::with_capacity(args.len());
+    for a in args {
+        eargs.push(match a {
+            Arg::Buffer(b) => EmuArg::Ptr(arena.address(&bufs[b.0])?),
+            Arg::Int(i) => EmuArg::Int(*i),
+            Arg::Float(x) => EmuArg::Float(*x),
+        });
+    }
+    // SAFETY: every pointer is a buffer of the plan, inside the arena (checked by `address`),
+    // and the host program's arguments give the kernel that buffer's extents; the arena is not
+    // touched otherwise until the launch returns.
+    unsafe { emulator.launch(kernel, grid, block, &eargs) }
 }
 
 fn floats(d: Data, name: &str) -> Result<Vec<f32>> {
@@ -262,10 +372,10 @@ fn floats(d: Data, name: &str) -> Result<Vec<f32>> {
 /// ops round (the biased sum once, then gelu once).
 fn gemm(arena: &mut Arena, bufs: &[Buffer], g: &Gemm) -> Result<()> {
     let (ab, bb, cb) = (&bufs[g.a.0], &bufs[g.b.0], &bufs[g.c.0]);
-    let a = floats(arena.read(ab), &ab.name)?;
-    let b = floats(arena.read(bb), &bb.name)?;
+    let a = floats(arena.read(ab)?, &ab.name)?;
+    let b = floats(arena.read(bb)?, &bb.name)?;
     let bias = match g.bias {
-        Some(x) => Some(floats(arena.read(&bufs[x.0]), &bufs[x.0].name)?),
+        Some(x) => Some(floats(arena.read(&bufs[x.0])?, &bufs[x.0].name)?),
         None => None,
     };
     let (m, n, k) = (g.m, g.n, g.k);
@@ -339,7 +449,7 @@ fn gemm(arena: &mut Arena, bufs: &[Buffer], g: &Gemm) -> Result<()> {
 /// reduces them in group order, in f64, rounded once).
 fn exchange(arena: &mut Arena, bufs: &[Buffer], x: &Exchange, comm: &mut Comm) -> Result<()> {
     let (ib, ob) = (&bufs[x.input.0], &bufs[x.output.0]);
-    let all: Vec<Arc<Data>> = comm.allgather(arena.read(ib))?;
+    let all: Vec<Arc<Data>> = comm.allgather(arena.read(ib)?)?;
     let n = ob.elems();
     let data = match x.reduce {
         Some(op) => {
@@ -379,7 +489,7 @@ fn exchange(arena: &mut Arena, bufs: &[Buffer], x: &Exchange, comm: &mut Comm) -
             )
         }
         None => {
-            let mut out = arena.read(ob);
+            let mut out = arena.read(ob)?;
             for (s, runs) in x.recv.iter().enumerate() {
                 let src = &*all[x.group[s]];
                 for r in runs {

@@ -7,6 +7,7 @@
 
 pub mod collective;
 pub mod cuda;
+pub mod emulate;
 mod exec;
 pub mod host;
 mod inputs;
@@ -65,6 +66,8 @@ pub enum Error {
     RankFailed { rank: usize, message: String },
     #[error("{0}")]
     Cuda(String),
+    #[error("CUDA emulator: {0}")]
+    Emulator(String),
     #[error("internal error in the reference executor: {0}")]
     Internal(String),
 }

@@ -618,7 +618,13 @@ fn collectives_in_crossed_orders_are_refused() {
 fn on_cpu(c: &Compiled, inputs: &[BTreeMap<String, Tensor>]) -> Vec<BTreeMap<String, Tensor>> {
     tpc_runtime::collective::run_ranks(c.hosts.len(), Duration::from_secs(30), |comm| {
         let r = comm.rank();
-        tpc_runtime::host::run_host(&c.hosts[r], c, &inputs[r], comm)
+        tpc_runtime::host::run_host(
+            &c.hosts[r],
+            c,
+            tpc_runtime::host::Kernels::Interpret,
+            &inputs[r],
+            comm,
+        )
     })
     .unwrap()
 }

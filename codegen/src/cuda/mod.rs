@@ -33,8 +33,10 @@ __device__ __forceinline__ unsigned short tpc_to_bf16(float f) {
   u += 0x7fffu + ((u >> 16) & 1u);
   return (unsigned short)(u >> 16);
 }
+#ifndef TPC_EMULATE // tpc's CPU emulator of this source brings its own f16 conversions
 __device__ __forceinline__ float tpc_from_f16(unsigned short h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
 __device__ __forceinline__ unsigned short tpc_to_f16(float f) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+#endif
 __device__ __forceinline__ float tpc_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 __device__ __forceinline__ float tpc_max(float a, float b) { return (a != a || b != b) ? tpc_nan() : fmaxf(a, b); }
 __device__ __forceinline__ float tpc_min(float a, float b) { return (a != a || b != b) ? tpc_nan() : fminf(a, b); }
@@ -131,14 +133,25 @@ pub(crate) fn storage(d: DType) -> &'static str {
     }
 }
 
+/// The C type of parameter `p` (as the kernel's signature declares it, without `__restrict__`):
+/// what a caller that unpacks CUDA-style argument pointers casts each one to.
+pub fn param_type(p: &Param) -> String {
+    match p.kind {
+        ParamKind::Input(d) => format!("const {}*", storage(d)),
+        ParamKind::Output(d) => format!("{}*", storage(d)),
+        ParamKind::Table => "const long long*".into(),
+        ParamKind::Int => "long long".into(),
+        ParamKind::Float => "float".into(),
+    }
+}
+
 /// The C parameter for `p`.
 fn param_decl(p: &Param) -> String {
     match p.kind {
-        ParamKind::Input(d) => format!("const {}* __restrict__ {}", storage(d), p.name),
-        ParamKind::Output(d) => format!("{}* __restrict__ {}", storage(d), p.name),
-        ParamKind::Table => format!("const long long* __restrict__ {}", p.name),
-        ParamKind::Int => format!("long long {}", p.name),
-        ParamKind::Float => format!("float {}", p.name),
+        ParamKind::Input(_) | ParamKind::Output(_) | ParamKind::Table => {
+            format!("{} __restrict__ {}", param_type(p), p.name)
+        }
+        ParamKind::Int | ParamKind::Float => format!("{} {}", param_type(p), p.name),
     }
 }
 
