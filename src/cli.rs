@@ -96,6 +96,8 @@ pub struct RunArgs {
     pub pipeline: String,
     /// With --devices: how the ranks run: `host` runs the compiled host programs (generated
     /// kernels through the kernel-IR interpreter, GEMM and collective steps, the memory plan);
+    /// `emulated` runs the same host programs with the kernels' CUDA C itself, compiled for the
+    /// CPU by a C++ compiler against tpc's CUDA emulator (needs g++ or clang++; `TPC_CXX`);
     /// `ops` runs the sharded graph op by op.
     #[arg(long, value_enum, default_value_t = Executor::Host)]
     pub executor: Executor,
@@ -108,6 +110,7 @@ pub struct RunArgs {
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Executor {
     Host,
+    Emulated,
     Ops,
 }
 

@@ -138,6 +138,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                         Backend::Cuda => tpc::run_cuda(&artifacts, &inputs)?,
                     }
                 }
+                (Executor::Emulated, Backend::Cpu) => {
+                    let artifacts = tpc::compile::codegen(sharded, d, &bindings)?;
+                    tpc::run_emulated(&artifacts, &inputs)?
+                }
+                (Executor::Emulated, Backend::Cuda) => {
+                    return Err(Error::Usage(
+                        "--executor emulated runs the CUDA C on the CPU; drop --backend cuda"
+                            .into(),
+                    ))
+                }
                 (Executor::Ops, Backend::Cuda) => {
                     return Err(Error::Usage(
                         "--backend cuda runs host programs; drop --executor ops".into(),

@@ -271,6 +271,26 @@ pub fn run_on_cpu(
     )?)
 }
 
+/// Runs the compiled host programs on CPU rank threads as [`run_on_cpu`] does, but with every
+/// launch running the generated CUDA C itself, compiled for the host by a C++ compiler against
+/// tpc's CUDA emulator (`tpc_runtime::emulate`): a check of the CUDA source without a GPU.
+pub fn run_emulated(
+    artifacts: &Artifacts,
+    inputs: &BTreeMap<String, tpc_runtime::Tensor>,
+) -> Result<Vec<tpc_runtime::Tensor>> {
+    let emulator = tpc_runtime::emulate::Emulator::build(&artifacts.compiled.kernels)?;
+    let mesh = tpc_runtime::ranks::MeshSizes(artifacts.mesh.clone());
+    Ok(tpc_runtime::host::run_host_programs_with(
+        &artifacts.sharded,
+        &artifacts.compiled,
+        tpc_runtime::host::Kernels::Emulate(&emulator),
+        &mesh,
+        inputs,
+        &artifacts.bindings,
+        std::time::Duration::from_secs(300),
+    )?)
+}
+
 /// Runs the compiled host programs on GPUs with the CUDA executor (driver, cuBLASLt, NCCL):
 /// one process owning every rank (rank r on GPU r), or, with `TPC_RANK`, `TPC_WORLD_SIZE`,
 /// `TPC_MASTER_ADDR` and `TPC_MASTER_PORT` set, one process per rank joined over TCP. Kernels

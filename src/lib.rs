@@ -25,7 +25,9 @@ pub use tpc_ir as ir;
 pub use tpc_passes as passes;
 pub use tpc_runtime as runtime;
 
-pub use compile::{compile, compile_graph, run_cuda, run_on_cpu, Artifacts, CompileOptions};
+pub use compile::{
+    compile, compile_graph, run_cuda, run_emulated, run_on_cpu, Artifacts, CompileOptions,
+};
 pub use tpc_ir::{Diagnostic, Graph, SourceFile};
 
 /// Errors of the tpc API.

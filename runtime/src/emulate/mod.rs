@@ -26,20 +26,22 @@ pub const HEADER: &str = include_str!("tpc_emu.h");
 pub const HOW_TO_GET_CXX: &str =
     "install a C++ compiler with C++17 and _Float16 (g++ 12 or clang++ 15, e.g. `apt install g++`) or point TPC_CXX at one";
 
-/// The C++ compiler to use, if one runs here.
+/// The C++ compiler to use, if one runs here: `TPC_CXX` when set (and only it), else `CXX`,
+/// else the first of `c++`, `g++`, `clang++`.
 pub fn find_compiler() -> Option<PathBuf> {
-    let named = ["TPC_CXX", "CXX"]
-        .iter()
-        .filter_map(std::env::var_os)
-        .map(PathBuf::from);
-    let defaults = ["c++", "g++", "clang++"].iter().map(PathBuf::from);
-    named.chain(defaults).find(|cxx| {
+    let runs = |cxx: &PathBuf| {
         Command::new(cxx)
             .arg("--version")
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false)
-    })
+    };
+    if let Some(cxx) = std::env::var_os("TPC_CXX") {
+        return Some(PathBuf::from(cxx)).filter(runs);
+    }
+    let named = std::env::var_os("CXX").map(PathBuf::from);
+    let defaults = ["c++", "g++", "clang++"].iter().map(PathBuf::from);
+    named.into_iter().chain(defaults).find(runs)
 }
 
 /// One argument of an emulated launch, in the order of [`Kernel::params`].
