@@ -121,3 +121,44 @@ pub(crate) fn driver_error(e: &cudarc::driver::DriverError) -> String {
         Err(_) => name,
     }
 }
+
+/// What the benchmarks need to know of a GPU.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub name: String,
+    /// Theoretical DRAM bandwidth: 2 transfers a clock × memory clock × bus width.
+    pub peak_bytes_per_s: f64,
+    pub multiprocessors: u32,
+}
+
+/// The name, peak memory bandwidth and SM count of GPU `ordinal`, or a clear error.
+pub fn device_info(ordinal: usize) -> Result<DeviceInfo> {
+    use cudarc::driver::sys::CUdevice_attribute as A;
+    let count = gpu_count()?;
+    if ordinal >= count {
+        return Err(Error::Cuda(format!(
+            "GPU {ordinal} asked for, but this machine has {count}"
+        )));
+    }
+    let fail = |what: &str, e: cudarc::driver::DriverError| {
+        Error::Cuda(format!(
+            "cannot read the GPU's {what} ({})",
+            driver_error(&e)
+        ))
+    };
+    let dev = cudarc::driver::result::device::get(ordinal as i32).map_err(|e| fail("handle", e))?;
+    let name = cudarc::driver::result::device::get_name(dev).map_err(|e| fail("name", e))?;
+    // SAFETY: `dev` comes from device::get.
+    let attr = |a: A| unsafe { cudarc::driver::result::device::get_attribute(dev, a) };
+    let clock_khz =
+        attr(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE).map_err(|e| fail("memory clock", e))?;
+    let bus_bits = attr(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)
+        .map_err(|e| fail("memory bus width", e))?;
+    let sms = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(|e| fail("multiprocessor count", e))?;
+    Ok(DeviceInfo {
+        name,
+        peak_bytes_per_s: 2.0 * clock_khz as f64 * 1e3 * bus_bits as f64 / 8.0,
+        multiprocessors: sms.max(0) as u32,
+    })
+}

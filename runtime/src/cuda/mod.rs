@@ -16,6 +16,8 @@ mod nccl;
 pub mod plan;
 pub mod rendezvous;
 
-pub use check::{cublaslt_present, driver_present, gpu_count, nccl_present};
+pub use check::{
+    cublaslt_present, device_info, driver_present, gpu_count, nccl_present, DeviceInfo,
+};
 pub use exec::{run_cuda, run_cuda_with, RunOptions};
 pub use rendezvous::{share_blob, Master, WorldConfig};
