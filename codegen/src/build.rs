@@ -304,10 +304,16 @@ impl HostBuilder<'_> {
                 let class_dim = if ls.len() == 1 { 0 } else { 1 };
                 let outer: usize = ls[..class_dim].iter().product();
                 let inner: usize = ls[class_dim + 1..].iter().product();
+                let blocks = crate::kir::cross_entropy_blocks((outer * inner) as u64, inner == 1);
+                let partials = self.table(
+                    format!("cross-entropy partials of %{}", g.name(*value)),
+                    vec![0; crate::kir::cross_entropy_partials(blocks)],
+                );
                 let args = vec![
                     Arg::Buffer(self.buf(ops[0])?),
                     Arg::Buffer(self.buf(ops[1])?),
                     Arg::Buffer(self.new_buffer(*value)),
+                    Arg::Buffer(partials),
                     Arg::Int(outer as i64),
                     Arg::Int(ls[class_dim] as i64),
                     Arg::Int(inner as i64),

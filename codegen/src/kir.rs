@@ -170,6 +170,11 @@ pub struct Attention {
 /// Mean over non-ignored targets of `logsumexp(logits[o, :, i]) - logits[o, t, i]`, logits laid
 /// out `[outer, classes, inner]`, targets `[outer, inner]` (i64); all ignored gives NaN. The
 /// single result is stored in `dtype`.
+///
+/// One launch of many blocks: each block sums the terms of its positions into `partials` (a
+/// scratch of [`cross_entropy_partials`] i64 the host zeroes once: a counter of blocks done,
+/// then each block's f64 total and count); the last block to finish adds them up in block order,
+/// so the result does not depend on which block ran when, and zeroes the counter again.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CrossEntropy {
     pub name: String,
@@ -256,7 +261,8 @@ impl Kernel {
     /// - Embedding: `ids` (i64 input), `table`, `out`, `rows`, `width`, `vocab`.
     /// - Attention: `q`, `k`, `v`, `out`, `batch`, `sq`, `sk`, `d`, `dv`, `scale` (float),
     ///   `qpos` (table of `sq` global query positions).
-    /// - CrossEntropy: `logits`, `target` (i64 input), `out`, `outer`, `classes`, `inner`.
+    /// - CrossEntropy: `logits`, `target` (i64 input), `out`, `partials` (i64 scratch),
+    ///   `outer`, `classes`, `inner`.
     pub fn params(&self) -> Vec<Param> {
         use ParamKind::*;
         match self {
@@ -314,6 +320,7 @@ impl Kernel {
                 param("logits", Input(k.dtype)),
                 param("target", Input(DType::I64)),
                 param("out", Output(k.dtype)),
+                param("partials", Output(DType::I64)),
                 param("outer", Int),
                 param("classes", Int),
                 param("inner", Int),
@@ -358,13 +365,36 @@ impl Kernel {
                 block: 128,
                 shared_bytes: 0,
             },
+            // outer, classes, inner
             Kernel::CrossEntropy(_) => LaunchDims {
-                grid: [1, 1, 1],
+                grid: [cross_entropy_blocks(at(0) * at(2), at(2) == 1), 1, 1],
                 block: BLOCK,
                 shared_bytes: 0,
             },
         }
     }
+}
+
+/// Most blocks of a cross-entropy launch (the last block adds up one partial per block).
+pub const CROSS_ENTROPY_MAX_GRID: u64 = 1024;
+
+/// Blocks of a cross-entropy launch over `positions` targets: a warp per position where the
+/// classes are contiguous (`contiguous`), else a thread per position.
+pub fn cross_entropy_blocks(positions: u64, contiguous: bool) -> u32 {
+    let per_block = if contiguous {
+        BLOCK as u64 / 32
+    } else {
+        BLOCK as u64
+    };
+    positions
+        .div_ceil(per_block)
+        .clamp(1, CROSS_ENTROPY_MAX_GRID) as u32
+}
+
+/// Elements of a cross-entropy launch's `partials` scratch for `blocks` blocks: the counter,
+/// then a total and a count per block.
+pub fn cross_entropy_partials(blocks: u32) -> usize {
+    1 + 2 * blocks as usize
 }
 
 impl fmt::Display for Value {

@@ -37,12 +37,13 @@ pub(super) fn source(k: &Kernel, ce: &CrossEntropy) -> String {
     let neg_inf = super::float_literal(f32::NEG_INFINITY);
     let mut c = Code::default();
     c.line(format!(
-        "// {}: mean cross-entropy of {dt} logits, ignore_index {}, in one block",
+        "// {}: mean cross-entropy of {dt} logits, ignore_index {}; blocks' partials added up by the last block",
         ce.name, ce.ignore_index
     ));
     c.open(super::signature(k));
     c.line("__shared__ double tpc_total[32];");
     c.line("__shared__ long long tpc_count[32];");
+    c.line("__shared__ bool tpc_last;");
     c.line("const long long positions = outer * inner;");
     c.line("double total = 0.0;");
     c.line("long long count = 0;");
@@ -50,7 +51,10 @@ pub(super) fn source(k: &Kernel, ce: &CrossEntropy) -> String {
     c.line("// Classes contiguous: a warp per position, its lanes over the classes.");
     c.open("if (inner == 1)");
     c.line("const int lane = threadIdx.x & 31;");
-    c.open("for (long long p = threadIdx.x >> 5; p < positions; p += blockDim.x >> 5)");
+    c.line("const long long warps = ((long long)gridDim.x * blockDim.x) >> 5;");
+    c.open(
+        "for (long long p = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; p < positions; p += warps)",
+    );
     c.line("const long long t = target[p];");
     c.line(format!("if (t == {ignore}) continue;"));
     c.line(format!(
@@ -79,7 +83,9 @@ pub(super) fn source(k: &Kernel, ce: &CrossEntropy) -> String {
     c.line(
         "// Classes strided: a thread per position, neighbouring threads on neighbouring logits.",
     );
-    c.open("for (long long p = threadIdx.x; p < positions; p += blockDim.x)");
+    c.open(
+        "for (long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x; p < positions; p += (long long)gridDim.x * blockDim.x)",
+    );
     c.line("const long long t = target[p];");
     c.line(format!("if (t == {ignore}) continue;"));
     c.line("const long long o = p / inner;");
@@ -112,18 +118,36 @@ pub(super) fn source(k: &Kernel, ce: &CrossEntropy) -> String {
     c.line("tpc_count[threadIdx.x >> 5] = count;");
     c.close();
     c.line("__syncthreads();");
+    c.line("// partials: [0] blocks done, [1 + b] block b's total (f64 bits), [1 + grid + b] its count.");
+    c.line("volatile long long* done = partials;");
+    c.line("volatile long long* totals = partials + 1;");
+    c.line("volatile long long* counts = partials + 1 + gridDim.x;");
     c.open("if (threadIdx.x == 0)");
     c.open("for (int w = 1; w < (int)(blockDim.x >> 5); ++w)");
     c.line("total += tpc_total[w];");
     c.line("count += tpc_count[w];");
     c.close();
+    c.line("totals[blockIdx.x] = __double_as_longlong(total);");
+    c.line("counts[blockIdx.x] = count;");
+    c.line("__threadfence(); // the partials are visible before the count of blocks done grows");
+    c.line("const unsigned long long before = atomicAdd((unsigned long long*)partials, 1ULL);");
+    c.line("tpc_last = before == (unsigned long long)gridDim.x - 1;");
+    c.close();
+    c.line("__syncthreads();");
+    c.line("// The last block adds up every block's partial, in block order.");
+    c.open("if (tpc_last && threadIdx.x == 0)");
+    c.line("__threadfence();");
+    c.line("double sum = 0.0;");
+    c.line("long long n = 0;");
+    c.open("for (unsigned int b = 0; b < gridDim.x; ++b)");
+    c.line("sum += __longlong_as_double(totals[b]);");
+    c.line("n += counts[b];");
+    c.close();
     c.line(format!(
         "out[0] = {};",
-        store(
-            dt,
-            "(count == 0 ? tpc_nan() : (float)(total / (double)count))"
-        )
+        store(dt, "(n == 0 ? tpc_nan() : (float)(sum / (double)n))")
     ));
+    c.line("done[0] = 0; // ready for the next launch");
     c.close();
     c.close();
     c.finish()

@@ -42,6 +42,20 @@ pub(super) fn run(k: &CrossEntropy, args: &mut Args<'_, '_>) -> Result<()> {
     } else {
         (total / count as f64) as f32
     };
+    // The scratch the GPU's blocks add their partials up in ends zeroed, as the kernel leaves it.
+    let want = tpc_codegen::kir::cross_entropy_partials(tpc_codegen::kir::cross_entropy_blocks(
+        (outer * inner) as u64,
+        inner == 1,
+    ));
+    match &mut *args.outs[1].1 {
+        crate::tensor::Data::I64(v) if v.len() == want => v.iter_mut().for_each(|x| *x = 0),
+        other => {
+            let got = super::data_len(other);
+            return Err(args.err(format_args!(
+                "partials holds {got} elements, but the launch needs {want} i64"
+            )));
+        }
+    }
     let out = &mut *args.outs[0].1;
     let got = super::data_len(out);
     match out {
