@@ -282,3 +282,43 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    // Each case compiles its kernels' CUDA C with the host's C++ compiler: few cases.
+    #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Random programs' generated CUDA C, run by the CUDA emulator through the host programs,
+    /// equals the reference within the dtype's rounding (where a C++ compiler is present; CI
+    /// requires one with TPC_REQUIRE_CXX=1).
+    #[test]
+    fn random_programs_run_their_cuda_c(text in program()) {
+        if tpc::runtime::emulate::find_compiler().is_none() {
+            let required = std::env::var("TPC_REQUIRE_CXX").is_ok_and(|v| v == "1");
+            prop_assert!(!required, "TPC_REQUIRE_CXX=1 but no C++ compiler");
+            return Ok(());
+        }
+        let g = parse(&SourceFile::new("gen.ir", &text)).map_err(|d| TestCaseError::fail(format!("{text}\n{}", render("gen.ir", &text, &d))))?;
+        let b: std::collections::BTreeMap<String, i64> =
+            [("B", 2), ("S", 3), ("E", 2)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let devices = [1, 3, 6][g.mesh.axes.len().min(2)];
+        let options = tpc::CompileOptions { devices: Some(devices), bindings: b.clone(), ..tpc::CompileOptions::default() };
+        let artifacts = match tpc::compile("gen.ir", &text, &options) {
+            Ok(a) => a,
+            // Refused plainly: a layout change the passes do not support (see above), or a
+            // split over more devices than its factor has elements.
+            Err(e) if ["not supported", "would hold none"].iter().any(|m| e.render().contains(m)) => return Ok(()),
+            Err(e) => return Err(TestCaseError::fail(format!("{text}\n{}", e.render()))),
+        };
+        let inputs = tpc::runtime::random_inputs(&g, &b, 5).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let want = tpc::runtime::run_reference(&g, &inputs, &b).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let got = tpc::run_emulated(&artifacts, &inputs)
+            .map_err(|e| TestCaseError::fail(format!("{text}\n{}\nemulated: {e}", artifacts.cuda)))?;
+        for (w, x) in want.iter().zip(&got) {
+            let peak = w.max_abs().max(1e-3);
+            let low = g.values().iter().any(|&v| g.ty(v).dtype != tpc::ir::DType::F32);
+            let tol = if w.dtype() == tpc::ir::DType::F32 && !low { 1e-4 } else { 1.0 / 16.0 };
+            let err = w.to_f32_vec().iter().zip(x.to_f32_vec()).map(|(a, b)| if a.is_nan() && b.is_nan() { 0.0 } else { (a - b).abs() as f64 }).fold(0.0, f64::max);
+            prop_assert!(err <= tol * peak, "error {} vs peak {}\n{}\n{}", err, peak, text, artifacts.cuda);
+        }
+    }
+}
