@@ -232,6 +232,9 @@ pub struct LaunchDims {
 
 /// Threads per block of the grid-stride and copy kernels.
 pub const BLOCK: u32 = 256;
+/// Longest row a row kernel gives one warp (the launch then has a block per `BLOCK / 32`
+/// rows); longer rows get a block each.
+pub const ROW_WARP_MAX: u64 = 512;
 /// Most blocks of a grid-stride loop (each thread then loops).
 pub const MAX_GRID: u64 = 4096;
 /// Queries per block of the attention kernel, keys per tile.
@@ -343,7 +346,11 @@ impl Kernel {
                 match k.row {
                     None => plain(extents.iter().product()),
                     Some((a, b)) => {
-                        let rows: u64 = extents[..a].iter().chain(&extents[b..]).product();
+                        let mut rows: u64 = extents[..a].iter().chain(&extents[b..]).product();
+                        let rowlen: u64 = extents[a..b].iter().product();
+                        if rowlen <= ROW_WARP_MAX {
+                            rows = rows.div_ceil(BLOCK as u64 / 32);
+                        }
                         LaunchDims {
                             grid: [rows.clamp(1, i32::MAX as u64) as u32, 1, 1],
                             block: BLOCK,

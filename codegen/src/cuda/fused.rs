@@ -525,11 +525,11 @@ impl Rows<'_> {
         let k = self.k;
         let (a, b) = (self.a, self.b);
         match cache {
-            None => c.open("for (long long j = threadIdx.x; j < rowlen; j += blockDim.x)"),
+            None => c.open("for (long long j = lane; j < rowlen; j += lanes)"),
             Some(n) => {
                 c.pragma("unroll");
                 c.open(format!("for (int c = 0; c < {n}; ++c)"));
-                c.line("const long long j = threadIdx.x + c * (long long)blockDim.x;");
+                c.line("const long long j = lane + c * lanes;");
                 c.line("if (j >= rowlen) break;");
             }
         }
@@ -662,7 +662,7 @@ impl Rows<'_> {
                     unreachable!()
                 };
                 c.line(format!(
-                    "const float v{v} = tpc_block_reduce({}, acc{v}, {}, tpc_scratch);",
+                    "const float v{v} = tpc_row_reduce({}, acc{v}, {}, tpc_scratch, by_warp);",
                     reduce_code(op),
                     super::float_literal(reduce_identity(op))
                 ));
@@ -675,7 +675,7 @@ impl Rows<'_> {
             if out.per_row && self.uniform[from] {
                 self.write_uniform(from, c);
                 c.line(format!(
-                    "if (threadIdx.x == 0) out{o}[r] = {};",
+                    "if (lane == 0) out{o}[r] = {};",
                     store(out.dtype, &format!("v{from}"))
                 ));
             }
@@ -718,6 +718,23 @@ fn row_kernel(k: &Fused, a: usize, b: usize, c: &mut Code) {
         (true, true) => format!("{} * inner", extent_product(0..a)),
     };
     c.line(format!("const long long rows = {rows};"));
+    c.line(format!(
+        "// Rows of at most {} elements take a warp each (the launch has a block per {} rows), longer ones a block.",
+        crate::kir::ROW_WARP_MAX,
+        crate::kir::BLOCK / 32
+    ));
+    c.line(format!(
+        "const bool by_warp = rowlen <= {};",
+        crate::kir::ROW_WARP_MAX
+    ));
+    c.line("const int lane = by_warp ? (int)(threadIdx.x & 31) : (int)threadIdx.x;");
+    c.line("const long long lanes = by_warp ? 32 : (long long)blockDim.x;");
+    c.line(
+        "const long long first = by_warp ? (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5) : (long long)blockIdx.x;",
+    );
+    c.line(
+        "const long long step = by_warp ? (long long)gridDim.x * (blockDim.x >> 5) : (long long)gridDim.x;",
+    );
     // Elements per thread kept in registers across passes, if any value is kept.
     let kept = g
         .schedule(&passes, true)
@@ -738,7 +755,7 @@ fn row_kernel(k: &Fused, a: usize, b: usize, c: &mut Code) {
             "// Rows of at most {n} elements per thread keep what later passes need in registers."
         ));
         c.line(format!(
-            "const bool keep = rowlen <= {n} * (long long)blockDim.x;"
+            "const bool keep = rowlen <= {n} * lanes;"
         ));
     }
     c.line(format!(
@@ -749,7 +766,7 @@ fn row_kernel(k: &Fused, a: usize, b: usize, c: &mut Code) {
             "apart by 1"
         }
     ));
-    c.open("for (long long r = blockIdx.x; r < rows; r += gridDim.x)");
+    c.open("for (long long r = first; r < rows; r += step)");
 
     // The row's indices outside a..b that loads and global indices need.
     let used = loaded(k);

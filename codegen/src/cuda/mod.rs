@@ -77,6 +77,10 @@ __device__ __forceinline__ float tpc_block_reduce(int op, float x, float identit
   __syncthreads();
   return x;
 }
+// A row's reduction over its warp (by_warp) or its block; by_warp is the same for the whole block.
+__device__ __forceinline__ float tpc_row_reduce(int op, float x, float identity, float* scratch, bool by_warp) {
+  return by_warp ? tpc_warp_reduce(op, x) : tpc_block_reduce(op, x, identity, scratch);
+}
 // Vectors of elements for 128-bit (and 64-bit) loads and stores.
 union tpc_f32x4 { float4 v; float e[4]; };
 union tpc_u16x4 { uint2 v; unsigned short e[4]; };
