@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use tpc_codegen::host::{Arg, Buffer, Compiled, Epilogue, Exchange, Gemm, HostProgram, Step};
 use tpc_codegen::kir::ParamKind;
-use tpc_ir::op::GeluApprox;
 use tpc_ir::{DType, Graph, ReduceOp};
 
 use crate::collective::{run_ranks, Comm};
 use crate::emulate::{EmuArg, Emulator};
 use crate::kernel::{run_kernel, KArg};
 use crate::layout::{assemble, cut};
-use crate::ops::pointwise::gelu;
+use crate::ops::pointwise::gelu_tanh_slice;
 use crate::ranks::MeshSizes;
 use crate::tensor::{round_to, Data, Tensor};
 use crate::{Bindings, Error, Result};
@@ -152,11 +151,13 @@ impl Arena {
     fn read(&self, b: &Buffer) -> Result<Data> {
         let raw = &self.bytes[self.range(b)?];
         Ok(match b.dtype {
-            DType::F32 => Data::Float(
-                raw.chunks_exact(4)
+            DType::F32 => Data::Float(match as_f32(raw) {
+                Some(v) => v.to_vec(),
+                None => raw
+                    .chunks_exact(4)
                     .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect(),
-            ),
+            }),
             DType::BF16 => Data::Float(
                 raw.chunks_exact(2)
                     .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
@@ -193,8 +194,14 @@ impl Arena {
         let out = &mut self.bytes[range];
         match (b.dtype, data) {
             (DType::F32, Data::Float(v)) => {
-                for (c, x) in out.chunks_exact_mut(4).zip(v) {
-                    c.copy_from_slice(&x.to_le_bytes());
+                // SAFETY: every bit pattern is an f32; `align_to_mut` gives the aligned middle.
+                match unsafe { out.align_to_mut::<f32>() } {
+                    ([], dst, []) if cfg!(target_endian = "little") => dst.copy_from_slice(v),
+                    _ => {
+                        for (c, x) in out.chunks_exact_mut(4).zip(v) {
+                            c.copy_from_slice(&x.to_le_bytes());
+                        }
+                    }
                 }
             }
             (DType::BF16, Data::Float(v)) => {
@@ -368,81 +375,149 @@ fn floats(d: Data, name: &str) -> Result<Vec<f32>> {
     }
 }
 
-/// C = A · op(B) per batch on matrixmultiply's sgemm, then the epilogue, rounded as the unfused
-/// ops round (the biased sum once, then gelu once).
+/// C = A · op(B) per batch on the reference's GEMM (`ops::linalg::gemm`), then the epilogue,
+/// rounded as the unfused ops round (the biased sum once, then gelu once). The operands are
+/// read, and C written, in place in the arena where they are f32 and C overlaps none of them
+/// (the plan's case); otherwise through copies.
 fn gemm(arena: &mut Arena, bufs: &[Buffer], g: &Gemm) -> Result<()> {
     let (ab, bb, cb) = (&bufs[g.a.0], &bufs[g.b.0], &bufs[g.c.0]);
+    let biasb = g.bias.map(|x| &bufs[x.0]);
+    let (m, n, k) = (g.m, g.n, g.k);
+    let need = |stride: usize, size: usize| (g.batch.saturating_sub(1)) * stride + size;
+    let check = |a: usize, b: usize, c: usize, bias: Option<usize>| {
+        if a < need(g.stride_a, m * k)
+            || b < need(g.stride_b, k * n)
+            || c < need(g.stride_c, m * n)
+            || bias.is_some_and(|x| x < n)
+        {
+            return Err(Error::Internal(format!(
+                "gemm into %{}: buffers too small for batch {} of {m}x{k} by {k}x{n}",
+                cb.name, g.batch
+            )));
+        }
+        Ok(())
+    };
+    let all_f32 = [Some(ab), Some(bb), Some(cb), biasb]
+        .iter()
+        .flatten()
+        .all(|b| b.dtype == DType::F32);
+    if all_f32 {
+        let ins: Vec<_> = [Some(ab), Some(bb), biasb]
+            .iter()
+            .flatten()
+            .map(|b| arena.range(b))
+            .collect::<Result<_>>()?;
+        let out = arena.range(cb)?;
+        if let Some((c, views)) = split_views(&mut arena.bytes, out, &ins) {
+            let bias = biasb.map(|_| views[2]);
+            check(
+                views[0].len(),
+                views[1].len(),
+                c.len(),
+                bias.map(<[f32]>::len),
+            )?;
+            gemm_into(g, views[0], views[1], bias, c);
+            return Ok(());
+        }
+    }
     let a = floats(arena.read(ab)?, &ab.name)?;
     let b = floats(arena.read(bb)?, &bb.name)?;
-    let bias = match g.bias {
-        Some(x) => Some(floats(arena.read(&bufs[x.0])?, &bufs[x.0].name)?),
+    let bias = match biasb {
+        Some(x) => Some(floats(arena.read(x)?, &x.name)?),
         None => None,
     };
-    let (m, n, k) = (g.m, g.n, g.k);
     let mut c = vec![0f32; cb.elems()];
-    let need = |stride: usize, size: usize| (g.batch.saturating_sub(1)) * stride + size;
-    if a.len() < need(g.stride_a, m * k)
-        || b.len() < need(g.stride_b, k * n)
-        || c.len() < need(g.stride_c, m * n)
-        || bias.as_ref().is_some_and(|x| x.len() < n)
-    {
-        return Err(Error::Internal(format!(
-            "gemm into %{}: buffers too small for batch {} of {m}x{k} by {k}x{n}",
-            cb.name, g.batch
-        )));
-    }
+    check(a.len(), b.len(), c.len(), bias.as_ref().map(Vec::len))?;
+    gemm_into(g, &a, &b, bias.as_deref(), &mut c);
+    arena.write(cb, &Data::Float(c))
+}
+
+/// `gemm`'s work on f32 slices, checked to be long enough: C's batches, then the epilogue on
+/// the whole of `c` (the elements between batches too, as the unfused ops would).
+fn gemm_into(g: &Gemm, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32]) {
+    let (m, n, k) = (g.m, g.n, g.k);
     // B's row and column strides: k×n row-major, or n×k read transposed.
     let (rsb, csb) = if g.b_transposed { (1, k) } else { (n, 1) };
-    for batch in 0..g.batch {
-        let (oa, ob, oc) = (batch * g.stride_a, batch * g.stride_b, batch * g.stride_c);
-        let cs = &mut c[oc..oc + m * n];
-        if m == 0 || n == 0 {
-            continue;
-        }
-        if k == 0 {
-            cs.iter_mut().for_each(|x| *x = 0.0);
-            continue;
-        }
-        // SAFETY: the length checks above bound every access through these strides.
-        unsafe {
-            matrixmultiply::sgemm(
+    // Elements no batch writes are zeros (C may be the arena's old bytes).
+    let covered = g.batch * m * n == c.len() && (g.batch <= 1 || g.stride_c == m * n);
+    if !covered || m == 0 || n == 0 {
+        c.fill(0.0);
+    }
+    if m > 0 && n > 0 {
+        for batch in 0..g.batch {
+            let (oa, ob, oc) = (batch * g.stride_a, batch * g.stride_b, batch * g.stride_c);
+            crate::ops::linalg::gemm(
                 m,
                 k,
                 n,
-                1.0,
-                a[oa..].as_ptr(),
-                k as isize,
+                &a[oa..oa + m * k],
+                k,
                 1,
-                b[ob..].as_ptr(),
-                rsb as isize,
-                csb as isize,
-                0.0,
-                cs.as_mut_ptr(),
-                n as isize,
-                1,
+                &b[ob..ob + k * n],
+                rsb,
+                csb,
+                &mut c[oc..oc + m * n],
             );
         }
     }
     let dt = g.dtype;
-    let with_bias = |c: &mut [f32]| {
-        if let Some(bias) = &bias {
-            for row in c.chunks_mut(n.max(1)) {
-                row.iter_mut().zip(bias).for_each(|(y, &x)| *y += x);
+    let gelu_after = matches!(g.epilogue, Epilogue::BiasGelu | Epilogue::Gelu);
+    // Row by row, so each row is still in cache from the bias when gelu reads it.
+    for row in c.chunks_mut(n.max(1)) {
+        if let Some(bias) = bias {
+            row.iter_mut().zip(bias).for_each(|(y, &x)| *y += x);
+        }
+        if gelu_after {
+            if dt != DType::F32 {
+                row.iter_mut().for_each(|x| *x = round_to(dt, *x));
             }
-        }
-    };
-    match g.epilogue {
-        Epilogue::None | Epilogue::Bias => {
-            with_bias(&mut c);
-            c.iter_mut().for_each(|x| *x = round_to(dt, *x));
-        }
-        Epilogue::BiasGelu | Epilogue::Gelu => {
-            with_bias(&mut c);
-            c.iter_mut()
-                .for_each(|x| *x = round_to(dt, gelu(round_to(dt, *x), GeluApprox::Tanh)));
+            gelu_tanh_slice(dt, row);
+        } else if dt != DType::F32 {
+            row.iter_mut().for_each(|x| *x = round_to(dt, *x));
         }
     }
-    arena.write(cb, &Data::Float(c))
+}
+
+/// Views of the arena's bytes as f32: `out` mutably, each of `ins` shared. None where a range
+/// overlaps `out`, is not 4-aligned in memory, or the host is big-endian (the arena is
+/// little-endian bytes).
+fn split_views<'a>(
+    bytes: &'a mut [u8],
+    out: std::ops::Range<usize>,
+    ins: &[std::ops::Range<usize>],
+) -> Option<(&'a mut [f32], Vec<&'a [f32]>)> {
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    let (left, rest) = bytes.split_at_mut(out.start);
+    let (mid, right) = rest.split_at_mut(out.end - out.start);
+    let (left, right): (&'a [u8], &'a [u8]) = (left, right);
+    let mut views = Vec::with_capacity(ins.len());
+    for r in ins {
+        let raw = if r.end <= out.start {
+            &left[r.clone()]
+        } else if r.start >= out.end {
+            &right[r.start - out.end..r.end - out.end]
+        } else if r.is_empty() {
+            &[][..]
+        } else {
+            return None;
+        };
+        views.push(as_f32(raw)?);
+    }
+    // SAFETY: every bit pattern is an f32; `align_to_mut` gives the aligned middle.
+    let (pre, c, post) = unsafe { mid.align_to_mut::<f32>() };
+    if !pre.is_empty() || !post.is_empty() {
+        return None;
+    }
+    Some((c, views))
+}
+
+/// `raw` as f32 (little-endian), where it is 4-aligned.
+fn as_f32(raw: &[u8]) -> Option<&[f32]> {
+    // SAFETY: every bit pattern is an f32; `align_to` gives the aligned middle.
+    let (pre, v, post) = unsafe { raw.align_to::<f32>() };
+    (pre.is_empty() && post.is_empty() && cfg!(target_endian = "little")).then_some(v)
 }
 
 /// A collective: every rank shares its input buffer, then takes the runs it receives (and
@@ -452,6 +527,33 @@ fn exchange(arena: &mut Arena, bufs: &[Buffer], x: &Exchange, comm: &mut Comm) -
     let all: Vec<Arc<Data>> = comm.allgather(arena.read(ib)?)?;
     let n = ob.elems();
     let data = match x.reduce {
+        Some(ReduceOp::Sum) => {
+            // -0.0 is the sum's exact identity (-0 + x is x for every x, -0 and NaN included),
+            // so adding every run in member order gives what starting from the first does.
+            let mut acc = vec![-0.0f64; n];
+            for (s, runs) in x.recv.iter().enumerate() {
+                let Data::Float(src) = &*all[x.group[s]] else {
+                    return Err(Error::Internal("a reduction of non-floats".into()));
+                };
+                for r in runs {
+                    if r.src + r.len > src.len() || r.dst + r.len > n {
+                        return Err(Error::Internal(format!(
+                            "a run of {} elements leaves %{}",
+                            r.len, ob.name
+                        )));
+                    }
+                    let dst = &mut acc[r.dst..r.dst + r.len];
+                    for (a, &v) in dst.iter_mut().zip(&src[r.src..r.src + r.len]) {
+                        *a += v as f64;
+                    }
+                }
+            }
+            Data::Float(
+                acc.into_iter()
+                    .map(|a| round_to(ob.dtype, a as f32))
+                    .collect(),
+            )
+        }
         Some(op) => {
             let mut acc = vec![0f64; n];
             let mut seen = vec![false; n];

@@ -43,20 +43,48 @@ pub fn cut(
     bindings: &Bindings,
     coords: &MeshCoords,
 ) -> Result<Tensor> {
-    let (offs, shape) = offsets(global.shape(), ty, bindings, coords)?;
+    let (shape, idx) =
+        piece_indices(ty, bindings, coords).map_err(|e| Error::Shape(e.to_string()))?;
+    if shape != global.shape() {
+        return Err(Error::Shape(format!(
+            "a global tensor is {:?} but its type says {shape:?}",
+            global.shape()
+        )));
+    }
+    let local_shape: Vec<usize> = idx.iter().map(Vec::len).collect();
     let keep = holds_summand(ty, coords);
+    fn go<T: Copy>(v: &[T], shape: &[usize], idx: &[Vec<usize>], zero: Option<T>) -> Vec<T> {
+        let n: usize = idx.iter().map(Vec::len).product();
+        if let Some(z) = zero {
+            return vec![z; n];
+        }
+        let Some((last, outer)) = idx.split_last() else {
+            return v.to_vec();
+        };
+        let w = shape[shape.len() - 1];
+        let outer_offs = tpc_ir::layout::flat_offsets(&shape[..shape.len() - 1], outer);
+        let contiguous = last.windows(2).all(|p| p[1] == p[0] + 1);
+        let mut out = Vec::with_capacity(n);
+        for o in outer_offs {
+            let base = o * w;
+            if contiguous {
+                if let Some(&s) = last.first() {
+                    out.extend_from_slice(&v[base + s..base + s + last.len()]);
+                }
+            } else {
+                out.extend(last.iter().map(|&i| v[base + i]));
+            }
+        }
+        out
+    }
     let data = match global.data() {
-        Data::Float(v) => Data::Float(
-            offs.iter()
-                .map(|&o| if keep { v[o] } else { 0.0 })
-                .collect(),
-        ),
-        Data::I64(v) => Data::I64(offs.iter().map(|&o| if keep { v[o] } else { 0 }).collect()),
-        Data::Bool(v) => Data::Bool(offs.iter().map(|&o| v[o]).collect()),
+        Data::Float(v) => Data::Float(go(v, &shape, &idx, (!keep).then_some(0.0))),
+        Data::I64(v) => Data::I64(go(v, &shape, &idx, (!keep).then_some(0))),
+        Data::Bool(v) => Data::Bool(go(v, &shape, &idx, None)),
     };
     Ok(Tensor {
         dtype: global.dtype(),
-        shape,
+        shape: local_shape,
         data,
     })
 }

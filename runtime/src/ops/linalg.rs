@@ -5,7 +5,7 @@ use crate::Result;
 
 /// C[m×n] = A[m×k] · B[k×n] with arbitrary strides (row stride, column stride).
 #[allow(clippy::too_many_arguments)]
-fn gemm(
+pub(crate) fn gemm(
     m: usize,
     k: usize,
     n: usize,
