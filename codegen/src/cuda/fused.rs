@@ -754,9 +754,7 @@ fn row_kernel(k: &Fused, a: usize, b: usize, c: &mut Code) {
         c.line(format!(
             "// Rows of at most {n} elements per thread keep what later passes need in registers."
         ));
-        c.line(format!(
-            "const bool keep = rowlen <= {n} * lanes;"
-        ));
+        c.line(format!("const bool keep = rowlen <= {n} * lanes;"));
     }
     c.line(format!(
         "// One block per row of the dims {a}..{b}; rowlen elements {}.",
