@@ -11,6 +11,7 @@ use tpc_codegen::host::{Arg, Buffer, Compiled, Epilogue, Exchange, Gemm, HostPro
 use tpc_codegen::kir::ParamKind;
 use tpc_ir::{DType, Graph, ReduceOp};
 
+use crate::bytes::{self, as_f32};
 use crate::collective::{run_ranks, Comm};
 use crate::emulate::{EmuArg, Emulator};
 use crate::kernel::{run_kernel, KArg};
@@ -149,89 +150,20 @@ impl Arena {
     }
 
     fn read(&self, b: &Buffer) -> Result<Data> {
-        let raw = &self.bytes[self.range(b)?];
-        Ok(match b.dtype {
-            DType::F32 => Data::Float(match as_f32(raw) {
-                Some(v) => v.to_vec(),
-                None => raw
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            }),
-            DType::BF16 => Data::Float(
-                raw.chunks_exact(2)
-                    .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-                    .collect(),
-            ),
-            DType::F16 => Data::Float(
-                raw.chunks_exact(2)
-                    .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                    .collect(),
-            ),
-            DType::I64 => Data::I64(
-                raw.chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                    .collect(),
-            ),
-            DType::Bool => Data::Bool(raw.iter().map(|&x| x != 0).collect()),
-        })
+        Ok(bytes::decode(b.dtype, &self.bytes[self.range(b)?]))
     }
 
     fn write(&mut self, b: &Buffer, data: &Data) -> Result<()> {
         let range = self.range(b)?;
-        let n = b.elems();
-        let len = match data {
-            Data::Float(v) => v.len(),
-            Data::I64(v) => v.len(),
-            Data::Bool(v) => v.len(),
-        };
+        let (n, len) = (b.elems(), bytes::len(data));
         if len != n {
             return Err(Error::Internal(format!(
                 "%{} holds {n} elements, {len} were written",
                 b.name
             )));
         }
-        let out = &mut self.bytes[range];
-        match (b.dtype, data) {
-            (DType::F32, Data::Float(v)) => {
-                // SAFETY: every bit pattern is an f32; `align_to_mut` gives the aligned middle.
-                match unsafe { out.align_to_mut::<f32>() } {
-                    ([], dst, []) if cfg!(target_endian = "little") => dst.copy_from_slice(v),
-                    _ => {
-                        for (c, x) in out.chunks_exact_mut(4).zip(v) {
-                            c.copy_from_slice(&x.to_le_bytes());
-                        }
-                    }
-                }
-            }
-            (DType::BF16, Data::Float(v)) => {
-                for (c, x) in out.chunks_exact_mut(2).zip(v) {
-                    c.copy_from_slice(&half::bf16::from_f32(*x).to_bits().to_le_bytes());
-                }
-            }
-            (DType::F16, Data::Float(v)) => {
-                for (c, x) in out.chunks_exact_mut(2).zip(v) {
-                    c.copy_from_slice(&half::f16::from_f32(*x).to_bits().to_le_bytes());
-                }
-            }
-            (DType::I64, Data::I64(v)) => {
-                for (c, x) in out.chunks_exact_mut(8).zip(v) {
-                    c.copy_from_slice(&x.to_le_bytes());
-                }
-            }
-            (DType::Bool, Data::Bool(v)) => {
-                for (c, x) in out.iter_mut().zip(v) {
-                    *c = u8::from(*x);
-                }
-            }
-            (dt, _) => {
-                return Err(Error::Internal(format!(
-                    "%{}: wrong kind of values for {dt}",
-                    b.name
-                )))
-            }
-        }
-        Ok(())
+        bytes::encode_into(b.dtype, data, &mut self.bytes[range])
+            .map_err(|e| Error::Internal(format!("%{}: {e}", b.name)))
     }
 }
 
@@ -511,13 +443,6 @@ fn split_views<'a>(
         return None;
     }
     Some((c, views))
-}
-
-/// `raw` as f32 (little-endian), where it is 4-aligned.
-fn as_f32(raw: &[u8]) -> Option<&[f32]> {
-    // SAFETY: every bit pattern is an f32; `align_to` gives the aligned middle.
-    let (pre, v, post) = unsafe { raw.align_to::<f32>() };
-    (pre.is_empty() && post.is_empty() && cfg!(target_endian = "little")).then_some(v)
 }
 
 /// A collective: every rank shares its input buffer, then takes the runs it receives (and

@@ -5,6 +5,7 @@
 //! bf16/f16 values are stored rounded, ops compute in f32 and round once, GEMMs run on
 //! matrixmultiply's sgemm, random numbers come from Philox keyed by seed and global index.
 
+mod bytes;
 pub mod collective;
 pub mod cuda;
 pub mod emulate;

@@ -866,51 +866,18 @@ pub(crate) fn describe_step(kernels: &[Kernel], host: &HostProgram, step: &Step)
     }
 }
 
-/// A tensor's values as the bytes its buffer holds (little-endian; bf16/f16 as their bits,
-/// bool as one byte).
+/// A tensor's values as the bytes its buffer holds (`crate::bytes`).
 pub(crate) fn encode(dtype: DType, data: &Data) -> Result<Vec<u8>> {
-    Ok(match (dtype, data) {
-        (DType::F32, Data::Float(v)) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        (DType::BF16, Data::Float(v)) => v
-            .iter()
-            .flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes())
-            .collect(),
-        (DType::F16, Data::Float(v)) => v
-            .iter()
-            .flat_map(|x| half::f16::from_f32(*x).to_bits().to_le_bytes())
-            .collect(),
-        (DType::I64, Data::I64(v)) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        (DType::Bool, Data::Bool(v)) => v.iter().map(|&x| u8::from(x)).collect(),
-        (d, _) => return Err(Error::Internal(format!("values of the wrong kind for {d}"))),
-    })
+    crate::bytes::encode(dtype, data)
 }
 
 /// The tensor a buffer's bytes hold.
 pub(crate) fn decode(dtype: DType, shape: Vec<usize>, raw: &[u8]) -> Tensor {
-    let data = match dtype {
-        DType::F32 => Data::Float(
-            raw.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
-        DType::BF16 => Data::Float(
-            raw.chunks_exact(2)
-                .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                .collect(),
-        ),
-        DType::F16 => Data::Float(
-            raw.chunks_exact(2)
-                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                .collect(),
-        ),
-        DType::I64 => Data::I64(
-            raw.chunks_exact(8)
-                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect(),
-        ),
-        DType::Bool => Data::Bool(raw.iter().map(|&x| x != 0).collect()),
-    };
-    Tensor { dtype, shape, data }
+    Tensor {
+        dtype,
+        shape,
+        data: crate::bytes::decode(dtype, raw),
+    }
 }
 
 #[cfg(test)]

@@ -329,7 +329,7 @@ pub fn run_kernel_emulated(
 mod bytes {
     //! Host buffers as the bytes a kernel sees.
     use crate::tensor::Data;
-    use crate::{Error, Result};
+    use crate::Result;
     use tpc_ir::DType;
 
     /// Bytes starting at a 256-byte boundary.
@@ -341,22 +341,7 @@ mod bytes {
 
     impl Aligned {
         pub fn encode(dtype: DType, d: &Data) -> Result<Aligned> {
-            let bytes: Vec<u8> = match (dtype, d) {
-                (DType::F32, Data::Float(v)) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                (DType::BF16, Data::Float(v)) => v
-                    .iter()
-                    .flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes())
-                    .collect(),
-                (DType::F16, Data::Float(v)) => v
-                    .iter()
-                    .flat_map(|x| half::f16::from_f32(*x).to_bits().to_le_bytes())
-                    .collect(),
-                (DType::I64, Data::I64(v)) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                (DType::Bool, Data::Bool(v)) => v.iter().map(|&b| u8::from(b)).collect(),
-                (dt, _) => {
-                    return Err(Error::Internal(format!("wrong kind of values for {dt}")));
-                }
-            };
+            let bytes = crate::bytes::encode(dtype, d)?;
             let mut raw = vec![0u8; bytes.len() + 256];
             let base = raw.as_ptr().align_offset(256).min(256);
             raw[base..base + bytes.len()].copy_from_slice(&bytes);
@@ -372,32 +357,10 @@ mod bytes {
         }
 
         pub fn decode(&self, dtype: DType) -> Result<Data> {
-            let b = &self.raw[self.base..self.base + self.len];
-            Ok(match dtype {
-                DType::F32 => Data::Float(
-                    b.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect(),
-                ),
-                DType::BF16 => Data::Float(
-                    b.chunks_exact(2)
-                        .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                        .collect(),
-                ),
-                DType::F16 => Data::Float(
-                    b.chunks_exact(2)
-                        .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-                        .collect(),
-                ),
-                DType::I64 => Data::I64(
-                    b.chunks_exact(8)
-                        .map(|c| {
-                            i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
-                        })
-                        .collect(),
-                ),
-                DType::Bool => Data::Bool(b.iter().map(|&x| x != 0).collect()),
-            })
+            Ok(crate::bytes::decode(
+                dtype,
+                &self.raw[self.base..self.base + self.len],
+            ))
         }
     }
 }
