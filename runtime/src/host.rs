@@ -452,10 +452,12 @@ fn exchange(arena: &mut Arena, bufs: &[Buffer], x: &Exchange, comm: &mut Comm) -
     let all: Vec<Arc<Data>> = comm.allgather(arena.read(ib)?)?;
     let n = ob.elems();
     let data = match x.reduce {
-        Some(ReduceOp::Sum) => {
-            // -0.0 is the sum's exact identity (-0 + x is x for every x, -0 and NaN included),
-            // so adding every run in member order gives what starting from the first does.
+        Some(op) => {
+            // A sum starts from -0.0, its exact identity (-0 + x is x for every x, -0 and NaN
+            // included), so adding every run in member order gives what starting from the
+            // first value does; max and min start from the first value each element sees.
             let mut acc = vec![-0.0f64; n];
+            let mut seen = (op != ReduceOp::Sum).then(|| vec![false; n]);
             for (s, runs) in x.recv.iter().enumerate() {
                 let Data::Float(src) = &*all[x.group[s]] else {
                     return Err(Error::Internal("a reduction of non-floats".into()));
@@ -468,44 +470,25 @@ fn exchange(arena: &mut Arena, bufs: &[Buffer], x: &Exchange, comm: &mut Comm) -
                         )));
                     }
                     let dst = &mut acc[r.dst..r.dst + r.len];
-                    for (a, &v) in dst.iter_mut().zip(&src[r.src..r.src + r.len]) {
-                        *a += v as f64;
-                    }
-                }
-            }
-            Data::Float(
-                acc.into_iter()
-                    .map(|a| round_to(ob.dtype, a as f32))
-                    .collect(),
-            )
-        }
-        Some(op) => {
-            let mut acc = vec![0f64; n];
-            let mut seen = vec![false; n];
-            for (s, runs) in x.recv.iter().enumerate() {
-                let Data::Float(src) = &*all[x.group[s]] else {
-                    return Err(Error::Internal("a reduction of non-floats".into()));
-                };
-                for r in runs {
-                    if r.src + r.len > src.len() || r.dst + r.len > n {
-                        return Err(Error::Internal(format!(
-                            "a run of {} elements leaves %{}",
-                            r.len, ob.name
-                        )));
-                    }
-                    for i in 0..r.len {
-                        let v = src[r.src + i] as f64;
-                        let a = &mut acc[r.dst + i];
-                        *a = if !seen[r.dst + i] {
-                            v
-                        } else {
-                            match op {
-                                ReduceOp::Sum => *a + v,
-                                ReduceOp::Max => a.max(v),
-                                ReduceOp::Min => a.min(v),
+                    let from = &src[r.src..r.src + r.len];
+                    match &mut seen {
+                        None => {
+                            for (a, &v) in dst.iter_mut().zip(from) {
+                                *a += v as f64;
                             }
-                        };
-                        seen[r.dst + i] = true;
+                        }
+                        Some(seen) => {
+                            let seen = &mut seen[r.dst..r.dst + r.len];
+                            for ((a, &v), seen) in dst.iter_mut().zip(from).zip(seen) {
+                                let v = v as f64;
+                                *a = match (*seen, op) {
+                                    (false, _) => v,
+                                    (true, ReduceOp::Max) => a.max(v),
+                                    (true, _) => a.min(v),
+                                };
+                                *seen = true;
+                            }
+                        }
                     }
                 }
             }

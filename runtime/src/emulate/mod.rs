@@ -185,6 +185,27 @@ impl Emulator {
         })
     }
 
+    /// Kernel `kernel` and its parameters, checked to be `args` many.
+    fn kernel_params(
+        &self,
+        kernel: usize,
+        args: usize,
+    ) -> Result<(&Kernel, Vec<tpc_codegen::kir::Param>)> {
+        let k = self
+            .kernels
+            .get(kernel)
+            .ok_or_else(|| Error::Internal(format!("no emulated kernel {kernel}")))?;
+        let params = k.params();
+        if params.len() != args {
+            return Err(Error::Internal(format!(
+                "kernel {} takes {} arguments, {args} were given",
+                k.name(),
+                params.len()
+            )));
+        }
+        Ok((k, params))
+    }
+
     /// The kernels, in launch-index order.
     pub fn kernels(&self) -> &[Kernel] {
         &self.kernels
@@ -203,19 +224,7 @@ impl Emulator {
         block: u32,
         args: &[EmuArg],
     ) -> Result<()> {
-        let k = self
-            .kernels
-            .get(kernel)
-            .ok_or_else(|| Error::Internal(format!("no emulated kernel {kernel}")))?;
-        let params = k.params();
-        if params.len() != args.len() {
-            return Err(Error::Internal(format!(
-                "kernel {} takes {} arguments, {} were given",
-                k.name(),
-                params.len(),
-                args.len()
-            )));
-        }
+        let (k, _) = self.kernel_params(kernel, args.len())?;
         // Each argument in an 8-byte cell (a pointer, an i64, or an f32 in the low bytes), and
         // CUDA's array of pointers to them.
         let mut cells: Vec<u64> = args
@@ -273,19 +282,7 @@ pub fn run_kernel_emulated(
 ) -> Result<()> {
     use crate::kernel::KArg;
     use tpc_codegen::kir::ParamKind;
-    let k = emulator
-        .kernels
-        .get(kernel)
-        .ok_or_else(|| Error::Internal(format!("no emulated kernel {kernel}")))?;
-    let params = k.params();
-    if params.len() != args.len() {
-        return Err(Error::Internal(format!(
-            "kernel {} takes {} arguments, {} were given",
-            k.name(),
-            params.len(),
-            args.len()
-        )));
-    }
+    let (k, params) = emulator.kernel_params(kernel, args.len())?;
     let dtype_of = |p: &tpc_codegen::kir::Param| match p.kind {
         ParamKind::Input(d) | ParamKind::Output(d) => d,
         _ => tpc_ir::DType::I64,
