@@ -335,15 +335,21 @@ fn outputs_of(
 /// one 64-wide chunk and queries past one tile.
 fn extents_for(k: &Kernel) -> Vec<Vec<i64>> {
     match k {
-        Kernel::Fused(f) => {
-            let small: Vec<i64> = [3, 5, 37, 2, 3][..f.rank].to_vec();
-            let mut long = vec![2i64; f.rank];
-            match f.row {
-                Some((_, b)) => long[b - 1] = 4133,
-                None => long[f.rank - 1] = 4133,
-            }
-            vec![small, long]
-        }
+        // Odd lengths take the scalar paths; multiples of 8 the vector paths (rows too).
+        Kernel::Fused(f) => [37, 4133, 40, 4136]
+            .iter()
+            .map(|&n| {
+                let mut ext: Vec<i64> = [3, 5, 7, 2, 3][..f.rank].to_vec();
+                if n > 1000 {
+                    ext = vec![2; f.rank];
+                }
+                match f.row {
+                    Some((_, b)) => ext[b - 1] = n,
+                    None => ext[f.rank - 1] = n,
+                }
+                ext
+            })
+            .collect(),
         Kernel::Copy(c) => vec![[3, 5, 7, 2, 3][..c.rank].to_vec(), {
             let mut v = vec![2i64; c.rank];
             v[0] = 1031;

@@ -511,7 +511,9 @@ impl Rows<'_> {
 
     /// One loop over the row's elements `j`: `reads` from the registers of slot `c`, then
     /// `compute` (keeping the `kept` ones in slot `c`), then the `tail` lines. With `cache`,
-    /// a thread's elements are `cache` unrolled slots.
+    /// a thread's elements are `cache` unrolled slots. With `vec` (the elements per vector), a
+    /// thread takes `vec` consecutive elements at a time: the per-element inputs are loaded, and
+    /// the outputs in `stores` stored, as one vector each (`x<j>`, `y<o>`).
     #[allow(clippy::too_many_arguments)]
     fn element_loop(
         &self,
@@ -520,24 +522,67 @@ impl Rows<'_> {
         kept: &[bool],
         tail: &[String],
         cache: Option<usize>,
+        vec: Option<usize>,
+        stores: &[usize],
         c: &mut Code,
     ) {
         let k = self.k;
         let (a, b) = (self.a, self.b);
-        match cache {
-            None => c.open("for (long long j = lane; j < rowlen; j += lanes)"),
-            Some(n) => {
+        match (cache, vec) {
+            (None, None) => c.open("for (long long j = lane; j < rowlen; j += lanes)"),
+            (Some(n), None) => {
                 c.pragma("unroll");
                 c.open(format!("for (int c = 0; c < {n}; ++c)"));
                 c.line("const long long j = lane + c * lanes;");
                 c.line("if (j >= rowlen) break;");
+            }
+            (None, Some(w)) => c.open(format!(
+                "for (long long j0 = lane * {w}; j0 < rowlen; j0 += lanes * {w})"
+            )),
+            (Some(n), Some(w)) => {
+                c.pragma("unroll");
+                c.open(format!("for (int s = 0; s < {}; ++s)", n / w));
+                c.line(format!("const long long j0 = (lane + s * lanes) * {w};"));
+                c.line("if (j0 >= rowlen) break;");
+            }
+        }
+        let loads: Vec<usize> = {
+            let mut l: Vec<usize> = compute
+                .iter()
+                .filter_map(|&v| match k.body[v].1 {
+                    Expr::Load(j) => Some(j),
+                    _ => None,
+                })
+                .collect();
+            l.sort_unstable();
+            l.dedup();
+            l
+        };
+        if let Some(w) = vec {
+            for &j in &loads {
+                let (vty, uty, _) = vector_type(k.inputs[j].dtype, w);
+                let at = match self.row_base(j).as_str() {
+                    "0" => "j0".to_string(),
+                    base => format!("{base} + j0"),
+                };
+                c.line(format!("{uty} x{j}; x{j}.v = *(const {vty}*)&in{j}[{at}];"));
+            }
+            for &o in stores {
+                let (_, uty, _) = vector_type(k.outputs[o].dtype, w);
+                c.line(format!("{uty} y{o};"));
+            }
+            c.pragma("unroll");
+            c.open(format!("for (int u = 0; u < {w}; ++u)"));
+            c.line("const long long j = j0 + u;");
+            if cache.is_some() {
+                c.line(format!("const int c = s * {w} + u;"));
             }
         }
         let mut needed = vec![false; k.rank];
         let mut rand = false;
         for &v in compute {
             match k.body[v].1 {
-                Expr::Load(j) => {
+                Expr::Load(j) if vec.is_none() => {
                     for d in (a..b).filter(|&d| !k.inputs[j].broadcast[d]) {
                         needed[d] = true;
                     }
@@ -568,7 +613,10 @@ impl Rows<'_> {
                 scalar_type(k.body[v].0)
             ));
         }
-        let load = |j: usize| format!("in{j}[{}]", self.elem_offset(j));
+        let load = |j: usize| match vec {
+            Some(_) => format!("x{j}.e[u]"),
+            None => format!("in{j}[{}]", self.elem_offset(j)),
+        };
         let site = Site {
             load: &load,
             global_index: "gi",
@@ -582,12 +630,25 @@ impl Rows<'_> {
         for t in tail {
             c.line(t);
         }
+        if let Some(w) = vec {
+            c.close();
+            for &o in stores {
+                let (vty, _, _) = vector_type(k.outputs[o].dtype, w);
+                c.line(format!("*({vty}*)&out{o}[e + j0] = y{o}.v;"));
+            }
+        }
         c.close();
     }
 
     /// The passes over one row, then the per-row stores. With `cache`, the values a later pass
     /// needs are kept in registers (`cache` elements per thread).
-    fn write_passes(&mut self, passes: &[Pass], cache: Option<usize>, c: &mut Code) {
+    fn write_passes(
+        &mut self,
+        passes: &[Pass],
+        cache: Option<usize>,
+        vec: Option<usize>,
+        c: &mut Code,
+    ) {
         let k = self.k;
         let s = self.schedule(passes, cache.is_some());
         if cache.is_some() {
@@ -650,13 +711,28 @@ impl Rows<'_> {
             for &o in &pass.stores {
                 let out = &k.outputs[o];
                 let x = store(out.dtype, &format!("v{}", stored_value(k, o)));
-                tail.push(if out.per_row {
-                    format!("if (j == 0) out{o}[r] = {x};")
-                } else {
-                    format!("out{o}[{elem_at}] = {x};")
+                tail.push(match (out.per_row, vec) {
+                    (true, _) => format!("if (j == 0) out{o}[r] = {x};"),
+                    (false, None) => format!("out{o}[{elem_at}] = {x};"),
+                    (false, Some(_)) => format!("y{o}.e[u] = {x};"),
                 });
             }
-            self.element_loop(&s.compute[p], &s.reads[p], &s.kept, &tail, cache, c);
+            let stores: Vec<usize> = pass
+                .stores
+                .iter()
+                .copied()
+                .filter(|&o| !k.outputs[o].per_row)
+                .collect();
+            self.element_loop(
+                &s.compute[p],
+                &s.reads[p],
+                &s.kept,
+                &tail,
+                cache,
+                vec,
+                &stores,
+                c,
+            );
             for &v in &pass.reductions {
                 let Expr::RowReduce(op, _) = k.body[v].1 else {
                     unreachable!()
@@ -750,11 +826,26 @@ fn row_kernel(k: &Fused, a: usize, b: usize, c: &mut Code) {
         }
         n
     });
-    if let Some(n) = cache {
+    let vec = row_vector_width(k, a, b);
+    if let Some(w) = vec {
+        let used = loaded(k);
+        let mut tests = vec![format!("rowlen % {w} == 0")];
+        for (j, x) in k.inputs.iter().enumerate() {
+            if used[j] && !x.broadcast[a..b].iter().all(|&y| y) {
+                let (_, _, bytes) = vector_type(x.dtype, w);
+                tests.push(format!("((unsigned long long)in{j} & {}) == 0", bytes - 1));
+            }
+        }
+        for (o, out) in k.outputs.iter().enumerate() {
+            if !out.per_row {
+                let (_, _, bytes) = vector_type(out.dtype, w);
+                tests.push(format!("((unsigned long long)out{o} & {}) == 0", bytes - 1));
+            }
+        }
         c.line(format!(
-            "// Rows of at most {n} elements per thread keep what later passes need in registers."
+            "// {w} consecutive elements a thread as vectors, where the row length and every buffer allow."
         ));
-        c.line(format!("const bool keep = rowlen <= {n} * lanes;"));
+        c.line(format!("const bool vec = {};", tests.join(" && ")));
     }
     c.line(format!(
         "// One block per row of the dims {a}..{b}; rowlen elements {}.",
@@ -821,20 +912,63 @@ fn row_kernel(k: &Fused, a: usize, b: usize, c: &mut Code) {
         };
         c.line(format!("const long long e = {base};"));
     }
-    match cache {
-        None => g.write_passes(&passes, None, c),
-        Some(n) => {
-            let written = g.written.clone();
-            c.open("if (keep)");
-            g.write_passes(&passes, Some(n), c);
-            c.close();
-            g.written = written;
-            c.open("else");
-            g.write_passes(&passes, None, c);
+    // Per way of reading the row (as vectors or not): rows of at most `m` elements a thread
+    // keep what later passes need in registers, longer ones recompute it.
+    let ways: Vec<Option<usize>> = match vec {
+        Some(w) => vec![Some(w), None],
+        None => vec![None],
+    };
+    for (i, &way) in ways.iter().enumerate() {
+        if ways.len() > 1 {
+            c.open(if i == 0 { "if (vec)" } else { "else" });
+        }
+        let written = g.written.clone();
+        match cache {
+            None => g.write_passes(&passes, None, way, c),
+            Some(n) => {
+                let m = way.map_or(n, |w| (n / w).max(1) * w);
+                c.open(format!("if (rowlen <= {m} * lanes)"));
+                g.write_passes(&passes, Some(m), way, c);
+                c.close();
+                g.written = written.clone();
+                c.open("else");
+                g.write_passes(&passes, None, way, c);
+                c.close();
+            }
+        }
+        g.written = written;
+        if ways.len() > 1 {
             c.close();
         }
     }
     c.close();
+}
+
+/// Elements per vector of a row kernel's vectorized path, if it has one: the row is the
+/// innermost dims, and every per-element input reads the row contiguously (it broadcasts none
+/// of the row dims; one that broadcasts all of them is read once per row). Four elements when
+/// an f32 buffer takes part, else eight; none with an i64 buffer.
+fn row_vector_width(k: &Fused, a: usize, b: usize) -> Option<usize> {
+    if b != k.rank || a == b {
+        return None;
+    }
+    let used = loaded(k);
+    let mut dtypes = Vec::new();
+    for (j, x) in k.inputs.iter().enumerate() {
+        let row = &x.broadcast[a..b];
+        if !used[j] || row.iter().all(|&y| y) {
+            continue;
+        }
+        if row.iter().any(|&y| y) {
+            return None;
+        }
+        dtypes.push(x.dtype);
+    }
+    dtypes.extend(k.outputs.iter().filter(|o| !o.per_row).map(|o| o.dtype));
+    if dtypes.is_empty() || dtypes.contains(&DType::I64) {
+        return None;
+    }
+    Some(if dtypes.contains(&DType::F32) { 4 } else { 8 })
 }
 
 fn reduction_name(k: &Fused, v: usize) -> String {
