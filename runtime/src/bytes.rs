@@ -23,6 +23,37 @@ pub(crate) fn as_f32(raw: &[u8]) -> Option<&[f32]> {
     (pre.is_empty() && post.is_empty() && cfg!(target_endian = "little")).then_some(v)
 }
 
+/// The bytes of `v` as an f32 buffer holds them, where the host is little-endian.
+pub(crate) fn f32_bytes(v: &[f32]) -> Option<&[u8]> {
+    // SAFETY: an f32 is 4 initialized bytes without padding, and u8 has alignment 1, so the
+    // middle is the whole slice.
+    let (_, raw, _) = unsafe { v.align_to::<u8>() };
+    cfg!(target_endian = "little").then_some(raw)
+}
+
+/// `raw` as i64, where it is 8-aligned and the host is little-endian (the bytes are).
+pub(crate) fn as_i64(raw: &[u8]) -> Option<&[i64]> {
+    // SAFETY: every bit pattern is an i64; `align_to` gives the aligned middle.
+    let (pre, v, post) = unsafe { raw.align_to::<i64>() };
+    (pre.is_empty() && post.is_empty() && cfg!(target_endian = "little")).then_some(v)
+}
+
+/// `raw` as mutable f32, where it is 4-aligned and the host is little-endian.
+pub(crate) fn as_f32_mut(raw: &mut [u8]) -> Option<&mut [f32]> {
+    // SAFETY: every bit pattern is an f32 (and every f32 is 4 bytes); `align_to_mut` gives the
+    // aligned middle.
+    let (pre, v, post) = unsafe { raw.align_to_mut::<f32>() };
+    (pre.is_empty() && post.is_empty() && cfg!(target_endian = "little")).then_some(v)
+}
+
+/// `raw` as mutable i64, where it is 8-aligned and the host is little-endian.
+pub(crate) fn as_i64_mut(raw: &mut [u8]) -> Option<&mut [i64]> {
+    // SAFETY: every bit pattern is an i64 (and every i64 is 8 bytes); `align_to_mut` gives the
+    // aligned middle.
+    let (pre, v, post) = unsafe { raw.align_to_mut::<i64>() };
+    (pre.is_empty() && post.is_empty() && cfg!(target_endian = "little")).then_some(v)
+}
+
 /// The values the bytes `raw` of a `dtype` buffer hold.
 pub(crate) fn decode(dtype: DType, raw: &[u8]) -> Data {
     match dtype {
@@ -61,8 +92,24 @@ pub(crate) fn encode_into(dtype: DType, data: &Data, out: &mut [u8]) -> Result<(
             out.len()
         )));
     }
+    encode_part(dtype, data, 0, out)
+}
+
+/// Writes the values of `data` from element `from` on, as many as fill `out` (a whole number
+/// of `dtype` elements, which `data` must hold), as a `dtype` buffer's bytes.
+pub(crate) fn encode_part(dtype: DType, data: &Data, from: usize, out: &mut [u8]) -> Result<()> {
+    let size = dtype.size_bytes() as usize;
+    let n = out.len() / size;
+    if n * size != out.len() || from + n > len(data) {
+        return Err(Error::Internal(format!(
+            "{} bytes of {dtype} from element {from} of {} values",
+            out.len(),
+            len(data)
+        )));
+    }
     match (dtype, data) {
         (DType::F32, Data::Float(v)) => {
+            let v = &v[from..from + n];
             // SAFETY: every bit pattern is an f32; `align_to_mut` gives the aligned middle.
             match unsafe { out.align_to_mut::<f32>() } {
                 ([], dst, []) if cfg!(target_endian = "little") => dst.copy_from_slice(v),
@@ -74,22 +121,22 @@ pub(crate) fn encode_into(dtype: DType, data: &Data, out: &mut [u8]) -> Result<(
             }
         }
         (DType::BF16, Data::Float(v)) => {
-            for (c, x) in out.chunks_exact_mut(2).zip(v) {
+            for (c, x) in out.chunks_exact_mut(2).zip(&v[from..]) {
                 c.copy_from_slice(&half::bf16::from_f32(*x).to_bits().to_le_bytes());
             }
         }
         (DType::F16, Data::Float(v)) => {
-            for (c, x) in out.chunks_exact_mut(2).zip(v) {
+            for (c, x) in out.chunks_exact_mut(2).zip(&v[from..]) {
                 c.copy_from_slice(&half::f16::from_f32(*x).to_bits().to_le_bytes());
             }
         }
         (DType::I64, Data::I64(v)) => {
-            for (c, x) in out.chunks_exact_mut(8).zip(v) {
+            for (c, x) in out.chunks_exact_mut(8).zip(&v[from..]) {
                 c.copy_from_slice(&x.to_le_bytes());
             }
         }
         (DType::Bool, Data::Bool(v)) => {
-            for (c, x) in out.iter_mut().zip(v) {
+            for (c, x) in out.iter_mut().zip(&v[from..]) {
                 *c = u8::from(*x);
             }
         }

@@ -4,6 +4,7 @@
 //! exercised and checked against the reference on any machine.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +15,8 @@ use tpc_ir::{DType, Graph, ReduceOp};
 use crate::bytes::{self, as_f32};
 use crate::collective::{run_ranks, Comm};
 use crate::emulate::{EmuArg, Emulator};
-use crate::kernel::{run_kernel, KArg};
-use crate::layout::{assemble, cut};
+use crate::kernel::{run_views, VArg, View, ViewMut};
+use crate::layout;
 use crate::ops::pointwise::gelu_tanh_slice;
 use crate::ranks::MeshSizes;
 use crate::tensor::{round_to, Data, Tensor};
@@ -80,15 +81,24 @@ pub fn run_host_programs_with(
     let per_rank = run_ranks(mesh.world(), timeout, |comm| {
         let rank = comm.rank();
         let coords = mesh.coords(rank);
+        // Where each parameter's piece lies in its global tensor; the pieces are written into
+        // the arena straight from the global tensors.
         let mut pieces = BTreeMap::new();
         for &p in g.params() {
             let name = g.name(p);
             let global = inputs
                 .get(name)
                 .ok_or_else(|| Error::MissingInput(name.to_string()))?;
-            pieces.insert(name.to_string(), cut(global, g.ty(p), bindings, &coords)?);
+            let piece = layout::piece(global.shape(), g.ty(p), bindings, &coords)?;
+            pieces.insert(name.to_string(), (global, piece));
         }
-        run_host(&compiled.hosts[rank], compiled, kernels, &pieces, comm)
+        run_rank(
+            &compiled.hosts[rank],
+            compiled,
+            kernels,
+            &Inputs::Global(&pieces),
+            comm,
+        )
     })?;
     let mut out = Vec::new();
     for &o in g.outputs() {
@@ -99,16 +109,22 @@ pub fn run_host_programs_with(
             .enumerate()
             .map(|(r, outs)| {
                 outs.get(name)
-                    .cloned()
                     .map(|t| (mesh.coords(r), t))
                     .ok_or_else(|| Error::Internal(format!("rank {r} did not produce %{name}")))
             })
             .collect::<Result<_>>()?;
         let shape =
             tpc_ir::layout::bound_shape(ty, bindings).map_err(|e| Error::Shape(e.to_string()))?;
-        out.push(assemble(&shape, ty, bindings, &pieces)?);
+        out.push(layout::assemble_refs(&shape, ty, bindings, &pieces)?);
     }
     Ok(out)
+}
+
+/// A rank's inputs: its pieces of the parameters, or the global tensors with where its pieces
+/// lie in them.
+enum Inputs<'a> {
+    Pieces(&'a BTreeMap<String, Tensor>),
+    Global(&'a BTreeMap<String, (&'a Tensor, layout::Piece)>),
 }
 
 /// The rank's memory: one arena of bytes, its start aligned as a device allocation is (256
@@ -123,9 +139,26 @@ struct Arena {
 impl Arena {
     const ALIGN: usize = 256;
 
-    fn new(size: usize) -> Arena {
-        let bytes = vec![0u8; size + Self::ALIGN];
+    /// An arena with `early` (step, offset, values) written in it (sorted by offset, apart,
+    /// inside the arena), zeros elsewhere: the values are copied in without zeroing their bytes
+    /// first.
+    fn with_inputs(size: usize, early: &[(usize, usize, Vec<&[f32]>)]) -> Arena {
+        let mut bytes: Vec<u8> = Vec::with_capacity(size + Self::ALIGN);
+        // The vector does not move while it grows within its capacity.
         let base = bytes.as_ptr().align_offset(Self::ALIGN).min(Self::ALIGN);
+        bytes.resize(base, 0);
+        for (_, offset, parts) in early {
+            bytes.resize(base + offset, 0);
+            for part in parts {
+                match bytes::f32_bytes(part) {
+                    Some(raw) => bytes.extend_from_slice(raw),
+                    None => part
+                        .iter()
+                        .for_each(|x| bytes.extend_from_slice(&x.to_le_bytes())),
+                }
+            }
+        }
+        bytes.resize(size + Self::ALIGN, 0);
         Arena { bytes, base, size }
     }
 
@@ -153,6 +186,37 @@ impl Arena {
         Ok(bytes::decode(b.dtype, &self.bytes[self.range(b)?]))
     }
 
+    /// Writes `piece` of the global values `data` (its runs, or zeros where the rank does not
+    /// hold the values) as buffer `b`, which holds as many elements as the piece.
+    fn write_piece(&mut self, b: &Buffer, data: &Data, piece: &layout::Piece) -> Result<()> {
+        let range = self.range(b)?;
+        let out = &mut self.bytes[range];
+        if !piece.keep && !matches!(data, Data::Bool(_)) {
+            // Zero is all-zero bytes in every float dtype and in i64.
+            out.fill(0);
+            return Ok(());
+        }
+        let size = b.dtype.size_bytes() as usize;
+        let mut at = 0;
+        for &(start, len) in &piece.runs {
+            let dst = out.get_mut(at..at + len * size).ok_or_else(|| {
+                Error::Internal(format!("%{}: the piece is longer than the buffer", b.name))
+            })?;
+            bytes::encode_part(b.dtype, data, start, dst)
+                .map_err(|e| Error::Internal(format!("%{}: {e}", b.name)))?;
+            at += len * size;
+        }
+        if at != out.len() {
+            return Err(Error::Internal(format!(
+                "%{} holds {} elements, {} were written",
+                b.name,
+                b.elems(),
+                at / size.max(1)
+            )));
+        }
+        Ok(())
+    }
+
     fn write(&mut self, b: &Buffer, data: &Data) -> Result<()> {
         let range = self.range(b)?;
         let (n, len) = (b.elems(), bytes::len(data));
@@ -176,24 +240,51 @@ pub fn run_host(
     inputs: &BTreeMap<String, Tensor>,
     comm: &mut Comm,
 ) -> Result<BTreeMap<String, Tensor>> {
-    let mut arena = Arena::new(host.peak_bytes as usize);
+    run_rank(host, compiled, kernels, &Inputs::Pieces(inputs), comm)
+}
+
+fn run_rank(
+    host: &HostProgram,
+    compiled: &Compiled,
+    kernels: Kernels<'_>,
+    inputs: &Inputs<'_>,
+    comm: &mut Comm,
+) -> Result<BTreeMap<String, Tensor>> {
+    let early = early_inputs(host, inputs);
+    let mut arena = Arena::with_inputs(host.peak_bytes as usize, &early);
     let bufs = &host.buffers;
     let mut outputs = BTreeMap::new();
-    for step in &host.steps {
+    for (i, step) in host.steps.iter().enumerate() {
         match step {
+            // Written as the arena was made.
+            Step::Input { .. } if early.iter().any(|e| e.0 == i) => {}
             Step::Input { buf, param } => {
-                let t = inputs
-                    .get(param)
-                    .ok_or_else(|| Error::MissingInput(param.clone()))?;
                 let b = &bufs[buf.0];
-                if t.shape() != b.shape.as_slice() || t.dtype() != b.dtype {
-                    return Err(Error::InputMismatch {
-                        name: param.clone(),
-                        expected: format!("{}{:?} on rank {}", b.dtype, b.shape, host.rank),
-                        got: format!("{}{:?}", t.dtype(), t.shape()),
-                    });
+                let mismatch = |dtype: DType, shape: &[usize]| Error::InputMismatch {
+                    name: param.clone(),
+                    expected: format!("{}{:?} on rank {}", b.dtype, b.shape, host.rank),
+                    got: format!("{dtype}{shape:?}"),
+                };
+                match inputs {
+                    Inputs::Pieces(pieces) => {
+                        let t = pieces
+                            .get(param)
+                            .ok_or_else(|| Error::MissingInput(param.clone()))?;
+                        if t.shape() != b.shape.as_slice() || t.dtype() != b.dtype {
+                            return Err(mismatch(t.dtype(), t.shape()));
+                        }
+                        arena.write(b, t.data())?;
+                    }
+                    Inputs::Global(globals) => {
+                        let (t, piece) = globals
+                            .get(param)
+                            .ok_or_else(|| Error::MissingInput(param.clone()))?;
+                        if piece.shape != b.shape || t.dtype() != b.dtype {
+                            return Err(mismatch(t.dtype(), &piece.shape));
+                        }
+                        arena.write_piece(b, t.data(), piece)?;
+                    }
                 }
-                arena.write(b, t.data())?;
             }
             Step::Alloc { .. } | Step::Free { .. } => {}
             Step::Table { buf, values } => arena.write(&bufs[buf.0], &Data::I64(values.clone()))?,
@@ -225,6 +316,70 @@ pub fn run_host(
     Ok(outputs)
 }
 
+/// The f32 inputs that the program's first steps (before anything reads or writes the arena)
+/// write, as (step, arena offset, values in order), sorted by offset: the arena is made with
+/// them in it. Inputs that do not match their buffers are left to their steps (which report
+/// the mismatch); none at all where two would overlap.
+fn early_inputs<'a>(
+    host: &HostProgram,
+    inputs: &Inputs<'a>,
+) -> Vec<(usize, usize, Vec<&'a [f32]>)> {
+    let mut early = Vec::new();
+    // Every input of those steps, as (offset, bytes), to check that none overlap.
+    let mut spans = Vec::new();
+    for (i, step) in host.steps.iter().enumerate() {
+        let (buf, param) = match step {
+            Step::Input { buf, param } => (buf, param),
+            Step::Alloc { .. } => continue,
+            _ => break,
+        };
+        let b = &host.buffers[buf.0];
+        let offset = b.offset as usize;
+        spans.push((offset, b.bytes() as usize));
+        if b.dtype != DType::F32 || offset + b.bytes() as usize > host.peak_bytes as usize {
+            continue;
+        }
+        let parts: Vec<&'a [f32]> = match inputs {
+            Inputs::Pieces(pieces) => match pieces.get(param) {
+                Some(t) if t.shape() == b.shape.as_slice() && t.dtype() == b.dtype => {
+                    match t.data() {
+                        Data::Float(v) => vec![v.as_slice()],
+                        _ => continue,
+                    }
+                }
+                _ => continue,
+            },
+            Inputs::Global(globals) => match globals.get(param) {
+                Some((t, piece)) if piece.shape == b.shape && t.dtype() == b.dtype => {
+                    let Data::Float(v) = t.data() else {
+                        continue;
+                    };
+                    if !piece.keep {
+                        // Zeros, which the arena starts with.
+                        Vec::new()
+                    } else if piece.runs.iter().all(|&(s, l)| s + l <= v.len()) {
+                        piece.runs.iter().map(|&(s, l)| &v[s..s + l]).collect()
+                    } else {
+                        continue;
+                    }
+                }
+                _ => continue,
+            },
+        };
+        let n: usize = parts.iter().map(|p| p.len()).sum();
+        if !parts.is_empty() && n != b.elems() {
+            continue;
+        }
+        early.push((i, offset, parts));
+    }
+    spans.sort_unstable();
+    if spans.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
+        return Vec::new();
+    }
+    early.sort_by_key(|e| e.1);
+    early
+}
+
 /// A launch through the kernel-IR interpreter.
 fn interpret(
     arena: &mut Arena,
@@ -243,37 +398,138 @@ fn interpret(
             args.len()
         )));
     }
-    // Read every buffer argument; outputs are written back after the kernel.
-    let mut held: Vec<Option<Data>> = args
+    // f32 and i64 buffers are seen in place (inputs always, outputs where no other buffer
+    // argument overlaps them); the others are decoded into owned values, and those outputs
+    // written back after the kernel.
+    let base = arena.bytes.as_ptr() as usize;
+    let ranges: Vec<Option<Range<usize>>> = args
         .iter()
         .map(|a| match a {
-            Arg::Buffer(b) => arena.read(&bufs[b.0]).map(Some),
+            Arg::Buffer(b) => arena.range(&bufs[b.0]).map(Some),
             _ => Ok(None),
         })
         .collect::<Result<_>>()?;
-    let mut kargs: Vec<KArg<'_>> = Vec::with_capacity(args.len());
-    for ((a, p), h) in args.iter().zip(&params).zip(held.iter_mut()) {
-        kargs.push(match (a, p.kind) {
-            (Arg::Buffer(_), ParamKind::Output(_)) => KArg::Out(
-                h.as_mut()
-                    .ok_or_else(|| Error::Internal("no buffer".into()))?,
-            ),
-            (Arg::Buffer(_), _) => KArg::In(
-                h.as_ref()
-                    .ok_or_else(|| Error::Internal("no buffer".into()))?,
-            ),
-            (Arg::Int(i), _) => KArg::Int(*i),
-            (Arg::Float(x), _) => KArg::Float(*x),
+    let in_place: Vec<bool> = args
+        .iter()
+        .zip(&params)
+        .zip(&ranges)
+        .enumerate()
+        .map(|(i, ((a, p), r))| {
+            let (Arg::Buffer(b), Some(r)) = (a, r) else {
+                return false;
+            };
+            let size = match bufs[b.0].dtype {
+                DType::F32 => 4,
+                DType::I64 => 8,
+                _ => return false,
+            };
+            let aligned = (base + r.start).is_multiple_of(size) && cfg!(target_endian = "little");
+            let alone = !matches!(p.kind, ParamKind::Output(_))
+                || ranges
+                    .iter()
+                    .enumerate()
+                    .all(|(j, o)| j == i || o.as_ref().is_none_or(|o| !overlaps(o, r)));
+            aligned && alone
+        })
+        .collect();
+    let mut held: Vec<Option<Data>> = args
+        .iter()
+        .zip(&in_place)
+        .map(|(a, &inp)| match a {
+            Arg::Buffer(b) if !inp => arena.read(&bufs[b.0]).map(Some),
+            _ => Ok(None),
+        })
+        .collect::<Result<_>>()?;
+    // The arena split into the outputs seen in place and the shared gaps between them.
+    let mut outs: Vec<(usize, Range<usize>)> = (0..args.len())
+        .filter(|&i| in_place[i] && matches!(params[i].kind, ParamKind::Output(_)))
+        .filter_map(|i| ranges[i].clone().map(|r| (i, r)))
+        .collect();
+    outs.sort_by_key(|(i, r)| (r.start, r.end, *i));
+    let (mut out_slices, gaps) = carve(&mut arena.bytes, &outs)?;
+    let mut kargs: Vec<VArg<'_>> = Vec::with_capacity(args.len());
+    for (i, ((a, p), h)) in args.iter().zip(&params).zip(held.iter_mut()).enumerate() {
+        let is_out = matches!(p.kind, ParamKind::Output(_));
+        kargs.push(match (a, h) {
+            (Arg::Buffer(b), None) => {
+                let b = &bufs[b.0];
+                let bad = || Error::Internal(format!("%{} is not aligned in the arena", b.name));
+                if is_out {
+                    let raw = out_slices
+                        .iter_mut()
+                        .find(|(j, _)| *j == i)
+                        .and_then(|(_, s)| s.take())
+                        .ok_or_else(|| Error::Internal(format!("%{} is not carved", b.name)))?;
+                    VArg::Out(match b.dtype {
+                        DType::F32 => ViewMut::Float(bytes::as_f32_mut(raw).ok_or_else(bad)?),
+                        _ => ViewMut::I64(bytes::as_i64_mut(raw).ok_or_else(bad)?),
+                    })
+                } else {
+                    let r = ranges[i].clone().unwrap_or_default();
+                    let raw = gaps
+                        .iter()
+                        .find(|(g, _)| g.start <= r.start && r.end <= g.end)
+                        .map(|(g, s)| &s[r.start - g.start..r.end - g.start])
+                        .ok_or_else(|| {
+                            Error::Internal(format!("%{} overlaps an output", b.name))
+                        })?;
+                    VArg::In(match b.dtype {
+                        DType::F32 => View::Float(as_f32(raw).ok_or_else(bad)?),
+                        _ => View::I64(bytes::as_i64(raw).ok_or_else(bad)?),
+                    })
+                }
+            }
+            (Arg::Buffer(_), Some(d)) => {
+                if is_out {
+                    VArg::Out(ViewMut::of(d))
+                } else {
+                    VArg::In(View::of(d))
+                }
+            }
+            (Arg::Int(i), _) => VArg::Int(*i),
+            (Arg::Float(x), _) => VArg::Float(*x),
         });
     }
-    run_kernel(k, &mut kargs)?;
-    drop(kargs);
+    run_views(k, kargs)?;
     for ((a, p), h) in args.iter().zip(&params).zip(&held) {
         if let (Arg::Buffer(b), ParamKind::Output(_), Some(d)) = (a, p.kind, h) {
             arena.write(&bufs[b.0], d)?;
         }
     }
     Ok(())
+}
+
+/// Whether two byte ranges share a byte.
+fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
+    a.start < b.end && b.start < a.end
+}
+
+/// [`carve`]'s pieces of the arena: the outputs (taken as they are used) and the gaps.
+type Carved<'a> = (
+    Vec<(usize, Option<&'a mut [u8]>)>,
+    Vec<(Range<usize>, &'a [u8])>,
+);
+
+/// Mutable outputs, one per `(argument, range)` of `outs` (sorted by start, disjoint), as
+/// `(argument, bytes)`, and the shared bytes between them as `(range, bytes)`.
+fn carve<'a>(bytes: &'a mut [u8], outs: &[(usize, Range<usize>)]) -> Result<Carved<'a>> {
+    let mut slices = Vec::with_capacity(outs.len());
+    let mut gaps = Vec::with_capacity(outs.len() + 1);
+    let (mut rest, mut pos) = (bytes, 0usize);
+    for (i, r) in outs {
+        if r.start < pos || r.end > pos + rest.len() {
+            return Err(Error::Internal("outputs of a launch overlap".into()));
+        }
+        let (gap, tail) = rest.split_at_mut(r.start - pos);
+        let (out, tail) = tail.split_at_mut(r.end - r.start);
+        gaps.push((pos..r.start, &*gap));
+        slices.push((*i, Some(out)));
+        rest = tail;
+        pos = r.end;
+    }
+    let end = pos + rest.len();
+    gaps.push((pos..end, &*rest));
+    Ok((slices, gaps))
 }
 
 /// A launch of the kernel's CUDA C, compiled for the host, on the buffers in place.
@@ -446,70 +702,129 @@ fn split_views<'a>(
 }
 
 /// A collective: every rank shares its input buffer, then takes the runs it receives (and
-/// reduces them in group order, in f64, rounded once).
+/// reduces them in group order, in f64, rounded once). The output is written in place where it
+/// is f32.
 fn exchange(arena: &mut Arena, bufs: &[Buffer], x: &Exchange, comm: &mut Comm) -> Result<()> {
     let (ib, ob) = (&bufs[x.input.0], &bufs[x.output.0]);
     let all: Vec<Arc<Data>> = comm.allgather(arena.read(ib)?)?;
     let n = ob.elems();
-    let data = match x.reduce {
-        Some(op) => {
-            // A sum starts from -0.0, its exact identity (-0 + x is x for every x, -0 and NaN
-            // included), so adding every run in member order gives what starting from the
-            // first value does; max and min start from the first value each element sees.
-            let mut acc = vec![-0.0f64; n];
-            let mut seen = (op != ReduceOp::Sum).then(|| vec![false; n]);
-            for (s, runs) in x.recv.iter().enumerate() {
-                let Data::Float(src) = &*all[x.group[s]] else {
-                    return Err(Error::Internal("a reduction of non-floats".into()));
-                };
-                for r in runs {
-                    if r.src + r.len > src.len() || r.dst + r.len > n {
-                        return Err(Error::Internal(format!(
-                            "a run of {} elements leaves %{}",
-                            r.len, ob.name
-                        )));
-                    }
-                    let dst = &mut acc[r.dst..r.dst + r.len];
-                    let from = &src[r.src..r.src + r.len];
-                    match &mut seen {
-                        None => {
-                            for (a, &v) in dst.iter_mut().zip(from) {
-                                *a += v as f64;
-                            }
-                        }
-                        Some(seen) => {
-                            let seen = &mut seen[r.dst..r.dst + r.len];
-                            for ((a, &v), seen) in dst.iter_mut().zip(from).zip(seen) {
-                                let v = v as f64;
-                                *a = match (*seen, op) {
-                                    (false, _) => v,
-                                    (true, ReduceOp::Max) => a.max(v),
-                                    (true, _) => a.min(v),
-                                };
-                                *seen = true;
-                            }
-                        }
+    let Some(op) = x.reduce else {
+        if ob.dtype == DType::F32 {
+            let range = arena.range(ob)?;
+            if let Some(out) = bytes::as_f32_mut(&mut arena.bytes[range]) {
+                for (s, runs) in x.recv.iter().enumerate() {
+                    let Data::Float(src) = &*all[x.group[s]] else {
+                        return Err(Error::Internal(
+                            "a collective between different dtypes".into(),
+                        ));
+                    };
+                    for r in runs {
+                        copy_slice(src, out, r.src, r.dst, r.len)?;
                     }
                 }
+                return Ok(());
             }
-            Data::Float(
-                acc.into_iter()
-                    .map(|a| round_to(ob.dtype, a as f32))
-                    .collect(),
-            )
         }
-        None => {
-            let mut out = arena.read(ob)?;
-            for (s, runs) in x.recv.iter().enumerate() {
-                let src = &*all[x.group[s]];
-                for r in runs {
-                    copy_run(src, &mut out, r.src, r.dst, r.len)?;
-                }
+        let mut out = arena.read(ob)?;
+        for (s, runs) in x.recv.iter().enumerate() {
+            let src = &*all[x.group[s]];
+            for r in runs {
+                copy_run(src, &mut out, r.src, r.dst, r.len)?;
             }
-            out
         }
+        return arena.write(ob, &out);
     };
-    arena.write(ob, &data)
+    let mut srcs: Vec<&[f32]> = Vec::with_capacity(x.recv.len());
+    for (s, runs) in x.recv.iter().enumerate() {
+        let Data::Float(src) = &*all[x.group[s]] else {
+            return Err(Error::Internal("a reduction of non-floats".into()));
+        };
+        if let Some(r) = runs
+            .iter()
+            .find(|r| r.src + r.len > src.len() || r.dst + r.len > n)
+        {
+            return Err(Error::Internal(format!(
+                "a run of {} elements leaves %{}",
+                r.len, ob.name
+            )));
+        }
+        srcs.push(src);
+    }
+    // The reduced values, into the arena where the output is f32, else into `vals`.
+    let range = arena.range(ob)?;
+    let in_place = ob.dtype == DType::F32 && as_f32(&arena.bytes[range.clone()]).is_some();
+    let mut vals: Vec<f32> = Vec::new();
+    let out: &mut [f32] = if in_place {
+        bytes::as_f32_mut(&mut arena.bytes[range])
+            .ok_or_else(|| Error::Internal(format!("%{} is not aligned", ob.name)))?
+    } else {
+        vals.resize(n, 0.0);
+        &mut vals
+    };
+    // Block by block of the output (while the runs are few), so the f64 sums stay in cache;
+    // every element still adds its runs in member order, then run order.
+    let few = x.recv.iter().map(Vec::len).sum::<usize>() <= 256;
+    let block = if few { 4096 } else { n.max(1) };
+    let mut acc = vec![0f64; block.min(n)];
+    let mut seen = vec![false; if op == ReduceOp::Sum { 0 } else { block.min(n) }];
+    for lo in (0..n).step_by(block) {
+        let hi = (lo + block).min(n);
+        // A sum starts from -0.0, its exact identity (-0 + x is x for every x, -0 and NaN
+        // included), so adding every run in member order gives what starting from the first
+        // value does; max and min start from the first value each element sees.
+        let acc = &mut acc[..hi - lo];
+        acc.fill(-0.0);
+        let seen = &mut seen[..if op == ReduceOp::Sum { 0 } else { hi - lo }];
+        seen.fill(false);
+        for (runs, src) in x.recv.iter().zip(&srcs) {
+            for r in runs {
+                let (a, b) = (r.dst.max(lo), (r.dst + r.len).min(hi));
+                if a >= b {
+                    continue;
+                }
+                let from = &src[r.src + (a - r.dst)..r.src + (b - r.dst)];
+                let dst = &mut acc[a - lo..b - lo];
+                if op == ReduceOp::Sum {
+                    for (a, &v) in dst.iter_mut().zip(from) {
+                        *a += v as f64;
+                    }
+                } else {
+                    let seen = &mut seen[a - lo..b - lo];
+                    for ((a, &v), seen) in dst.iter_mut().zip(from).zip(seen) {
+                        let v = v as f64;
+                        *a = match (*seen, op) {
+                            (false, _) => v,
+                            (true, ReduceOp::Max) => a.max(v),
+                            (true, _) => a.min(v),
+                        };
+                        *seen = true;
+                    }
+                }
+            }
+        }
+        let out = &mut out[lo..hi];
+        if ob.dtype == DType::F32 {
+            out.iter_mut().zip(acc).for_each(|(y, a)| *y = *a as f32);
+        } else {
+            out.iter_mut()
+                .zip(acc)
+                .for_each(|(y, a)| *y = round_to(ob.dtype, *a as f32));
+        }
+    }
+    if !in_place {
+        arena.write(ob, &Data::Float(vals))?;
+    }
+    Ok(())
+}
+
+fn copy_slice<T: Copy>(s: &[T], d: &mut [T], from: usize, to: usize, len: usize) -> Result<()> {
+    if from + len > s.len() || to + len > d.len() {
+        return Err(Error::Internal(
+            "a collective's run leaves its buffer".into(),
+        ));
+    }
+    d[to..to + len].copy_from_slice(&s[from..from + len]);
+    Ok(())
 }
 
 fn copy_run(src: &Data, dst: &mut Data, from: usize, to: usize, len: usize) -> Result<()> {

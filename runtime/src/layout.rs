@@ -2,20 +2,31 @@
 //! maps of `tpc_ir::layout`: how inputs and weights reach the ranks, and how the ranks' results
 //! are compared with the reference.
 
-use tpc_ir::layout::{flat_offsets, piece_indices, MeshCoords};
+use tpc_ir::layout::{piece_indices, MeshCoords};
 use tpc_ir::{ReduceOp, TensorType};
 
 use crate::tensor::{round_to, Data, Tensor};
 use crate::{Bindings, Error, Result};
 
-/// Flat offsets into the global tensor (of shape `global`, which must be the type's) of this
-/// rank's piece, and the piece's shape.
-fn offsets(
+/// Where a rank's piece of a global tensor lies in it.
+pub(crate) struct Piece {
+    /// The piece's shape.
+    pub(crate) shape: Vec<usize>,
+    /// Whether the rank holds the values: false where it holds zeros instead (the summand of a
+    /// sum-partial tensor on a rank other than the first of its axis).
+    pub(crate) keep: bool,
+    /// Runs of consecutive global elements, `(offset, length)`, which together are the piece in
+    /// its row-major order (adjacent runs merged).
+    pub(crate) runs: Vec<(usize, usize)>,
+}
+
+/// This rank's piece of a global tensor of shape `global` (which must be the type's).
+pub(crate) fn piece(
     global: &[usize],
     ty: &TensorType,
     bindings: &Bindings,
     coords: &MeshCoords,
-) -> Result<(Vec<usize>, Vec<usize>)> {
+) -> Result<Piece> {
     let (shape, idx) =
         piece_indices(ty, bindings, coords).map_err(|e| Error::Shape(e.to_string()))?;
     if shape != global {
@@ -23,8 +34,40 @@ fn offsets(
             "a global tensor is {global:?} but its type says {shape:?}"
         )));
     }
-    let local_shape = idx.iter().map(Vec::len).collect();
-    Ok((flat_offsets(&shape, &idx), local_shape))
+    let local_shape: Vec<usize> = idx.iter().map(Vec::len).collect();
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut push = |s: usize, l: usize| {
+        if l == 0 {
+            return;
+        }
+        match runs.last_mut() {
+            Some((s0, l0)) if *s0 + *l0 == s => *l0 += l,
+            _ => runs.push((s, l)),
+        }
+    };
+    match idx.split_last() {
+        None => push(0, shape.iter().product()),
+        Some((last, outer)) => {
+            let w = shape[shape.len() - 1];
+            let outer_offs = tpc_ir::layout::flat_offsets(&shape[..shape.len() - 1], outer);
+            let contiguous = last.windows(2).all(|p| p[1] == p[0] + 1);
+            for o in outer_offs {
+                let base = o * w;
+                if contiguous {
+                    if let Some(&s) = last.first() {
+                        push(base + s, last.len());
+                    }
+                } else {
+                    last.iter().for_each(|&i| push(base + i, 1));
+                }
+            }
+        }
+    }
+    Ok(Piece {
+        shape: local_shape,
+        keep: holds_summand(ty, coords),
+        runs,
+    })
 }
 
 /// Whether this rank holds the summand of a partial tensor (the value itself on the first rank of
@@ -43,48 +86,26 @@ pub fn cut(
     bindings: &Bindings,
     coords: &MeshCoords,
 ) -> Result<Tensor> {
-    let (shape, idx) =
-        piece_indices(ty, bindings, coords).map_err(|e| Error::Shape(e.to_string()))?;
-    if shape != global.shape() {
-        return Err(Error::Shape(format!(
-            "a global tensor is {:?} but its type says {shape:?}",
-            global.shape()
-        )));
-    }
-    let local_shape: Vec<usize> = idx.iter().map(Vec::len).collect();
-    let keep = holds_summand(ty, coords);
-    fn go<T: Copy>(v: &[T], shape: &[usize], idx: &[Vec<usize>], zero: Option<T>) -> Vec<T> {
-        let n: usize = idx.iter().map(Vec::len).product();
+    let p = piece(global.shape(), ty, bindings, coords)?;
+    fn go<T: Copy>(v: &[T], p: &Piece, zero: Option<T>) -> Vec<T> {
+        let n: usize = p.shape.iter().product();
         if let Some(z) = zero {
             return vec![z; n];
         }
-        let Some((last, outer)) = idx.split_last() else {
-            return v.to_vec();
-        };
-        let w = shape[shape.len() - 1];
-        let outer_offs = tpc_ir::layout::flat_offsets(&shape[..shape.len() - 1], outer);
-        let contiguous = last.windows(2).all(|p| p[1] == p[0] + 1);
         let mut out = Vec::with_capacity(n);
-        for o in outer_offs {
-            let base = o * w;
-            if contiguous {
-                if let Some(&s) = last.first() {
-                    out.extend_from_slice(&v[base + s..base + s + last.len()]);
-                }
-            } else {
-                out.extend(last.iter().map(|&i| v[base + i]));
-            }
+        for &(s, l) in &p.runs {
+            out.extend_from_slice(&v[s..s + l]);
         }
         out
     }
     let data = match global.data() {
-        Data::Float(v) => Data::Float(go(v, &shape, &idx, (!keep).then_some(0.0))),
-        Data::I64(v) => Data::I64(go(v, &shape, &idx, (!keep).then_some(0))),
-        Data::Bool(v) => Data::Bool(go(v, &shape, &idx, None)),
+        Data::Float(v) => Data::Float(go(v, &p, (!p.keep).then_some(0.0))),
+        Data::I64(v) => Data::I64(go(v, &p, (!p.keep).then_some(0))),
+        Data::Bool(v) => Data::Bool(go(v, &p, None)),
     };
     Ok(Tensor {
         dtype: global.dtype(),
-        shape: local_shape,
+        shape: p.shape,
         data,
     })
 }
@@ -97,47 +118,123 @@ pub fn assemble(
     bindings: &Bindings,
     pieces: &[(MeshCoords, Tensor)],
 ) -> Result<Tensor> {
+    let refs: Vec<(MeshCoords, &Tensor)> = pieces.iter().map(|(c, t)| (c.clone(), t)).collect();
+    assemble_refs(global_shape, ty, bindings, &refs)
+}
+
+/// [`assemble`] of borrowed pieces.
+pub(crate) fn assemble_refs(
+    global_shape: &[usize],
+    ty: &TensorType,
+    bindings: &Bindings,
+    pieces: &[(MeshCoords, &Tensor)],
+) -> Result<Tensor> {
     let n: usize = global_shape.iter().product();
     let partial_op = ty.sharding.partial.first().map(|p| p.op);
-    let mut acc: Vec<Option<f64>> = vec![None; n];
+    // Each element's value so far (in f64) and whether a piece has given it one.
+    let mut acc: Vec<f64> = vec![0.0; n];
+    let mut seen: Vec<bool> = vec![false; n];
     for (coords, piece) in pieces {
-        let (offs, shape) = offsets(global_shape, ty, bindings, coords)?;
-        if shape != piece.shape() {
+        let p = self::piece(global_shape, ty, bindings, coords)?;
+        if p.shape != piece.shape() {
             return Err(Error::Shape(format!(
-                "a rank's piece is {:?} but its layout says {shape:?}",
-                piece.shape()
+                "a rank's piece is {:?} but its layout says {:?}",
+                piece.shape(),
+                p.shape
             )));
         }
-        for (&o, x) in offs.iter().zip(piece.to_f32_vec()) {
-            let x = x as f64;
-            acc[o] = Some(match (acc[o], partial_op) {
-                (None, _) => x,
-                (Some(a), Some(ReduceOp::Sum)) => a + x,
-                (Some(a), Some(ReduceOp::Max)) => a.max(x),
-                (Some(a), Some(ReduceOp::Min)) => a.min(x),
-                (Some(a), None) if a.to_bits() == x.to_bits() || (a.is_nan() && x.is_nan()) => a,
-                (Some(a), None) => {
-                    return Err(Error::Value(format!(
-                        "replicas disagree at element {o}: {a} and {x}"
-                    )));
-                }
-            });
+        match piece.data() {
+            Data::Float(v) => place(&mut acc, &mut seen, &p.runs, v, partial_op, |&x| x as f64)?,
+            Data::I64(v) => place(&mut acc, &mut seen, &p.runs, v, partial_op, |&x| {
+                x as f32 as f64
+            })?,
+            Data::Bool(v) => place(&mut acc, &mut seen, &p.runs, v, partial_op, |&x| {
+                x as u8 as f32 as f64
+            })?,
         }
     }
-    if let Some(o) = acc.iter().position(Option::is_none) {
+    if let Some(o) = seen.iter().position(|&s| !s) {
         return Err(Error::Value(format!("no rank holds element {o}")));
     }
-    let values = acc.into_iter().map(|v| v.unwrap_or(0.0));
     let dt = ty.dtype;
     match dt {
+        tpc_ir::DType::F32 => Ok(Tensor::float(
+            dt,
+            global_shape.to_vec(),
+            acc.into_iter().map(|v| v as f32).collect(),
+        )),
         d if d.is_float() => Ok(Tensor::float(
             dt,
             global_shape.to_vec(),
-            values.map(|v| round_to(dt, v as f32)).collect(),
+            acc.into_iter().map(|v| round_to(dt, v as f32)).collect(),
         )),
-        tpc_ir::DType::I64 => {
-            Tensor::from_i64(global_shape.to_vec(), values.map(|v| v as i64).collect())
-        }
-        _ => Tensor::from_bool(global_shape.to_vec(), values.map(|v| v != 0.0).collect()),
+        tpc_ir::DType::I64 => Tensor::from_i64(
+            global_shape.to_vec(),
+            acc.into_iter().map(|v| v as i64).collect(),
+        ),
+        _ => Tensor::from_bool(
+            global_shape.to_vec(),
+            acc.into_iter().map(|v| v != 0.0).collect(),
+        ),
     }
+}
+
+/// Places one piece's values `v` (as f64 by `value`, in the piece's order) at the global
+/// elements of `runs`: the first value an element gets is kept, later ones are reduced by
+/// `op`, or, for a replicated tensor, must agree bit for bit (any NaN with any NaN).
+fn place<T>(
+    acc: &mut [f64],
+    seen: &mut [bool],
+    runs: &[(usize, usize)],
+    v: &[T],
+    op: Option<ReduceOp>,
+    value: impl Fn(&T) -> f64,
+) -> Result<()> {
+    let mut at = 0;
+    for &(start, len) in runs {
+        // A piece shorter than its layout ends the placing where it ends (as a zip would).
+        let take = len.min(v.len().saturating_sub(at));
+        let src = &v[at..at + take];
+        at += take;
+        let dst = &mut acc[start..start + take];
+        let seen = &mut seen[start..start + take];
+        // Whole runs first: all new (placed), or, for a replicated tensor, all agreeing.
+        if !seen.iter().any(|&s| s) {
+            dst.iter_mut().zip(src).for_each(|(a, x)| *a = value(x));
+            seen.fill(true);
+            continue;
+        }
+        let same = |a: f64, x: f64| a.to_bits() == x.to_bits() || (a.is_nan() && x.is_nan());
+        if op.is_none()
+            && seen.iter().all(|&s| s)
+            && dst.iter().zip(src).all(|(&a, x)| same(a, value(x)))
+        {
+            continue;
+        }
+        for (i, ((a, s), x)) in dst.iter_mut().zip(seen.iter_mut()).zip(src).enumerate() {
+            let x = value(x);
+            if !*s {
+                *a = x;
+                *s = true;
+                continue;
+            }
+            *a = match op {
+                Some(ReduceOp::Sum) => *a + x,
+                Some(ReduceOp::Max) => a.max(x),
+                Some(ReduceOp::Min) => a.min(x),
+                None if same(*a, x) => *a,
+                None => {
+                    return Err(Error::Value(format!(
+                        "replicas disagree at element {}: {} and {x}",
+                        start + i,
+                        *a
+                    )));
+                }
+            };
+        }
+        if take < len {
+            break;
+        }
+    }
+    Ok(())
 }

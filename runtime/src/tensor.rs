@@ -20,6 +20,7 @@ pub struct Tensor {
 }
 
 /// Rounds an f32 to the nearest value of `dtype` (round to nearest even), as storing it would.
+#[inline]
 pub fn round_to(dtype: DType, x: f32) -> f32 {
     match dtype {
         DType::BF16 => half::bf16::from_f32(x).to_f32(),

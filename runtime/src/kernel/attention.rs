@@ -7,7 +7,7 @@ use super::Args;
 use crate::ops::linalg::{sdpa_into, SdpaDims};
 use crate::Result;
 
-pub(super) fn run(k: &Attention, args: &mut Args<'_, '_>) -> Result<()> {
+pub(super) fn run(k: &Attention, args: &mut Args<'_>) -> Result<()> {
     let ext: Vec<usize> = (0..5).map(|i| args.extent(i)).collect::<Result<_>>()?;
     let (batch, l, s, e, ev) = (ext[0], ext[1], ext[2], ext[3], ext[4]);
     let size = |xs: &[usize]| {

@@ -4,14 +4,13 @@
 
 use tpc_codegen::kir::Copy as CopyKernel;
 
-use super::Args;
-use crate::tensor::Data;
+use super::{Args, View, ViewMut};
 use crate::Result;
 
 /// One dim of the copy: extent, input stride, output stride.
 type Dim = (usize, i64, i64);
 
-pub(super) fn run(k: &CopyKernel, args: &mut Args<'_, '_>) -> Result<()> {
+pub(super) fn run(k: &CopyKernel, args: &mut Args<'_>) -> Result<()> {
     let rank = k.rank;
     let n: Vec<usize> = (0..rank).map(|d| args.extent(d)).collect::<Result<_>>()?;
     let in_base = args.ints[rank].1;
@@ -21,8 +20,8 @@ pub(super) fn run(k: &CopyKernel, args: &mut Args<'_, '_>) -> Result<()> {
     if n.contains(&0) {
         return Ok(());
     }
-    let in_len = super::data_len(args.ins[0].1);
-    let out_len = super::data_len(args.outs[0].1);
+    let in_len = args.ins[0].1.len();
+    let out_len = args.outs[0].1.len();
     // The lowest and highest offsets the copy addresses must lie inside each buffer.
     let check = |name: &str, base: i64, strides: &[i64], len: usize| -> Result<()> {
         let (mut lo, mut hi) = (base as i128, base as i128);
@@ -63,18 +62,22 @@ pub(super) fn run(k: &CopyKernel, args: &mut Args<'_, '_>) -> Result<()> {
     }
     merged.reverse();
 
-    let (src, dst) = (args.ins[0].1, &*args.outs[0].1);
-    if std::mem::discriminant(src) != std::mem::discriminant(dst) {
+    let src = args.ins[0].1;
+    let (vi, vo) = (
+        super::variant_of_in(&src),
+        super::variant_of_out(&args.outs[0].1),
+    );
+    if vi != vo {
         return Err(args.err(format_args!(
             "copies {} into {}",
-            super::variant_name(src),
-            super::variant_name(dst)
+            super::variant_name(vi),
+            super::variant_name(vo)
         )));
     }
-    match (src, &mut *args.outs[0].1) {
-        (Data::Float(x), Data::Float(y)) => copy(x, y, in_base, out_base, &merged),
-        (Data::I64(x), Data::I64(y)) => copy(x, y, in_base, out_base, &merged),
-        (Data::Bool(x), Data::Bool(y)) => copy(x, y, in_base, out_base, &merged),
+    match (src, &mut args.outs[0].1) {
+        (View::Float(x), ViewMut::Float(y)) => copy(x, y, in_base, out_base, &merged),
+        (View::I64(x), ViewMut::I64(y)) => copy(x, y, in_base, out_base, &merged),
+        (View::Bool(x), ViewMut::Bool(y)) => copy(x, y, in_base, out_base, &merged),
         _ => {}
     }
     Ok(())

@@ -7,7 +7,7 @@ use super::Args;
 use crate::tensor::round_to;
 use crate::{Error, Result};
 
-pub(super) fn run(k: &CrossEntropy, args: &mut Args<'_, '_>) -> Result<()> {
+pub(super) fn run(k: &CrossEntropy, args: &mut Args<'_>) -> Result<()> {
     let (outer, c, inner) = (args.extent(0)?, args.extent(1)?, args.extent(2)?);
     let size = |a: usize, b: usize| {
         a.checked_mul(b)
@@ -47,19 +47,19 @@ pub(super) fn run(k: &CrossEntropy, args: &mut Args<'_, '_>) -> Result<()> {
         (outer * inner) as u64,
         inner == 1,
     ));
-    match &mut *args.outs[1].1 {
-        crate::tensor::Data::I64(v) if v.len() == want => v.iter_mut().for_each(|x| *x = 0),
+    match &mut args.outs[1].1 {
+        super::ViewMut::I64(v) if v.len() == want => v.iter_mut().for_each(|x| *x = 0),
         other => {
-            let got = super::data_len(other);
+            let got = other.len();
             return Err(args.err(format_args!(
                 "partials holds {got} elements, but the launch needs {want} i64"
             )));
         }
     }
-    let out = &mut *args.outs[0].1;
-    let got = super::data_len(out);
+    let out = &mut args.outs[0].1;
+    let got = out.len();
     match out {
-        crate::tensor::Data::Float(v) if !v.is_empty() => v[0] = round_to(k.dtype, mean),
+        super::ViewMut::Float(v) if !v.is_empty() => v[0] = round_to(k.dtype, mean),
         _ => {
             return Err(args.err(format_args!(
                 "out holds {got} elements, but the result needs 1"

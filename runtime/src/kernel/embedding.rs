@@ -5,7 +5,7 @@ use tpc_codegen::kir::Embedding;
 use super::Args;
 use crate::{Error, Result};
 
-pub(super) fn run(k: &Embedding, args: &mut Args<'_, '_>) -> Result<()> {
+pub(super) fn run(k: &Embedding, args: &mut Args<'_>) -> Result<()> {
     let (rows, width, vocab) = (args.extent(0)?, args.extent(1)?, args.extent(2)?);
     let size = |a: usize, b: usize| {
         a.checked_mul(b)

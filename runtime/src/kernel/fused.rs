@@ -23,9 +23,9 @@ use tpc_ir::op::{BinaryOp, GeluApprox, UnaryOp};
 use tpc_ir::{DType, ReduceOp};
 
 use super::lut::{self, Func};
-use super::{draw, Args};
+use super::{draw, Args, View, ViewMut};
 use crate::ops::pointwise::{compare, float_binary, float_unary, gelu};
-use crate::tensor::{round_to, Data};
+use crate::tensor::round_to;
 use crate::{Error, Result};
 
 /// Elements per tile (fewer rows of a long row; one row however long).
@@ -870,7 +870,7 @@ fn checked_product(k: &Fused, xs: impl IntoIterator<Item = usize>) -> Result<usi
         .ok_or_else(|| Error::Internal(format!("kernel {}: the extents overflow", k.name)))
 }
 
-pub(super) fn run(k: &Fused, args: &mut Args<'_, '_>) -> Result<()> {
+pub(super) fn run(k: &Fused, args: &mut Args<'_>) -> Result<()> {
     let rank = k.rank;
     let n: Vec<usize> = (0..rank).map(|d| args.extent(d)).collect::<Result<_>>()?;
     let (a, b) = k.row.unwrap_or((0, 0));
@@ -902,12 +902,12 @@ pub(super) fn run(k: &Fused, args: &mut Args<'_, '_>) -> Result<()> {
                 step *= n[d];
             }
         }
-        let len = super::data_len(data);
+        let len = data.len();
         args.check_len(&format!("{name} (%{})", spec.name), len, step)?;
         let data: Cow<'_, [f32]> = match data {
-            Data::Float(v) => Cow::Borrowed(v.as_slice()),
-            Data::I64(v) => Cow::Owned(v.iter().map(|&x| x as f32).collect()),
-            Data::Bool(v) => Cow::Owned(v.iter().map(|&x| bit(x)).collect()),
+            View::Float(v) => Cow::Borrowed(v),
+            View::I64(v) => Cow::Owned(v.iter().map(|&x| x as f32).collect()),
+            View::Bool(v) => Cow::Owned(v.iter().map(|&x| bit(x)).collect()),
         };
         let mut rowoff = Vec::new();
         offsets_into(&n[a..b], &strides[a..b], 0, rlen, &mut rowoff);
@@ -987,7 +987,7 @@ pub(super) fn run(k: &Fused, args: &mut Args<'_, '_>) -> Result<()> {
         };
         let want = if o.per_row { per_row_len } else { total };
         let (name, d) = &args.outs[i];
-        args.check_len(&format!("{name} (%{})", o.name), super::data_len(d), want)?;
+        args.check_len(&format!("{name} (%{})", o.name), d.len(), want)?;
         outs.push(OutPlan {
             value: v,
             per_row: o.per_row,
@@ -1001,7 +1001,7 @@ pub(super) fn run(k: &Fused, args: &mut Args<'_, '_>) -> Result<()> {
     for (_, e) in &k.body {
         let x = match e {
             Expr::Load(j) => {
-                Some(k.inputs[*j].dtype).filter(|_| matches!(args.ins[*j].1, Data::Float(_)))
+                Some(k.inputs[*j].dtype).filter(|_| matches!(args.ins[*j].1, View::Float(_)))
             }
             Expr::Round(dt, _) => Some(*dt),
             Expr::Select(_, a, b) if exact[a.0] == exact[b.0] => exact[a.0],
@@ -1043,11 +1043,11 @@ pub(super) fn run(k: &Fused, args: &mut Args<'_, '_>) -> Result<()> {
     let slices: Vec<OutSlice<'_>> = args
         .outs
         .iter_mut()
-        .map(|(_, d)| match &mut **d {
-            Data::Float(v) => OutSlice::F(v.as_mut_slice()),
-            Data::Bool(v) => OutSlice::B(v.as_mut_slice()),
+        .map(|(_, d)| match d {
+            ViewMut::Float(v) => OutSlice::F(v),
+            ViewMut::Bool(v) => OutSlice::B(v),
             // Rejected above.
-            Data::I64(_) => OutSlice::F(&mut []),
+            ViewMut::I64(_) => OutSlice::F(&mut []),
         })
         .collect();
     run_parallel(&plan, slices, total.max(per_row_len));

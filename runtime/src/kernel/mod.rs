@@ -33,6 +33,65 @@ pub enum KArg<'a> {
     Float(f32),
 }
 
+/// A buffer a kernel reads, borrowed: the values of its dtype's [`Data`] variant.
+#[derive(Clone, Copy)]
+pub(crate) enum View<'a> {
+    Float(&'a [f32]),
+    I64(&'a [i64]),
+    Bool(&'a [bool]),
+}
+
+/// A buffer a kernel writes, borrowed: the values of its dtype's [`Data`] variant.
+pub(crate) enum ViewMut<'a> {
+    Float(&'a mut [f32]),
+    I64(&'a mut [i64]),
+    Bool(&'a mut [bool]),
+}
+
+impl<'a> View<'a> {
+    pub(crate) fn of(d: &'a Data) -> View<'a> {
+        match d {
+            Data::Float(v) => View::Float(v),
+            Data::I64(v) => View::I64(v),
+            Data::Bool(v) => View::Bool(v),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            View::Float(v) => v.len(),
+            View::I64(v) => v.len(),
+            View::Bool(v) => v.len(),
+        }
+    }
+}
+
+impl<'a> ViewMut<'a> {
+    pub(crate) fn of(d: &'a mut Data) -> ViewMut<'a> {
+        match d {
+            Data::Float(v) => ViewMut::Float(v),
+            Data::I64(v) => ViewMut::I64(v),
+            Data::Bool(v) => ViewMut::Bool(v),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            ViewMut::Float(v) => v.len(),
+            ViewMut::I64(v) => v.len(),
+            ViewMut::Bool(v) => v.len(),
+        }
+    }
+}
+
+/// One argument of a launch on borrowed buffers ([`KArg`]'s counterpart).
+pub(crate) enum VArg<'a> {
+    In(View<'a>),
+    Out(ViewMut<'a>),
+    Int(i64),
+    Float(f32),
+}
+
 /// Runs kernel `k` with `args` in the order of `k.params()`: Input/Table params get `In`
 /// (tables are `Data::I64`), Output params get `Out` (pre-sized to the buffer's element count,
 /// of the variant for its dtype; a Copy writes only the elements it addresses), Int params get
@@ -41,6 +100,20 @@ pub enum KArg<'a> {
 /// A mismatch between the arguments and the parameters or the extents is `Error::Internal`; an
 /// index out of range in the data (an embedding id, a cross-entropy target) is `Error::Value`.
 pub fn run_kernel(k: &Kernel, args: &mut [KArg<'_>]) -> Result<()> {
+    let views = args
+        .iter_mut()
+        .map(|a| match a {
+            KArg::In(d) => VArg::In(View::of(d)),
+            KArg::Out(d) => VArg::Out(ViewMut::of(d)),
+            KArg::Int(v) => VArg::Int(*v),
+            KArg::Float(v) => VArg::Float(*v),
+        })
+        .collect();
+    run_views(k, views)
+}
+
+/// [`run_kernel`] on borrowed buffers.
+pub(crate) fn run_views(k: &Kernel, args: Vec<VArg<'_>>) -> Result<()> {
     let mut a = split(k, args)?;
     match k {
         Kernel::Fused(f) => fused::run(f, &mut a),
@@ -52,17 +125,17 @@ pub fn run_kernel(k: &Kernel, args: &mut [KArg<'_>]) -> Result<()> {
 }
 
 /// The arguments of one launch, sorted by kind, each list in parameter order.
-pub(crate) struct Args<'s, 'a> {
+pub(crate) struct Args<'a> {
     /// The kernel's name, for messages.
     kernel: String,
     /// `Input` and `Table` arguments, with their parameter names.
-    ins: Vec<(String, &'a Data)>,
-    outs: Vec<(String, &'s mut Data)>,
+    ins: Vec<(String, View<'a>)>,
+    outs: Vec<(String, ViewMut<'a>)>,
     ints: Vec<(String, i64)>,
     floats: Vec<f32>,
 }
 
-impl<'a> Args<'_, 'a> {
+impl<'a> Args<'a> {
     fn err(&self, message: impl std::fmt::Display) -> Error {
         Error::Internal(format!("kernel {}: {message}", self.kernel))
     }
@@ -86,8 +159,7 @@ impl<'a> Args<'_, 'a> {
     /// Input `i` as floats, checked to hold `want` elements.
     fn in_floats(&self, i: usize, want: usize) -> Result<&'a [f32]> {
         let (name, d) = &self.ins[i];
-        let d: &'a Data = d;
-        let Data::Float(v) = d else {
+        let View::Float(v) = *d else {
             return Err(self.err(format_args!("{name} is not a float buffer")));
         };
         self.check_len(name, v.len(), want)?;
@@ -97,8 +169,7 @@ impl<'a> Args<'_, 'a> {
     /// Input (or table) `i` as i64, checked to hold `want` elements.
     fn in_ints(&self, i: usize, want: usize) -> Result<&'a [i64]> {
         let (name, d) = &self.ins[i];
-        let d: &'a Data = d;
-        let Data::I64(v) = d else {
+        let View::I64(v) = *d else {
             return Err(self.err(format_args!("{name} is not an i64 buffer")));
         };
         self.check_len(name, v.len(), want)?;
@@ -109,8 +180,8 @@ impl<'a> Args<'_, 'a> {
     fn out_floats(&mut self, i: usize, want: usize) -> Result<&mut [f32]> {
         let kernel = &self.kernel;
         let (name, d) = &mut self.outs[i];
-        let got = data_len(d);
-        let Data::Float(v) = &mut **d else {
+        let got = d.len();
+        let ViewMut::Float(v) = d else {
             return Err(Error::Internal(format!(
                 "kernel {kernel}: {name} is not a float buffer"
             )));
@@ -124,42 +195,47 @@ impl<'a> Args<'_, 'a> {
     }
 }
 
-fn data_len(d: &Data) -> usize {
+/// The variant of a buffer's values: 0 float, 1 i64, 2 bool.
+fn variant_of_in(d: &View<'_>) -> usize {
     match d {
-        Data::Float(v) => v.len(),
-        Data::I64(v) => v.len(),
-        Data::Bool(v) => v.len(),
+        View::Float(_) => 0,
+        View::I64(_) => 1,
+        View::Bool(_) => 2,
     }
 }
 
-fn variant_name(d: &Data) -> &'static str {
+fn variant_of_out(d: &ViewMut<'_>) -> usize {
     match d {
-        Data::Float(_) => "a float buffer",
-        Data::I64(_) => "an i64 buffer",
-        Data::Bool(_) => "a bool buffer",
+        ViewMut::Float(_) => 0,
+        ViewMut::I64(_) => 1,
+        ViewMut::Bool(_) => 2,
     }
 }
 
-/// Whether `d` is the variant that holds `dtype`.
-fn holds(d: &Data, dtype: DType) -> bool {
-    match d {
-        Data::Float(_) => dtype.is_float(),
-        Data::I64(_) => dtype == DType::I64,
-        Data::Bool(_) => dtype == DType::Bool,
+fn variant_name(variant: usize) -> &'static str {
+    ["a float buffer", "an i64 buffer", "a bool buffer"][variant]
+}
+
+/// Whether `variant` is the one that holds `dtype`.
+fn holds(variant: usize, dtype: DType) -> bool {
+    match variant {
+        0 => dtype.is_float(),
+        1 => dtype == DType::I64,
+        _ => dtype == DType::Bool,
     }
 }
 
-fn karg_name(a: &KArg<'_>) -> String {
+fn karg_name(a: &VArg<'_>) -> String {
     match a {
-        KArg::In(d) => format!("an input ({})", variant_name(d)),
-        KArg::Out(d) => format!("an output ({})", variant_name(d)),
-        KArg::Int(v) => format!("the int {v}"),
-        KArg::Float(v) => format!("the float {v}"),
+        VArg::In(d) => format!("an input ({})", variant_name(variant_of_in(d))),
+        VArg::Out(d) => format!("an output ({})", variant_name(variant_of_out(d))),
+        VArg::Int(v) => format!("the int {v}"),
+        VArg::Float(v) => format!("the float {v}"),
     }
 }
 
 /// Checks `args` against `k.params()` (count, kind, buffer variant) and sorts them by kind.
-fn split<'s, 'a>(k: &Kernel, args: &'s mut [KArg<'a>]) -> Result<Args<'s, 'a>> {
+fn split<'a>(k: &Kernel, args: Vec<VArg<'a>>) -> Result<Args<'a>> {
     let params = k.params();
     let kernel = k.name().to_string();
     if params.len() != args.len() {
@@ -181,10 +257,10 @@ fn split<'s, 'a>(k: &Kernel, args: &'s mut [KArg<'a>]) -> Result<Args<'s, 'a>> {
     // Check every argument first, then sort them.
     for (p, a) in params.iter().zip(args.iter()) {
         let want = match (p.kind, a) {
-            (ParamKind::Input(dt), KArg::In(d)) if holds(d, dt) => continue,
-            (ParamKind::Table, KArg::In(d)) if holds(d, DType::I64) => continue,
-            (ParamKind::Output(dt), KArg::Out(d)) if holds(d, dt) => continue,
-            (ParamKind::Int, KArg::Int(_)) | (ParamKind::Float, KArg::Float(_)) => continue,
+            (ParamKind::Input(dt), VArg::In(d)) if holds(variant_of_in(d), dt) => continue,
+            (ParamKind::Table, VArg::In(d)) if holds(variant_of_in(d), DType::I64) => continue,
+            (ParamKind::Output(dt), VArg::Out(d)) if holds(variant_of_out(d), dt) => continue,
+            (ParamKind::Int, VArg::Int(_)) | (ParamKind::Float, VArg::Float(_)) => continue,
             (ParamKind::Input(dt), _) => format!("an input of {dt}"),
             (ParamKind::Table, _) => "an i64 table".to_string(),
             (ParamKind::Output(dt), _) => format!("an output of {dt}"),
@@ -198,12 +274,12 @@ fn split<'s, 'a>(k: &Kernel, args: &'s mut [KArg<'a>]) -> Result<Args<'s, 'a>> {
             karg_name(a)
         )));
     }
-    for (p, a) in params.into_iter().zip(args.iter_mut()) {
+    for (p, a) in params.into_iter().zip(args) {
         match a {
-            KArg::In(d) => out.ins.push((p.name, *d)),
-            KArg::Out(d) => out.outs.push((p.name, d)),
-            KArg::Int(v) => out.ints.push((p.name, *v)),
-            KArg::Float(v) => out.floats.push(*v),
+            VArg::In(d) => out.ins.push((p.name, d)),
+            VArg::Out(d) => out.outs.push((p.name, d)),
+            VArg::Int(v) => out.ints.push((p.name, v)),
+            VArg::Float(v) => out.floats.push(v),
         }
     }
     Ok(out)
