@@ -333,3 +333,59 @@ fn splits_that_would_leave_devices_idle_are_errors() {
         Some(0)
     );
 }
+
+#[test]
+fn emulated_executor_runs_the_cuda_c_or_says_why_not() {
+    let args = [
+        "run",
+        "examples/mlp.ir",
+        "--bind",
+        "B=1,S=8",
+        "--devices",
+        "2",
+        "--check",
+        "--executor",
+        "emulated",
+    ];
+    // A compiler that does not exist: a clear error and status 1, not a panic.
+    let out = Command::new(env!("CARGO_BIN_EXE_tpc"))
+        .args(args)
+        .current_dir(common::root())
+        .env("TPC_CXX", "/nonexistent/c++")
+        .output()
+        .expect("tpc runs");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no C++ compiler found"),
+        "{}",
+        text(&out.stderr)
+    );
+    // --executor emulated with --backend cuda is a usage error.
+    let mut with_cuda = args.to_vec();
+    with_cuda.extend(["--backend", "cuda"]);
+    let out = tpc(&with_cuda, None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("drop --backend cuda"),
+        "{}",
+        text(&out.stderr)
+    );
+    if tpc::runtime::emulate::find_compiler().is_none() {
+        let required = std::env::var("TPC_REQUIRE_CXX").is_ok_and(|v| v == "1");
+        assert!(!required, "TPC_REQUIRE_CXX=1 but no C++ compiler");
+        eprintln!("skipped the emulated run: no C++ compiler here");
+        return;
+    }
+    let out = tpc(&args, None);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("check %o: max abs err"),
+        "{}",
+        text(&out.stdout)
+    );
+}
