@@ -54,3 +54,32 @@ pub fn case_devices(g: &tpc::Graph) -> i64 {
         4
     }
 }
+
+/// Whether a test's tool is here (`missing` is None); otherwise says why it skips and returns
+/// false, or fails when the environment variable `require` is `1` (as CI sets it).
+pub fn present_or_skip(missing: Option<String>, require: &str) -> bool {
+    let Some(why) = missing else {
+        return true;
+    };
+    let required = std::env::var(require).is_ok_and(|v| v == "1");
+    assert!(!required, "{require}=1 but {why}");
+    eprintln!("skipped: {why}");
+    false
+}
+
+/// Why the NVRTC tests cannot run here, if they cannot.
+pub fn nvrtc_missing() -> Option<String> {
+    (!tpc::codegen::nvrtc::available()).then(|| {
+        format!(
+            "libnvrtc is missing: {}",
+            tpc::codegen::nvrtc::HOW_TO_GET_NVRTC
+        )
+    })
+}
+
+/// Why the emulator tests cannot run here, if they cannot.
+pub fn cxx_missing() -> Option<String> {
+    tpc::runtime::emulate::find_compiler()
+        .is_none()
+        .then(|| format!("no C++ compiler: {}", tpc::runtime::emulate::HOW_TO_GET_CXX))
+}

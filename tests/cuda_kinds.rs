@@ -29,24 +29,6 @@ fn example_kernels() -> Vec<(String, Vec<Kernel>)> {
         .collect()
 }
 
-/// Whether NVRTC can run here; without it the test is skipped, unless TPC_REQUIRE_NVRTC=1.
-fn nvrtc_here() -> bool {
-    if tpc::codegen::nvrtc::available() {
-        return true;
-    }
-    let required = std::env::var("TPC_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "TPC_REQUIRE_NVRTC=1 but libnvrtc is missing: {}",
-        tpc::codegen::nvrtc::HOW_TO_GET_NVRTC
-    );
-    eprintln!(
-        "skipped: libnvrtc is not available here; {}",
-        tpc::codegen::nvrtc::HOW_TO_GET_NVRTC
-    );
-    false
-}
-
 fn assert_compiles(what: &str, kernels: &[Kernel]) {
     let source = module_source(kernels);
     assert!(
@@ -69,7 +51,7 @@ fn assert_compiles(what: &str, kernels: &[Kernel]) {
 
 #[test]
 fn nvrtc_compiles_every_kind() {
-    if !nvrtc_here() {
+    if !common::present_or_skip(common::nvrtc_missing(), "TPC_REQUIRE_NVRTC") {
         return;
     }
     assert_compiles("hand-built kernels", &all_kernels());
@@ -77,7 +59,7 @@ fn nvrtc_compiles_every_kind() {
 
 #[test]
 fn nvrtc_compiles_every_example_kernel() {
-    if !nvrtc_here() {
+    if !common::present_or_skip(common::nvrtc_missing(), "TPC_REQUIRE_NVRTC") {
         return;
     }
     let mut kinds = std::collections::HashSet::new();

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tpc::codegen::kir::{Kernel, ParamKind};
 use tpc::ir::DType;
-use tpc::runtime::emulate::{find_compiler, run_kernel_emulated, Emulator, HOW_TO_GET_CXX};
+use tpc::runtime::emulate::{run_kernel_emulated, Emulator};
 use tpc::runtime::host::{run_host_programs_with, Kernels};
 use tpc::runtime::kernel::{run_kernel, KArg};
 use tpc::runtime::ranks::MeshSizes;
@@ -25,16 +25,7 @@ use tpc::runtime::Tensor;
 use tpc::runtime::{round_to, Data};
 
 fn compiler_or_skip() -> bool {
-    if find_compiler().is_some() {
-        return true;
-    }
-    let required = std::env::var("TPC_REQUIRE_CXX").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "TPC_REQUIRE_CXX=1 but no C++ compiler: {HOW_TO_GET_CXX}"
-    );
-    eprintln!("skipped: no C++ compiler here; {HOW_TO_GET_CXX}");
-    false
+    common::present_or_skip(common::cxx_missing(), "TPC_REQUIRE_CXX")
 }
 
 /// The largest |a - b| relative to the largest |a|; NaN where only one side is NaN.

@@ -13,25 +13,13 @@ fn missing() -> Option<String> {
     if tpc::runtime::cuda::gpu_count().unwrap_or(0) == 0 {
         return Some("no GPU here".into());
     }
-    if !tpc::codegen::nvrtc::available() {
-        return Some(format!(
-            "no libnvrtc here; {}",
-            tpc::codegen::nvrtc::HOW_TO_GET_NVRTC
-        ));
-    }
-    None
-}
-
-fn skip_or_fail(why: &str) {
-    let required = std::env::var("TPC_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    assert!(!required, "TPC_REQUIRE_GPU=1 but {why}");
-    eprintln!("skipped: {why}");
+    common::nvrtc_missing()
 }
 
 #[test]
 fn examples_on_one_gpu_equal_the_reference() {
-    if let Some(why) = missing() {
-        return skip_or_fail(&why);
+    if !common::present_or_skip(missing(), "TPC_REQUIRE_GPU") {
+        return;
     }
     let bindings = tpc::parse_bindings("B=2,S=64").expect("bindings");
     for path in common::ir_files("examples") {

@@ -125,17 +125,7 @@ fn interpreted_kernels_equal_the_unfused_ops() {
 
 #[test]
 fn nvrtc_compiles_every_kernel() {
-    if !tpc::codegen::nvrtc::available() {
-        let required = std::env::var("TPC_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "TPC_REQUIRE_NVRTC=1 but libnvrtc is missing: {}",
-            tpc::codegen::nvrtc::HOW_TO_GET_NVRTC
-        );
-        eprintln!(
-            "skipped: libnvrtc is not available here; {}",
-            tpc::codegen::nvrtc::HOW_TO_GET_NVRTC
-        );
+    if !common::present_or_skip(common::nvrtc_missing(), "TPC_REQUIRE_NVRTC") {
         return;
     }
     for path in files() {

@@ -85,22 +85,17 @@ fn assemble(ptxas: &str, kernels: &[Kernel], what: &str) -> Vec<(String, u32, u3
 
 #[test]
 fn no_kernel_spills_registers_on_sm_90() {
-    let required = std::env::var("TPC_REQUIRE_PTXAS").is_ok_and(|v| v == "1");
-    let Some(ptxas) = ptxas() else {
-        assert!(
-            !required,
-            "TPC_REQUIRE_PTXAS=1 but ptxas does not run (TPC_PTXAS)"
-        );
-        eprintln!(
-            "skipped: no ptxas here (python3 -m pip install nvidia-cuda-nvcc-cu12; set TPC_PTXAS)"
-        );
-        return;
+    let ptxas = match (ptxas(), common::nvrtc_missing()) {
+        (Some(p), None) => p,
+        (p, nvrtc) => {
+            let why = match p {
+                None => "no ptxas runs here (python3 -m pip install nvidia-cuda-nvcc-cu12; set TPC_PTXAS)".to_string(),
+                Some(_) => nvrtc.unwrap_or_default(),
+            };
+            common::present_or_skip(Some(why), "TPC_REQUIRE_PTXAS");
+            return;
+        }
     };
-    if !tpc::codegen::nvrtc::available() {
-        assert!(!required, "TPC_REQUIRE_PTXAS=1 but libnvrtc is missing");
-        eprintln!("skipped: {}", tpc::codegen::nvrtc::HOW_TO_GET_NVRTC);
-        return;
-    }
     let bindings = tpc::parse_bindings("B=2,S=128").expect("bindings");
     let mut modules: Vec<(String, Vec<Kernel>)> = vec![("kinds".into(), kinds::all_kernels())];
     for path in common::ir_files("examples") {

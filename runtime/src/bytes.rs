@@ -110,10 +110,9 @@ pub(crate) fn encode_part(dtype: DType, data: &Data, from: usize, out: &mut [u8]
     match (dtype, data) {
         (DType::F32, Data::Float(v)) => {
             let v = &v[from..from + n];
-            // SAFETY: every bit pattern is an f32; `align_to_mut` gives the aligned middle.
-            match unsafe { out.align_to_mut::<f32>() } {
-                ([], dst, []) if cfg!(target_endian = "little") => dst.copy_from_slice(v),
-                _ => {
+            match as_f32_mut(out) {
+                Some(dst) => dst.copy_from_slice(v),
+                None => {
                     for (c, x) in out.chunks_exact_mut(4).zip(v) {
                         c.copy_from_slice(&x.to_le_bytes());
                     }

@@ -466,13 +466,9 @@ fn interpret(
                     })
                 } else {
                     let r = ranges[i].clone().unwrap_or_default();
-                    let raw = gaps
-                        .iter()
-                        .find(|(g, _)| g.start <= r.start && r.end <= g.end)
-                        .map(|(g, s)| &s[r.start - g.start..r.end - g.start])
-                        .ok_or_else(|| {
-                            Error::Internal(format!("%{} overlaps an output", b.name))
-                        })?;
+                    let raw = in_gaps(&gaps, &r).ok_or_else(|| {
+                        Error::Internal(format!("%{} overlaps an output", b.name))
+                    })?;
                     VArg::In(match b.dtype {
                         DType::F32 => View::Float(as_f32(raw).ok_or_else(bad)?),
                         _ => View::I64(bytes::as_i64(raw).ok_or_else(bad)?),
@@ -530,6 +526,13 @@ fn carve<'a>(bytes: &'a mut [u8], outs: &[(usize, Range<usize>)]) -> Result<Carv
     let end = pos + rest.len();
     gaps.push((pos..end, &*rest));
     Ok((slices, gaps))
+}
+
+/// The bytes of range `r` of the arena, where it lies inside one of [`carve`]'s gaps.
+fn in_gaps<'a>(gaps: &[(Range<usize>, &'a [u8])], r: &Range<usize>) -> Option<&'a [u8]> {
+    gaps.iter()
+        .find(|(g, _)| g.start <= r.start && r.end <= g.end)
+        .map(|(g, s)| &s[r.start - g.start..r.end - g.start])
 }
 
 /// A launch of the kernel's CUDA C, compiled for the host, on the buffers in place.
@@ -596,7 +599,7 @@ fn gemm(arena: &mut Arena, bufs: &[Buffer], g: &Gemm) -> Result<()> {
             .map(|b| arena.range(b))
             .collect::<Result<_>>()?;
         let out = arena.range(cb)?;
-        if let Some((c, views)) = split_views(&mut arena.bytes, out, &ins) {
+        if let Some((c, views)) = f32_views(&mut arena.bytes, out, &ins) {
             let bias = biasb.map(|_| views[2]);
             check(
                 views[0].len(),
@@ -666,38 +669,19 @@ fn gemm_into(g: &Gemm, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32]
     }
 }
 
-/// Views of the arena's bytes as f32: `out` mutably, each of `ins` shared. None where a range
-/// overlaps `out`, is not 4-aligned in memory, or the host is big-endian (the arena is
-/// little-endian bytes).
-fn split_views<'a>(
+/// Views of the arena's bytes as f32 ([`carve`]d): `out` mutably, each of `ins` shared. None
+/// where one of `ins` overlaps `out` or a range is not 4-aligned in memory.
+fn f32_views<'a>(
     bytes: &'a mut [u8],
-    out: std::ops::Range<usize>,
-    ins: &[std::ops::Range<usize>],
+    out: Range<usize>,
+    ins: &[Range<usize>],
 ) -> Option<(&'a mut [f32], Vec<&'a [f32]>)> {
-    if cfg!(target_endian = "big") {
-        return None;
-    }
-    let (left, rest) = bytes.split_at_mut(out.start);
-    let (mid, right) = rest.split_at_mut(out.end - out.start);
-    let (left, right): (&'a [u8], &'a [u8]) = (left, right);
-    let mut views = Vec::with_capacity(ins.len());
-    for r in ins {
-        let raw = if r.end <= out.start {
-            &left[r.clone()]
-        } else if r.start >= out.end {
-            &right[r.start - out.end..r.end - out.end]
-        } else if r.is_empty() {
-            &[][..]
-        } else {
-            return None;
-        };
-        views.push(as_f32(raw)?);
-    }
-    // SAFETY: every bit pattern is an f32; `align_to_mut` gives the aligned middle.
-    let (pre, c, post) = unsafe { mid.align_to_mut::<f32>() };
-    if !pre.is_empty() || !post.is_empty() {
-        return None;
-    }
+    let (mut outs, gaps) = carve(bytes, &[(0, out)]).ok()?;
+    let views = ins
+        .iter()
+        .map(|r| in_gaps(&gaps, r).and_then(as_f32))
+        .collect::<Option<Vec<_>>>()?;
+    let c = bytes::as_f32_mut(outs.pop()?.1?)?;
     Some((c, views))
 }
 
@@ -828,19 +812,10 @@ fn copy_slice<T: Copy>(s: &[T], d: &mut [T], from: usize, to: usize, len: usize)
 }
 
 fn copy_run(src: &Data, dst: &mut Data, from: usize, to: usize, len: usize) -> Result<()> {
-    fn go<T: Copy>(s: &[T], d: &mut [T], from: usize, to: usize, len: usize) -> Result<()> {
-        if from + len > s.len() || to + len > d.len() {
-            return Err(Error::Internal(
-                "a collective's run leaves its buffer".into(),
-            ));
-        }
-        d[to..to + len].copy_from_slice(&s[from..from + len]);
-        Ok(())
-    }
     match (src, dst) {
-        (Data::Float(s), Data::Float(d)) => go(s, d, from, to, len),
-        (Data::I64(s), Data::I64(d)) => go(s, d, from, to, len),
-        (Data::Bool(s), Data::Bool(d)) => go(s, d, from, to, len),
+        (Data::Float(s), Data::Float(d)) => copy_slice(s, d, from, to, len),
+        (Data::I64(s), Data::I64(d)) => copy_slice(s, d, from, to, len),
+        (Data::Bool(s), Data::Bool(d)) => copy_slice(s, d, from, to, len),
         _ => Err(Error::Internal(
             "a collective between different dtypes".into(),
         )),

@@ -828,13 +828,10 @@ fn row_kernel(k: &Fused, a: usize, b: usize, c: &mut Code) {
     });
     let vec = row_vector_width(k, a, b);
     if let Some(w) = vec {
-        let used = loaded(k);
         let mut tests = vec![format!("rowlen % {w} == 0")];
-        for (j, x) in k.inputs.iter().enumerate() {
-            if used[j] && !x.broadcast[a..b].iter().all(|&y| y) {
-                let (_, _, bytes) = vector_type(x.dtype, w);
-                tests.push(format!("((unsigned long long)in{j} & {}) == 0", bytes - 1));
-            }
+        for j in row_elementwise_inputs(k, a, b) {
+            let (_, _, bytes) = vector_type(k.inputs[j].dtype, w);
+            tests.push(format!("((unsigned long long)in{j} & {}) == 0", bytes - 1));
         }
         for (o, out) in k.outputs.iter().enumerate() {
             if !out.per_row {
@@ -952,23 +949,28 @@ fn row_vector_width(k: &Fused, a: usize, b: usize) -> Option<usize> {
     if b != k.rank || a == b {
         return None;
     }
-    let used = loaded(k);
-    let mut dtypes = Vec::new();
-    for (j, x) in k.inputs.iter().enumerate() {
-        let row = &x.broadcast[a..b];
-        if !used[j] || row.iter().all(|&y| y) {
-            continue;
-        }
-        if row.iter().any(|&y| y) {
-            return None;
-        }
-        dtypes.push(x.dtype);
+    let ins = row_elementwise_inputs(k, a, b);
+    if ins
+        .iter()
+        .any(|&j| k.inputs[j].broadcast[a..b].iter().any(|&y| y))
+    {
+        return None;
     }
+    let mut dtypes: Vec<DType> = ins.iter().map(|&j| k.inputs[j].dtype).collect();
     dtypes.extend(k.outputs.iter().filter(|o| !o.per_row).map(|o| o.dtype));
     if dtypes.is_empty() || dtypes.contains(&DType::I64) {
         return None;
     }
     Some(if dtypes.contains(&DType::F32) { 4 } else { 8 })
+}
+
+/// The loaded inputs a row kernel reads per element: those that do not broadcast over the whole
+/// row (one that does is read once per row).
+fn row_elementwise_inputs(k: &Fused, a: usize, b: usize) -> Vec<usize> {
+    let used = loaded(k);
+    (0..k.inputs.len())
+        .filter(|&j| used[j] && !k.inputs[j].broadcast[a..b].iter().all(|&y| y))
+        .collect()
 }
 
 fn reduction_name(k: &Fused, v: usize) -> String {

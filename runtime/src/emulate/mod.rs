@@ -285,32 +285,34 @@ pub fn run_kernel_emulated(
     let (k, params) = emulator.kernel_params(kernel, args.len())?;
     let dtype_of = |p: &tpc_codegen::kir::Param| match p.kind {
         ParamKind::Input(d) | ParamKind::Output(d) => d,
-        _ => tpc_ir::DType::I64,
+        // A table is i64; the scalars have no buffer.
+        ParamKind::Table | ParamKind::Int | ParamKind::Float => tpc_ir::DType::I64,
     };
     // Every buffer in its own 256-byte-aligned place, as a device allocation is.
-    let mut memory: Vec<Option<bytes::Aligned>> = args
+    let mut memory: Vec<Option<aligned::Aligned>> = args
         .iter()
         .zip(&params)
         .map(|(a, p)| match a {
-            KArg::In(d) => bytes::Aligned::encode(dtype_of(p), d).map(Some),
-            KArg::Out(d) => bytes::Aligned::encode(dtype_of(p), d).map(Some),
+            KArg::In(d) => aligned::Aligned::encode(dtype_of(p), d).map(Some),
+            KArg::Out(d) => aligned::Aligned::encode(dtype_of(p), d).map(Some),
             _ => Ok(None),
         })
         .collect::<Result<_>>()?;
     let mut ints = Vec::new();
-    let eargs: Vec<EmuArg> = args
-        .iter()
-        .zip(memory.iter_mut())
-        .map(|(a, m)| match (a, m) {
-            (_, Some(m)) => EmuArg::Ptr(m.as_mut_ptr()),
-            (KArg::Int(i), None) => {
+    let mut eargs = Vec::with_capacity(args.len());
+    for (a, m) in args.iter().zip(memory.iter_mut()) {
+        eargs.push(match (a, m) {
+            (KArg::In(_) | KArg::Out(_), Some(m)) => EmuArg::Ptr(m.as_mut_ptr()),
+            (KArg::Int(i), _) => {
                 ints.push(*i);
                 EmuArg::Int(*i)
             }
-            (KArg::Float(x), None) => EmuArg::Float(*x),
-            _ => EmuArg::Int(0),
-        })
-        .collect();
+            (KArg::Float(x), _) => EmuArg::Float(*x),
+            (KArg::In(_) | KArg::Out(_), None) => {
+                return Err(Error::Internal("a buffer argument without memory".into()))
+            }
+        });
+    }
     let dims = k.launch(&ints);
     // SAFETY: each pointer is a buffer of its argument's full length; the kernel addresses what
     // its extents say, which the caller sized the buffers for (as for the interpreter).
@@ -323,7 +325,7 @@ pub fn run_kernel_emulated(
     Ok(())
 }
 
-mod bytes {
+mod aligned {
     //! Host buffers as the bytes a kernel sees.
     use crate::tensor::Data;
     use crate::Result;
