@@ -143,17 +143,21 @@ pub struct CompileArgs {
     /// and peak bytes per device.
     #[arg(long, value_enum)]
     pub report: Option<ReportFormat>,
-    /// Write sharded.ir, kernels.cu, kernels.ptx (when NVRTC is present), rank<r>.host and
-    /// report.json into this directory.
+    /// Write sharded.ir, kernels.cu, kernels.ptx (when NVRTC is present), the host programs
+    /// and report.json into this directory. Without --bind the host programs are
+    /// host<k>.host, valid for every binding of the symbols (ranks with pieces of the same
+    /// shapes share one; report.json's host_program_of_rank says which); with --bind they are
+    /// rank<r>.host, specialized to those values.
     #[arg(short = 'o', long = "out-dir", value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
     /// The rank whose program `--emit local` and `--emit host` print.
     #[arg(long, default_value_t = 0)]
     pub rank: usize,
-    /// Symbol values at which the passes weigh layouts by bytes moved, and for the report's
-    /// byte counts and the local shapes.
-    #[arg(long, value_name = "SYM=N,...", default_value = "B=2,S=128")]
-    pub bind: String,
+    /// Specialize to these symbol values: the passes weigh layouts by bytes moved at them, the
+    /// report counts bytes at them, and the host programs serve only them. Without it the
+    /// passes and the report use B=2,S=128 and the host programs serve every binding.
+    #[arg(long, value_name = "SYM=N,...")]
+    pub bind: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -240,6 +240,16 @@ fn tolerance(dt: tpc::ir::DType) -> f64 {
     }
 }
 
+/// The symbol values `tpc compile` weighs layouts and counts bytes at without --bind.
+const DEFAULT_BINDINGS: &str = "B=2,S=128";
+
+fn bindings_text(b: &std::collections::BTreeMap<String, i64>) -> String {
+    b.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub fn compile(args: CompileArgs) -> Result<ExitCode> {
     let (name, text) = read_source(&args.file)?;
     let mut graph = tpc::load(&name, &text)?;
@@ -247,7 +257,8 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
         Some(d) => tpc::resolve_devices(&graph, d, &tpc::SourceFile::new(&name, &text))?,
         None => Vec::new(),
     };
-    let bindings = tpc::parse_bindings(&args.bind)?;
+    let specialize = args.bind.is_some();
+    let bindings = tpc::parse_bindings(args.bind.as_deref().unwrap_or(DEFAULT_BINDINGS))?;
     let mut pm = tpc::passes::PassManager::parse(&args.pipeline)?;
     pm.verify_each = true;
     pm.context.symbols = bindings.clone();
@@ -289,7 +300,8 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
     let needs_codegen =
         args.out_dir.is_some() || matches!(args.emit, Emit::Cuda | Emit::Ptx | Emit::Host);
     if needs_codegen {
-        let artifacts = tpc::compile::codegen(graph, args.devices.unwrap_or(1), &bindings)?;
+        let artifacts =
+            tpc::compile::codegen_with(graph, args.devices.unwrap_or(1), &bindings, specialize)?;
         if let Some(dir) = &args.out_dir {
             let written = artifacts.write_dir(dir)?;
             let peak: Vec<String> = artifacts
@@ -298,11 +310,18 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
                 .map(|h| h.peak_bytes.to_string())
                 .collect();
             eprintln!(
-                "wrote {} files to {} ({} kernels, {} ranks, peak bytes per rank: {}){}",
+                "wrote {} files to {} ({} kernels, {} ranks, {} host program(s){}, peak bytes per rank{}: {}){}",
                 written.len(),
                 dir.display(),
                 artifacts.kernels().len(),
                 artifacts.hosts().len(),
+                artifacts.templates.programs.len(),
+                if specialize { "" } else { " for every binding" },
+                if specialize {
+                    String::new()
+                } else {
+                    format!(" at {}", bindings_text(&bindings))
+                },
                 peak.join(", "),
                 if tpc::codegen::nvrtc::available() {
                     String::new()
@@ -318,7 +337,12 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
             Emit::Cuda => print!("{}", artifacts.cuda),
             Emit::Ptx => print!("{}", artifacts.ptx("sm_90")?),
             Emit::Host => {
-                let text = artifacts.host_text(args.rank).ok_or_else(|| {
+                let text = if specialize {
+                    artifacts.host_text(args.rank)
+                } else {
+                    artifacts.template_text(args.rank)
+                };
+                let text = text.ok_or_else(|| {
                     Error::Usage(format!(
                         "--rank {} is not one of the {} ranks",
                         args.rank,
@@ -336,7 +360,8 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
         let devices = args
             .devices
             .ok_or_else(|| Error::Usage("--report needs --devices, to size every piece".into()))?;
-        let report = match tpc::compile::codegen(graph.clone(), devices, &bindings) {
+        let report = match tpc::compile::codegen_with(graph.clone(), devices, &bindings, specialize)
+        {
             Ok(a) => a.report,
             Err(e) => {
                 let mut r = tpc::report::report(&graph, devices, &bindings)?;

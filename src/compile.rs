@@ -8,6 +8,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 use tpc_codegen::host::{Compiled, HostProgram, Step};
 use tpc_codegen::kir::Kernel;
+use tpc_codegen::template::{HostTemplate, Templates};
 use tpc_ir::{print, Graph, PrintMode, SourceFile};
 
 use crate::{Error, Result};
@@ -22,6 +23,9 @@ pub struct CompileOptions {
     pub bindings: BTreeMap<String, i64>,
     /// The passes to run (`tpc_passes::DEFAULT_PIPELINE` by default).
     pub pipeline: String,
+    /// Host programs for `bindings` only (uneven splits of symbolic extents cut as those values
+    /// cut them), instead of templates valid for every binding (the default).
+    pub specialize: bool,
 }
 
 impl Default for CompileOptions {
@@ -33,6 +37,7 @@ impl Default for CompileOptions {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             pipeline: tpc_passes::DEFAULT_PIPELINE.to_string(),
+            specialize: false,
         }
     }
 }
@@ -54,8 +59,14 @@ pub struct Artifacts {
     pub sharded: Graph,
     /// Mesh axis sizes.
     pub mesh: Vec<(String, usize)>,
+    /// The symbol values `compiled` and the report are bound at.
     pub bindings: BTreeMap<String, i64>,
-    /// The generated kernels and each rank's host program.
+    /// The host templates: every rank's program for every binding (or, when `specialized`,
+    /// for `bindings` only). Ranks that hold pieces of the same shapes share one.
+    pub templates: Templates,
+    /// Whether the templates serve `bindings` only.
+    pub specialized: bool,
+    /// The generated kernels and each rank's host program, bound at `bindings`.
     pub compiled: Compiled,
     /// All kernels as one CUDA C file.
     pub cuda: String,
@@ -77,7 +88,41 @@ impl Artifacts {
         print(&self.sharded, PrintMode::Full)
     }
 
-    /// Rank `rank`'s host program as text.
+    /// The artifacts at other symbol values, from the same templates (no recompile): host
+    /// programs bound at `bindings` and the report at those sizes. A binding that breaks a
+    /// divisibility the plan needs is an error naming the symbol.
+    pub fn bind(&self, bindings: &BTreeMap<String, i64>) -> Result<Artifacts> {
+        if self.specialized && *bindings != self.bindings {
+            return Err(Error::Usage(
+                "these artifacts were compiled for one binding (specialized); compile without \
+                 `specialize` (no --bind) to bind them at other values"
+                    .into(),
+            ));
+        }
+        let compiled = self.templates.bind(bindings).map_err(Error::Codegen)?;
+        let report = full_report(
+            &self.sharded,
+            &self.mesh,
+            bindings,
+            &self.templates,
+            &compiled,
+        )?;
+        Ok(Artifacts {
+            bindings: bindings.clone(),
+            compiled,
+            report,
+            ..self.clone()
+        })
+    }
+
+    /// The host template rank `rank` runs, as text (symbolic sizes).
+    pub fn template_text(&self, rank: usize) -> Option<String> {
+        self.templates
+            .program_of(rank)
+            .map(|t| format!("{}\n", t.display(&self.templates.kernels)))
+    }
+
+    /// Rank `rank`'s host program, bound at `bindings`, as text.
     pub fn host_text(&self, rank: usize) -> Option<String> {
         self.compiled
             .hosts
@@ -90,8 +135,11 @@ impl Artifacts {
         tpc_codegen::nvrtc::compile(&self.cuda, arch).map_err(Error::Codegen)
     }
 
-    /// Writes `sharded.ir`, `kernels.cu`, `kernels.ptx` (sm_90, when NVRTC is present),
-    /// `rank<r>.host` and `report.json` into `dir`; returns the paths written.
+    /// Writes `sharded.ir`, `kernels.cu`, `kernels.ptx` (sm_90, when NVRTC is present), the
+    /// host programs and `report.json` into `dir`; returns the paths written. The host
+    /// programs are `host<k>.host`, one per template (symbolic, for every binding; the report's
+    /// `host_program_of_rank` says which rank runs which), or, when specialized,
+    /// `rank<r>.host` bound at `bindings`.
     pub fn write_dir(&self, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
         let io = |path: &Path, e: std::io::Error| Error::Write {
             path: path.display().to_string(),
@@ -105,11 +153,20 @@ impl Artifacts {
         if tpc_codegen::nvrtc::available() {
             files.push(("kernels.ptx".into(), self.ptx("sm_90")?));
         }
-        for (r, _) in self.compiled.hosts.iter().enumerate() {
-            files.push((
-                format!("rank{r}.host"),
-                self.host_text(r).unwrap_or_default(),
-            ));
+        if self.specialized {
+            for (r, _) in self.compiled.hosts.iter().enumerate() {
+                files.push((
+                    format!("rank{r}.host"),
+                    self.host_text(r).unwrap_or_default(),
+                ));
+            }
+        } else {
+            for (k, t) in self.templates.programs.iter().enumerate() {
+                files.push((
+                    format!("host{k}.host"),
+                    format!("{}\n", t.display(&self.templates.kernels)),
+                ));
+            }
         }
         files.push((
             "report.json".into(),
@@ -152,64 +209,100 @@ fn compile_loaded(
     pm.context.symbols = options.bindings.clone();
     pm.context.axis_sizes = axes.iter().cloned().collect();
     pm.run(&mut graph).map_err(|e| crate::pass_error(e, file))?;
-    codegen(graph, devices, &options.bindings)
+    codegen_with(graph, devices, &options.bindings, options.specialize)
 }
 
-/// Code generation for a program the passes have sharded (for `devices` devices, symbols
-/// bound by `bindings`): kernels, host programs, CUDA C and the report.
+/// Code generation for a program the passes have sharded (for `devices` devices), specialized
+/// to `bindings` (see [`codegen_with`]).
 pub fn codegen(graph: Graph, devices: i64, bindings: &BTreeMap<String, i64>) -> Result<Artifacts> {
-    let options = CompileOptions {
-        devices: Some(devices),
-        bindings: bindings.clone(),
-        ..CompileOptions::default()
-    };
-    let unbound: Vec<String> = graph
-        .values()
-        .iter()
-        .flat_map(|&v| graph.ty(v).shape.iter().flat_map(|d| d.symbols()))
-        .filter(|s| !options.bindings.contains_key(s))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if !unbound.is_empty() {
-        return Err(Error::Usage(format!(
-            "host programs need every symbol bound; bind {} (e.g. --bind {}=2)",
-            unbound.join(", "),
-            unbound[0]
-        )));
-    }
+    codegen_with(graph, devices, bindings, true)
+}
+
+/// Code generation for a program the passes have sharded (for `devices` devices): kernels,
+/// host templates (valid for every binding, or with `specialize` for `bindings` only), the
+/// host programs bound at `bindings`, CUDA C and the report at `bindings`.
+pub fn codegen_with(
+    graph: Graph,
+    devices: i64,
+    bindings: &BTreeMap<String, i64>,
+    specialize: bool,
+) -> Result<Artifacts> {
     let mesh: Vec<(String, usize)> = graph
         .mesh
         .resolve(Some(devices))?
         .into_iter()
         .map(|(n, s)| (n, s as usize))
         .collect();
-    let plan = tpc_codegen::fuse::segment(&graph).map_err(Error::Codegen)?;
-    let compiled = tpc_codegen::build::compile_hosts(&graph, &plan, &mesh, &options.bindings)
-        .map_err(Error::Codegen)?;
-    let cuda = tpc_codegen::cuda::module_source(&compiled.kernels);
-    let mut report = crate::report::report(&graph, devices, &options.bindings)?;
-    if let Value::Object(map) = &mut report {
-        map.insert("bindings".into(), json!(options.bindings));
-        map.insert("kernels".into(), kernels_json(&compiled));
-        map.insert(
-            "peak_bytes_per_rank".into(),
-            json!(compiled
-                .hosts
-                .iter()
-                .map(|h| h.peak_bytes)
-                .collect::<Vec<_>>()),
-        );
-        map.insert("steps_per_rank".into(), steps_json(&compiled));
+    if specialize {
+        let unbound: Vec<String> = graph
+            .values()
+            .iter()
+            .flat_map(|&v| graph.ty(v).shape.iter().flat_map(|d| d.symbols()))
+            .filter(|s| !bindings.contains_key(s))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !unbound.is_empty() {
+            return Err(Error::Usage(format!(
+                "host programs specialized to a binding need every symbol bound; bind {} (e.g. --bind {}=2)",
+                unbound.join(", "),
+                unbound[0]
+            )));
+        }
     }
+    let plan = tpc_codegen::fuse::segment(&graph).map_err(Error::Codegen)?;
+    let templates =
+        tpc_codegen::build::compile_templates(&graph, &plan, &mesh, specialize.then_some(bindings))
+            .map_err(Error::Codegen)?;
+    let compiled = templates.bind(bindings).map_err(Error::Codegen)?;
+    let cuda = tpc_codegen::cuda::module_source(&compiled.kernels);
+    let report = full_report(&graph, &mesh, bindings, &templates, &compiled)?;
     Ok(Artifacts {
         sharded: graph,
         mesh,
-        bindings: options.bindings.clone(),
+        bindings: bindings.clone(),
+        templates,
+        specialized: specialize,
         compiled,
         cuda,
         report,
     })
+}
+
+/// The report of a compiled program at `bindings`: collectives, kernels, host programs and
+/// their peak memory from the memory plan.
+fn full_report(
+    graph: &Graph,
+    mesh: &[(String, usize)],
+    bindings: &BTreeMap<String, i64>,
+    templates: &Templates,
+    compiled: &Compiled,
+) -> Result<Value> {
+    let devices: usize = mesh.iter().map(|(_, n)| (*n).max(1)).product();
+    let mut report = crate::report::report(graph, devices as i64, bindings)?;
+    if let Value::Object(map) = &mut report {
+        map.insert("bindings".into(), json!(bindings));
+        map.insert("kernels".into(), kernels_json(compiled));
+        let peaks: Vec<u64> = compiled.hosts.iter().map(|h| h.peak_bytes).collect();
+        map.insert(
+            "peak_bytes_per_device".into(),
+            json!(peaks.iter().copied().max().unwrap_or(0)),
+        );
+        map.insert("peak_bytes_per_rank".into(), json!(peaks));
+        map.insert("host_programs".into(), json!(templates.programs.len()));
+        let of_rank: Vec<usize> = (0..devices)
+            .map(|r| {
+                templates
+                    .programs
+                    .iter()
+                    .position(|t: &HostTemplate| t.ranks.contains(&r))
+                    .unwrap_or(0)
+            })
+            .collect();
+        map.insert("host_program_of_rank".into(), json!(of_rank));
+        map.insert("steps_per_rank".into(), steps_json(compiled));
+    }
+    Ok(report)
 }
 
 fn kernels_json(c: &Compiled) -> Value {

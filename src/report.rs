@@ -1,18 +1,20 @@
-//! The compile report: every collective with its size on one device, totals by kind, and the
-//! peak bytes a device holds, as JSON that embedders parse.
+//! The compile report's sharding part: every collective with its size on one device and totals
+//! by kind, as JSON that embedders parse. `compile` adds the kernels and, from the memory plan
+//! of the host programs, the one figure of peak bytes per rank (`peak_bytes_per_rank`, and
+//! its maximum `peak_bytes_per_device`).
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
-use tpc_ir::layout::{piece_indices, rank_coords, MeshCoords};
+use tpc_ir::layout::{piece_elems, rank_coords, MeshCoords};
 use tpc_ir::{Graph, Op, TensorType, ValueId};
 
 use crate::{Error, Result};
 
 /// Bytes of the piece of a value of type `ty` held at `c`.
 fn local_bytes(ty: &TensorType, b: &BTreeMap<String, i64>, c: &MeshCoords) -> Result<u64> {
-    let (_, idx) = piece_indices(ty, b, c).map_err(|e| Error::Usage(e.to_string()))?;
-    Ok(idx.iter().map(|i| i.len() as u64).product::<u64>() * ty.dtype.size_bytes())
+    let n = piece_elems(ty, b, c).map_err(|e| Error::Usage(e.to_string()))?;
+    Ok(n * ty.dtype.size_bytes())
 }
 
 /// The report of a compiled graph on `devices` devices with symbols bound by `bindings`.
@@ -42,26 +44,6 @@ pub fn report(g: &Graph, devices: i64, bindings: &BTreeMap<String, i64>) -> Resu
             t.1 += bytes;
         }
     }
-    // Peak live bytes on each rank, freeing each value after its last use, as the executors do.
-    let last_use = g.last_uses();
-    let mut peak = 0u64;
-    for c in &ranks {
-        let (mut live, mut top) = (0u64, 0u64);
-        for (pos, &v) in g.values().iter().enumerate() {
-            live += local_bytes(g.ty(v), bindings, c)?;
-            top = top.max(live);
-            let mut operands = g.operands(v);
-            // An operand used twice by one op is freed once.
-            operands.sort();
-            operands.dedup();
-            for o in operands {
-                if last_use.get(&o) == Some(&pos) && !g.outputs().contains(&o) {
-                    live -= local_bytes(g.ty(o), bindings, c)?;
-                }
-            }
-        }
-        peak = peak.max(top);
-    }
     let mesh: Map<String, Value> = sizes.iter().map(|(n, s)| (n.clone(), json!(s))).collect();
     let totals: Map<String, Value> = totals
         .into_iter()
@@ -72,6 +54,5 @@ pub fn report(g: &Graph, devices: i64, bindings: &BTreeMap<String, i64>) -> Resu
         "mesh": mesh,
         "collectives": collectives,
         "totals": totals,
-        "peak_bytes_per_device": peak,
     }))
 }

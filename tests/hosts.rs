@@ -45,6 +45,11 @@ fn kernels_and_host_program_snapshots() {
         text.push('\n');
         text.push_str(&a.host_text(0).expect("rank 0"));
         insta::assert_snapshot!(format!("host_{}", common::stem(&path)), text);
+        // The template rank 0 runs, for every binding.
+        insta::assert_snapshot!(
+            format!("template_{}", common::stem(&path)),
+            a.template_text(0).expect("rank 0")
+        );
     }
 }
 
@@ -119,13 +124,15 @@ fn memory_plans_never_overlap_and_launches_match_their_kernels() {
     }
 }
 
-#[test]
-fn compile_with_out_dir_writes_every_artifact() {
-    let dir = std::env::temp_dir().join(format!("tpc-out-{}", std::process::id()));
+/// `tpc compile FILE --devices 8 -o DIR` with `extra` arguments; the report and the names of
+/// the files written.
+fn compile_to_dir(tag: &str, extra: &[&str]) -> (std::path::PathBuf, serde_json::Value) {
+    let dir = std::env::temp_dir().join(format!("tpc-out-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tpc"))
         .args(["compile", "examples/mlp.ir", "--devices", "8", "-o"])
         .arg(&dir)
+        .args(extra)
         .current_dir(common::root())
         .output()
         .expect("tpc runs");
@@ -134,9 +141,15 @@ fn compile_with_out_dir_writes_every_artifact() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut names = vec!["sharded.ir", "kernels.cu", "report.json"];
-    let ranks: Vec<String> = (0..8).map(|r| format!("rank{r}.host")).collect();
-    names.extend(ranks.iter().map(String::as_str));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).expect("report"))
+            .expect("json");
+    (dir, report)
+}
+
+fn assert_written(dir: &std::path::Path, names: &[String]) {
+    let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
+    names.extend(["sharded.ir", "kernels.cu", "report.json"]);
     if tpc::codegen::nvrtc::available() {
         names.push("kernels.ptx");
     }
@@ -145,16 +158,42 @@ fn compile_with_out_dir_writes_every_artifact() {
         let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{n}: {e}"));
         assert!(!text.is_empty(), "{n} is empty");
     }
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).expect("report"))
-            .expect("json");
+    // The sharded IR parses back.
+    let ir = std::fs::read_to_string(dir.join("sharded.ir")).expect("ir");
+    tpc::load("sharded.ir", &ir).unwrap_or_else(|e| panic!("{}", e.render()));
+}
+
+#[test]
+fn compile_with_out_dir_writes_every_artifact() {
+    // Without --bind: one host program for every rank and every binding.
+    let (dir, report) = compile_to_dir("symbolic", &[]);
+    assert_written(&dir, &["host0.host".to_string()]);
+    assert!(!dir.join("rank0.host").exists());
+    let host = std::fs::read_to_string(dir.join("host0.host")).expect("host0");
+    assert!(
+        host.starts_with("host ranks 0-7 of 8 (every binding"),
+        "{host}"
+    );
+    assert!(host.contains("bf16[B, S, 768]"), "{host}");
+    assert_eq!(report["host_programs"], 1);
+    assert_eq!(
+        report["host_program_of_rank"],
+        serde_json::json!(vec![0; 8])
+    );
     assert_eq!(
         report["peak_bytes_per_rank"].as_array().map(Vec::len),
         Some(8)
     );
     assert!(report["kernels"].as_array().is_some_and(|k| !k.is_empty()));
-    // The sharded IR parses back.
-    let ir = std::fs::read_to_string(dir.join("sharded.ir")).expect("ir");
-    tpc::load("sharded.ir", &ir).unwrap_or_else(|e| panic!("{}", e.render()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // With --bind: every rank's program at those sizes.
+    let (dir, report) = compile_to_dir("bound", &["--bind", "B=4,S=64"]);
+    let ranks: Vec<String> = (0..8).map(|r| format!("rank{r}.host")).collect();
+    assert_written(&dir, &ranks);
+    let host = std::fs::read_to_string(dir.join("rank3.host")).expect("rank3");
+    assert!(host.contains("bf16[4, 64, 768]"), "{host}");
+    let peaks = report["peak_bytes_per_rank"].as_array().expect("peaks");
+    assert_eq!(peaks.len(), 8);
+    assert_eq!(report["peak_bytes_per_device"], peaks[0]);
     let _ = std::fs::remove_dir_all(&dir);
 }

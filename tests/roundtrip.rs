@@ -304,8 +304,17 @@ proptest! {
         if tpc::resolve_devices(&g, devices, &SourceFile::new("gen.ir", &text)).is_err() {
             return Ok(());
         }
-        let options = tpc::CompileOptions { devices: Some(devices), bindings: b.clone(), ..tpc::CompileOptions::default() };
-        let artifacts = match tpc::compile("gen.ir", &text, &options) {
+        // Host templates for every binding where the binding divides every symbolic split;
+        // otherwise (an uneven split of `B` over 3, say) specialized to the binding, as `tpc run` does.
+        let mut options = tpc::CompileOptions { devices: Some(devices), bindings: b.clone(), ..tpc::CompileOptions::default() };
+        let compiled = match tpc::compile("gen.ir", &text, &options) {
+            Err(tpc::Error::Codegen(tpc::codegen::Error::Binding { .. })) => {
+                options.specialize = true;
+                tpc::compile("gen.ir", &text, &options)
+            }
+            other => other,
+        };
+        let artifacts = match compiled {
             Ok(a) => a,
             Err(tpc::Error::Pass(tpc::passes::Error::Unsupported(_))) => return Ok(()),
             Err(e) => return Err(TestCaseError::fail(format!("{text}\n{}", e.render()))),

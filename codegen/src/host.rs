@@ -7,6 +7,7 @@
 //! executor with kernels from the module, cuBLASLt GEMMs and NCCL calls.
 
 use std::fmt;
+use std::ops::Range;
 
 use tpc_ir::{Collective, DType, ReduceOp};
 
@@ -99,14 +100,126 @@ pub struct Run {
     pub len: usize,
 }
 
+/// A box of an exchange's view: per view dim, a range of global positions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Block(pub Vec<Range<usize>>);
+
+impl Block {
+    /// Elements in the box.
+    pub fn elems(&self) -> usize {
+        self.0.iter().map(|r| r.len()).product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.elems() == 0
+    }
+
+    /// The box both hold, if any element.
+    pub fn intersect(&self, other: &Block) -> Option<Block> {
+        let b = Block(
+            self.0
+                .iter()
+                .zip(&other.0)
+                .map(|(a, b)| a.start.max(b.start)..a.end.min(b.end).max(a.start.max(b.start)))
+                .collect(),
+        );
+        (!b.is_empty()).then_some(b)
+    }
+
+    /// Whether every element of `other` is in this box.
+    pub fn contains(&self, other: &Block) -> bool {
+        other.is_empty()
+            || self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|(a, b)| a.start <= b.start && b.end <= a.end)
+    }
+
+    /// The contiguous runs that copy this box from a piece holding box `src` (row-major) into
+    /// a piece holding box `dst`: one run per position of the dims outside the longest suffix
+    /// that both pieces hold whole, so a block of outer dims is one run.
+    pub fn runs(&self, src: &Block, dst: &Block) -> Vec<Run> {
+        let r = self.0.len();
+        if self.is_empty() {
+            return Vec::new();
+        }
+        if r == 0 {
+            return vec![Run {
+                src: 0,
+                dst: 0,
+                len: 1,
+            }];
+        }
+        let lens = |b: &Block| b.0.iter().map(|x| x.len()).collect::<Vec<_>>();
+        let (ss, ds) = (row_major(&lens(src)), row_major(&lens(dst)));
+        // Dims k.. form one run when every dim after k is whole in the box and both pieces.
+        let mut k = r - 1;
+        while k > 0 && self.0[k] == src.0[k] && self.0[k] == dst.0[k] {
+            k -= 1;
+        }
+        let len: usize = self.0[k..].iter().map(|x| x.len()).product();
+        let base = |strides: &[usize], piece: &Block, at: &[usize]| -> usize {
+            (0..=k)
+                .map(|j| (at[j] - piece.0[j].start) * strides[j])
+                .sum()
+        };
+        let mut at: Vec<usize> = self.0.iter().map(|x| x.start).collect();
+        let mut out = Vec::new();
+        loop {
+            out.push(Run {
+                src: base(&ss, src, &at),
+                dst: base(&ds, dst, &at),
+                len,
+            });
+            // The next position of dims 0..k (dim k is inside the run).
+            let mut j = k;
+            loop {
+                if j == 0 {
+                    return out;
+                }
+                j -= 1;
+                at[j] += 1;
+                if at[j] < self.0[j].end {
+                    break;
+                }
+                at[j] = self.0[j].start;
+            }
+        }
+    }
+}
+
+impl fmt::Display for Block {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|r| format!("{}:{}", r.start, r.end))
+            .collect();
+        write!(f, "[{}]", parts.join(", "))
+    }
+}
+
+/// Row-major strides of `shape`, in elements.
+pub fn row_major(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1usize; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * shape[d + 1];
+    }
+    s
+}
+
 /// A collective between the ranks of `group` (in their order on `axis`), this rank among them.
 ///
-/// Its meaning is given by the runs: for every member `s` (in group order), this rank's output
-/// receives `recv[s]` from `s`'s input; with `reduce`, the elements received for one output
-/// element from all members are combined in group order, else each output element is received
-/// once. `send[t]` lists what this rank's input gives member `t` (the mirror of `t`'s `recv`),
-/// which is what point-to-point NCCL calls need. `kind` says which NCCL call it is when the
-/// runs have that call's shape (one run per member at equal strides), and names it in print.
+/// Its meaning is given by blocks of the tensor's *view*: its dims cut into the factors that
+/// every member's pieces are boxes of (a fused `(3, 16@tp, 64)` dim is three view dims).
+/// `inputs[s]` and `outputs[s]` are the boxes member `s` holds of the input and the output;
+/// this rank's output receives the box `recv[s]` from member `s`'s input; with `reduce`, what
+/// all members send for one output element is combined in group order, else each element is
+/// received once. `send[t]` is what this rank's input gives member `t` (the mirror of `t`'s
+/// `recv`), which point-to-point NCCL calls need. All of it is derived from the layouts in
+/// time proportional to the view's rank times the group's size, never by elements. `kind`
+/// names the NCCL call the blocks have the shape of, where they do.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Exchange {
     pub kind: Collective,
@@ -116,8 +229,40 @@ pub struct Exchange {
     pub output: BufId,
     pub dtype: DType,
     pub reduce: Option<ReduceOp>,
-    pub recv: Vec<Vec<Run>>,
-    pub send: Vec<Vec<Run>>,
+    /// The view's global extents.
+    pub view: Vec<usize>,
+    pub inputs: Vec<Block>,
+    pub outputs: Vec<Block>,
+    pub recv: Vec<Option<Block>>,
+    pub send: Vec<Option<Block>>,
+    /// This rank's position in `group`.
+    pub me: usize,
+}
+
+impl Exchange {
+    /// Per member, the runs this rank's output receives from its input.
+    pub fn recv_runs(&self) -> Vec<Vec<Run>> {
+        self.recv
+            .iter()
+            .enumerate()
+            .map(|(s, b)| match b {
+                Some(b) => b.runs(&self.inputs[s], &self.outputs[self.me]),
+                None => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Per member, the runs this rank's input gives its output.
+    pub fn send_runs(&self) -> Vec<Vec<Run>> {
+        self.send
+            .iter()
+            .enumerate()
+            .map(|(t, b)| match b {
+                Some(b) => b.runs(&self.inputs[self.me], &self.outputs[t]),
+                None => Vec::new(),
+            })
+            .collect()
+    }
 }
 
 /// One step of a host program, run in order on the rank's stream.
@@ -304,27 +449,34 @@ impl fmt::Display for Printed<'_> {
                         (_, Some(r)) => format!("{}.{}", x.kind.name(), reduce_name(r)),
                         (k, None) => k.name().to_string(),
                     };
-                    let counts: Vec<String> = x
-                        .recv
-                        .iter()
-                        .map(|runs| {
-                            let n: usize = runs.iter().map(|r| r.len).sum();
-                            if runs.len() > 1 {
-                                format!("{n} in {} runs", runs.len())
-                            } else {
-                                n.to_string()
-                            }
-                        })
-                        .collect();
                     let group: Vec<String> = x.group.iter().map(|r| r.to_string()).collect();
+                    let from: Vec<String> = match x.recv.first() {
+                        // Every member sends the same block (an allreduce).
+                        Some(Some(b))
+                            if x.recv.len() > 1 && x.recv.iter().all(|r| r.as_ref() == Some(b)) =>
+                        {
+                            vec![format!("{b} from each")]
+                        }
+                        _ => x
+                            .recv
+                            .iter()
+                            .zip(&x.group)
+                            .filter_map(|(b, r)| b.as_ref().map(|b| format!("{b} from r{r}")))
+                            .collect(),
+                    };
                     writeln!(
                         f,
-                        "  {op} {} -> {} over {} ranks [{}] (receives {})",
+                        "  {op} {} -> {} over {} [{}] view [{}] receives {}",
                         x.input,
                         x.output,
                         x.axis,
                         group.join(", "),
-                        counts.join(", ")
+                        dims(&x.view),
+                        if from.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            from.join(", ")
+                        }
                     )?
                 }
                 Step::Free { buf: b } => writeln!(f, "  free {b}")?,

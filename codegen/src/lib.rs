@@ -8,11 +8,13 @@
 
 pub mod build;
 pub mod cuda;
+pub mod exchange;
 pub mod fuse;
 pub mod host;
 pub mod kir;
 pub mod memory;
 pub mod nvrtc;
+pub mod template;
 
 /// Errors of the code generator.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,11 @@ pub enum Error {
     Nvrtc { arch: String, log: String },
     #[error("%{value}: code generation does not support {what} yet")]
     Unsupported { value: String, what: String },
+    #[error("binding {}: {message}", symbols.join(", "))]
+    Binding {
+        symbols: Vec<String>,
+        message: String,
+    },
     #[error("%{value} on rank {rank}: {message}")]
     Build {
         value: String,

@@ -8,14 +8,17 @@ use std::collections::BTreeMap;
 
 use crate::host::{BufId, Buffer, Step, ALIGN};
 
-/// Inserts `Alloc` before the first step that writes each buffer and `Free` after the last step
-/// that reads it (never for buffers in `keep`), then places every buffer. Returns the steps and
-/// the arena size.
-pub fn plan(
-    buffers: &mut [Buffer],
-    work: Vec<(Step, Vec<BufId>)>,
+/// Inserts an allocation (`alloc`) before the first step that touches each buffer, unless that
+/// step places the buffer itself (`places`: inputs and tables), and a release (`free`) after
+/// the last one (never for buffers in `keep`). Liveness is structural, so a symbolic program
+/// is scheduled once for every binding; [`place`] gives the offsets once sizes are known.
+pub fn schedule<S>(
+    work: Vec<(S, Vec<BufId>)>,
     keep: &[BufId],
-) -> (Vec<Step>, u64) {
+    places: impl Fn(&S) -> bool,
+    alloc: impl Fn(BufId) -> S,
+    free: impl Fn(BufId) -> S,
+) -> Vec<S> {
     // First and last step touching each buffer.
     let mut first: BTreeMap<BufId, usize> = BTreeMap::new();
     let mut last: BTreeMap<BufId, usize> = BTreeMap::new();
@@ -26,7 +29,6 @@ pub fn plan(
         }
     }
     let mut steps = Vec::with_capacity(work.len() * 2);
-    let mut arena = Arena::default();
     for (i, (step, touched)) in work.into_iter().enumerate() {
         let mut fresh: Vec<BufId> = touched
             .iter()
@@ -34,12 +36,8 @@ pub fn plan(
             .filter(|b| first.get(b) == Some(&i))
             .collect();
         fresh.dedup();
-        for b in fresh {
-            buffers[b.0].offset = arena.place(b, buffers[b.0].bytes());
-            // Inputs and tables are their own allocation.
-            if !matches!(step, Step::Input { .. } | Step::Table { .. }) {
-                steps.push(Step::Alloc { buf: b });
-            }
+        if !places(&step) {
+            steps.extend(fresh.into_iter().map(&alloc));
         }
         steps.push(step);
         let mut dead: Vec<BufId> = touched
@@ -49,12 +47,43 @@ pub fn plan(
             .collect();
         dead.sort();
         dead.dedup();
-        for b in dead {
-            arena.release(b);
-            steps.push(Step::Free { buf: b });
+        steps.extend(dead.into_iter().map(&free));
+    }
+    steps
+}
+
+/// Places every buffer of a scheduled program (first fit in step order over the ranges in use,
+/// offsets aligned to [`ALIGN`]); returns the arena's size, the highest end reached.
+pub fn place(buffers: &mut [Buffer], steps: &[Step]) -> u64 {
+    let mut arena = Arena::default();
+    for s in steps {
+        match s {
+            Step::Input { buf, .. } | Step::Table { buf, .. } | Step::Alloc { buf } => {
+                let at = arena.place(*buf, buffers[buf.0].bytes());
+                buffers[buf.0].offset = at;
+            }
+            Step::Free { buf } => arena.release(*buf),
+            _ => {}
         }
     }
-    (steps, arena.peak)
+    arena.peak
+}
+
+/// [`schedule`] and [`place`] for a concrete program; returns the steps and the arena size.
+pub fn plan(
+    buffers: &mut [Buffer],
+    work: Vec<(Step, Vec<BufId>)>,
+    keep: &[BufId],
+) -> (Vec<Step>, u64) {
+    let steps = schedule(
+        work,
+        keep,
+        |s| matches!(s, Step::Input { .. } | Step::Table { .. }),
+        |buf| Step::Alloc { buf },
+        |buf| Step::Free { buf },
+    );
+    let peak = place(buffers, &steps);
+    (steps, peak)
 }
 
 #[derive(Default)]

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+use crate::dim::Dim;
 use crate::types::{DimSharding, Sharding, TensorType};
 
 /// A rank's position on the mesh: for each axis, its index and the axis size.
@@ -138,6 +139,126 @@ pub fn local_indices(
             )
         })
         .collect()
+}
+
+/// The extent this rank holds of one factor of `extent` split over `axes` (none: the whole
+/// factor). A whole-number extent splits as [`split_range`] does (uneven splits allowed); a
+/// symbolic one splits evenly (`S/8`), so a binding that leaves a remainder fails when the
+/// piece is bound, naming the expression.
+pub fn local_factor(
+    extent: &Dim,
+    axes: &[String],
+    coords: &MeshCoords,
+) -> Result<Dim, LayoutError> {
+    if axes.is_empty() {
+        return Ok(extent.clone());
+    }
+    let (part, parts) = part_of(axes, coords)?;
+    match extent.as_const() {
+        Some(n) => Ok(Dim::constant(
+            split_range(n.max(0) as usize, parts, part).len() as i64,
+        )),
+        None => Ok(extent.div(&Dim::constant(parts as i64))?),
+    }
+}
+
+/// The shape of the piece of a value of type `ty` that the rank at `coords` holds, as dim
+/// expressions over the program's symbols (valid for every binding that divides the symbolic
+/// splits). With `specialize`, every extent is bound first (the shape is then whole numbers),
+/// so uneven splits of symbolic extents are cut as [`split_range`] cuts them.
+pub fn local_shape(
+    ty: &TensorType,
+    coords: &MeshCoords,
+    specialize: Option<&BTreeMap<String, i64>>,
+) -> Result<Vec<Dim>, LayoutError> {
+    let default = DimSharding::default();
+    ty.shape
+        .iter()
+        .enumerate()
+        .map(|(d, extent)| {
+            let ds = ty.sharding.dims.get(d).unwrap_or(&default);
+            if ds.factors.iter().all(|f| f.axes.is_empty()) {
+                return match specialize {
+                    Some(b) => Ok(Dim::constant(extent.eval(b)?)),
+                    None => Ok(extent.clone()),
+                };
+            }
+            let mut out = Dim::constant(1);
+            for f in &ds.factors {
+                let e = match specialize {
+                    Some(b) => Dim::constant(f.extent.eval(b)?),
+                    None => f.extent.clone(),
+                };
+                out = out.mul(&local_factor(&e, &f.axes, coords)?)?;
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// One factor of a dim as a rank holds it: the factor's extent and the range of it held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FactorPiece {
+    pub extent: usize,
+    pub held: Range<usize>,
+}
+
+/// Per dim, per factor (a dim without factors is one), what the rank at `coords` holds of a
+/// value of type `ty`: the piece's structure, in time proportional to the type's size, never
+/// to its elements.
+pub fn factor_pieces(
+    ty: &TensorType,
+    b: &BTreeMap<String, i64>,
+    coords: &MeshCoords,
+) -> Result<Vec<Vec<FactorPiece>>, LayoutError> {
+    let default = DimSharding::default();
+    let shape = bound_shape(ty, b)?;
+    shape
+        .iter()
+        .enumerate()
+        .map(|(d, &n)| {
+            let ds = ty.sharding.dims.get(d).unwrap_or(&default);
+            if ds.factors.is_empty() {
+                return Ok(vec![FactorPiece {
+                    extent: n,
+                    held: 0..n,
+                }]);
+            }
+            let mut product = 1usize;
+            let pieces = ds
+                .factors
+                .iter()
+                .map(|f| {
+                    let e = bound(&f.extent, b)?;
+                    product = product.saturating_mul(e);
+                    let held = if f.axes.is_empty() {
+                        0..e
+                    } else {
+                        let (part, parts) = part_of(&f.axes, coords)?;
+                        split_range(e, parts, part)
+                    };
+                    Ok(FactorPiece { extent: e, held })
+                })
+                .collect::<Result<Vec<_>, LayoutError>>()?;
+            if product != n {
+                return Err(LayoutError::FactorMismatch { extent: n, product });
+            }
+            Ok(pieces)
+        })
+        .collect()
+}
+
+/// Elements of the piece of a value of type `ty` held at `coords` (structurally).
+pub fn piece_elems(
+    ty: &TensorType,
+    b: &BTreeMap<String, i64>,
+    coords: &MeshCoords,
+) -> Result<u64, LayoutError> {
+    Ok(factor_pieces(ty, b, coords)?
+        .iter()
+        .flatten()
+        .map(|f| f.held.len() as u64)
+        .product())
 }
 
 /// Flat row-major offsets into the global tensor of every local element, in local row-major

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tpc_ir::infer::infer;
-use tpc_ir::layout::{piece_indices, rank_coords, MeshCoords};
+use tpc_ir::layout::{local_shape, piece_indices, rank_coords, MeshCoords};
 use tpc_ir::{Dim, Graph, Op, TensorType, ValueId};
 
 use crate::{Error, Result};
@@ -172,5 +172,134 @@ pub fn lower_to_local(
         values,
         ops,
         groups,
+    })
+}
+
+/// The program's shapes as one rank holds them, as dim expressions over the program's symbols
+/// (see [`local_shape`]): what code generation sizes a host program with, so that one compile
+/// serves every binding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalShapes {
+    /// The rank whose pieces these are (every rank of its class holds pieces of these shapes).
+    pub rank: usize,
+    pub coords: MeshCoords,
+    pub shapes: BTreeMap<ValueId, Vec<Dim>>,
+}
+
+impl LocalShapes {
+    pub fn shape(&self, v: ValueId) -> &[Dim] {
+        self.shapes.get(&v).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// The distinct types of `g`'s values, in first-use order.
+fn distinct_types(g: &Graph) -> Vec<&TensorType> {
+    let mut out: Vec<&TensorType> = Vec::new();
+    for &v in g.values() {
+        let t = g.ty(v);
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+/// The ranks of a mesh with `sizes` grouped by the shapes of the pieces they hold of every
+/// value of `g`: ranks of one class run the same host program (they differ only in their
+/// coordinates). Even splits give one class; uneven ones give more. Classes are in order of
+/// their first rank, ranks in each in order.
+pub fn rank_classes(
+    g: &Graph,
+    sizes: &[(String, usize)],
+    specialize: Option<&BTreeMap<String, i64>>,
+) -> Result<Vec<Vec<usize>>> {
+    let world: usize = sizes.iter().map(|(_, n)| (*n).max(1)).product();
+    let types = distinct_types(g);
+    let mut classes: Vec<(Vec<Vec<Dim>>, Vec<usize>)> = Vec::new();
+    for r in 0..world {
+        let coords = rank_coords(sizes, r);
+        let signature = types
+            .iter()
+            .map(|t| local_shape(t, &coords, specialize))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Lowering(e.to_string()))?;
+        match classes.iter_mut().find(|(s, _)| *s == signature) {
+            Some((_, ranks)) => ranks.push(r),
+            None => classes.push((signature, vec![r])),
+        }
+    }
+    Ok(classes.into_iter().map(|(_, r)| r).collect())
+}
+
+/// `g` (sharded) as rank `rank` of a mesh with `sizes` holds it, with symbolic shapes (bound
+/// first with `specialize`), checked op by op as [`lower_to_local`] checks the bound program.
+pub fn lower_shapes(
+    g: &Graph,
+    sizes: &[(String, usize)],
+    rank: usize,
+    specialize: Option<&BTreeMap<String, i64>>,
+) -> Result<LocalShapes> {
+    let world: usize = sizes.iter().map(|(_, n)| (*n).max(1)).product();
+    if rank >= world {
+        return Err(Error::Lowering(format!(
+            "rank {rank} is not one of the {world} ranks"
+        )));
+    }
+    let coords = rank_coords(sizes, rank);
+    let mut shapes: BTreeMap<ValueId, Vec<Dim>> = BTreeMap::new();
+    let mut cut: Vec<(&TensorType, Vec<Dim>)> = Vec::new();
+    for &v in g.values() {
+        let node = g.node(v);
+        let shape = match cut.iter().find(|(t, _)| **t == node.ty) {
+            Some((_, s)) => s.clone(),
+            None => {
+                let s = local_shape(&node.ty, &coords, specialize)
+                    .map_err(|e| Error::Lowering(format!("%{}: {e}", node.name)))?;
+                cut.push((&node.ty, s.clone()));
+                s
+            }
+        };
+        let op = match &node.op {
+            Op::Reshape { .. } => Some(Op::Reshape {
+                shape: shape.clone(),
+            }),
+            Op::Broadcast { implicit, .. } => Some(Op::Broadcast {
+                shape: shape.clone(),
+                implicit: *implicit,
+            }),
+            Op::Full { value, dtype, .. } => Some(Op::Full {
+                shape: shape.clone(),
+                value: *value,
+                dtype: *dtype,
+            }),
+            _ => None,
+        };
+        let op = op.as_ref().unwrap_or(&node.op);
+        if !matches!(op, Op::Param { .. } | Op::Collective { .. }) {
+            let operand_types: Vec<TensorType> = g
+                .operands(v)
+                .iter()
+                .map(|o| TensorType::new(g.ty(*o).dtype, shapes[o].clone()))
+                .collect();
+            let refs: Vec<&TensorType> = operand_types.iter().collect();
+            let (_, inferred) = infer(op, &refs).map_err(|e| {
+                Error::Lowering(format!("%{} on rank {rank}: {}", node.name, e.message))
+            })?;
+            if inferred != shape {
+                return Err(Error::Lowering(format!(
+                    "%{} on rank {rank}: its `{}` gives {} from the local operands, but the piece it holds is {}",
+                    node.name,
+                    op.name(),
+                    tpc_ir::types::shape_string(&inferred),
+                    tpc_ir::types::shape_string(&shape),
+                )));
+            }
+        }
+        shapes.insert(v, shape);
+    }
+    Ok(LocalShapes {
+        rank,
+        coords,
+        shapes,
     })
 }

@@ -692,11 +692,12 @@ fn exchange(arena: &mut Arena, bufs: &[Buffer], x: &Exchange, comm: &mut Comm) -
     let (ib, ob) = (&bufs[x.input.0], &bufs[x.output.0]);
     let all: Vec<Arc<Data>> = comm.allgather(arena.read(ib)?)?;
     let n = ob.elems();
+    let recv = x.recv_runs();
     let Some(op) = x.reduce else {
         if ob.dtype == DType::F32 {
             let range = arena.range(ob)?;
             if let Some(out) = bytes::as_f32_mut(&mut arena.bytes[range]) {
-                for (s, runs) in x.recv.iter().enumerate() {
+                for (s, runs) in recv.iter().enumerate() {
                     let Data::Float(src) = &*all[x.group[s]] else {
                         return Err(Error::Internal(
                             "a collective between different dtypes".into(),
@@ -710,7 +711,7 @@ fn exchange(arena: &mut Arena, bufs: &[Buffer], x: &Exchange, comm: &mut Comm) -
             }
         }
         let mut out = arena.read(ob)?;
-        for (s, runs) in x.recv.iter().enumerate() {
+        for (s, runs) in recv.iter().enumerate() {
             let src = &*all[x.group[s]];
             for r in runs {
                 copy_run(src, &mut out, r.src, r.dst, r.len)?;
@@ -718,8 +719,8 @@ fn exchange(arena: &mut Arena, bufs: &[Buffer], x: &Exchange, comm: &mut Comm) -
         }
         return arena.write(ob, &out);
     };
-    let mut srcs: Vec<&[f32]> = Vec::with_capacity(x.recv.len());
-    for (s, runs) in x.recv.iter().enumerate() {
+    let mut srcs: Vec<&[f32]> = Vec::with_capacity(recv.len());
+    for (s, runs) in recv.iter().enumerate() {
         let Data::Float(src) = &*all[x.group[s]] else {
             return Err(Error::Internal("a reduction of non-floats".into()));
         };
@@ -747,7 +748,7 @@ fn exchange(arena: &mut Arena, bufs: &[Buffer], x: &Exchange, comm: &mut Comm) -
     };
     // Block by block of the output (while the runs are few), so the f64 sums stay in cache;
     // every element still adds its runs in member order, then run order.
-    let few = x.recv.iter().map(Vec::len).sum::<usize>() <= 256;
+    let few = recv.iter().map(Vec::len).sum::<usize>() <= 256;
     let block = if few { 4096 } else { n.max(1) };
     let mut acc = vec![0f64; block.min(n)];
     let mut seen = vec![false; if op == ReduceOp::Sum { 0 } else { block.min(n) }];
@@ -760,7 +761,7 @@ fn exchange(arena: &mut Arena, bufs: &[Buffer], x: &Exchange, comm: &mut Comm) -
         acc.fill(-0.0);
         let seen = &mut seen[..if op == ReduceOp::Sum { 0 } else { hi - lo }];
         seen.fill(false);
-        for (runs, src) in x.recv.iter().zip(&srcs) {
+        for (runs, src) in recv.iter().zip(&srcs) {
             for r in runs {
                 let (a, b) = (r.dst.max(lo), (r.dst + r.len).min(hi));
                 if a >= b {

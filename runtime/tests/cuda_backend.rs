@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tpc_codegen::host::{
-    Arg, BufId, Buffer, Compiled, Epilogue, Exchange, Gemm, HostProgram, Run, Step, ALIGN,
+    Arg, Block, BufId, Buffer, Compiled, Epilogue, Exchange, Gemm, HostProgram, Step, ALIGN,
 };
 use tpc_codegen::kir::{self, Expr, Fused, Kernel, Scalar, Value};
 use tpc_ir::{BinaryOp, Collective, DType, ReduceOp};
@@ -247,7 +247,14 @@ fn more_processes_than_ranks_is_an_error() {
 
 // --- exchanges ------------------------------------------------------------------------------
 
-/// Per rank of `group`, an exchange whose member `t` receives `recv(t, s)` from member `s`.
+/// A box of a 1-, 2- or 3-dim view.
+fn bx(ranges: &[std::ops::Range<usize>]) -> Block {
+    Block(ranges.to_vec())
+}
+
+/// Per rank of `group`, an exchange over a tensor seen as `view`, whose member `s` holds the
+/// boxes `held(s)` (input, output) and whose member `t` receives `recv(t, s)` from member `s`.
+#[allow(clippy::too_many_arguments)]
 fn exchange(
     kind: Collective,
     group: &[usize],
@@ -255,7 +262,9 @@ fn exchange(
     input: BufId,
     output: BufId,
     reduce: Option<ReduceOp>,
-    recv: &dyn Fn(usize, usize) -> Vec<Run>,
+    view: &[usize],
+    held: &dyn Fn(usize) -> (Block, Block),
+    recv: &dyn Fn(usize, usize) -> Option<Block>,
 ) -> Exchange {
     let g = group.len();
     Exchange {
@@ -266,13 +275,13 @@ fn exchange(
         output,
         dtype: DType::F32,
         reduce,
+        view: view.to_vec(),
+        inputs: (0..g).map(|s| held(s).0).collect(),
+        outputs: (0..g).map(|s| held(s).1).collect(),
         recv: (0..g).map(|s| recv(me, s)).collect(),
         send: (0..g).map(|t| recv(t, me)).collect(),
+        me,
     }
-}
-
-fn run(src: usize, dst: usize, len: usize) -> Run {
-    Run { src, dst, len }
 }
 
 /// A world of `n` ranks, each with one exchange of `inp` input and `out` output elements.
@@ -321,7 +330,9 @@ fn exchange_programs() -> Vec<(&'static str, Compiled)> {
                     x,
                     y,
                     sum,
-                    &|_, _| vec![run(0, 0, 4)],
+                    &[4],
+                    &|_| (bx(&[0..4]), bx(&[0..4])),
+                    &|_, _| Some(bx(&[0..4])),
                 )
             }),
         ),
@@ -335,7 +346,9 @@ fn exchange_programs() -> Vec<(&'static str, Compiled)> {
                     x,
                     y,
                     sum,
-                    &|t, _| vec![run(2 * t, 0, 2)],
+                    &[4],
+                    &|t| (bx(&[0..4]), bx(&[2 * t..2 * t + 2])),
+                    &|t, _| Some(bx(&[2 * t..2 * t + 2])),
                 )
             }),
         ),
@@ -349,33 +362,60 @@ fn exchange_programs() -> Vec<(&'static str, Compiled)> {
                     x,
                     y,
                     Some(ReduceOp::Max),
-                    &|t, _| vec![if t == 0 { run(0, 0, 3) } else { run(3, 0, 2) }],
+                    &[5],
+                    &|t| (bx(&[0..5]), bx(&[[0..3, 3..5][t].clone()])),
+                    &|t, _| Some(bx(&[[0..3, 3..5][t].clone()])),
                 )
             }),
         ),
         (
             "allgather",
             one_exchange(2, &|_| 3, &|_| 6, &|me, x, y| {
-                exchange(Collective::AllGather, &g2, me, x, y, None, &|_, s| {
-                    vec![run(0, 3 * s, 3)]
-                })
+                exchange(
+                    Collective::AllGather,
+                    &g2,
+                    me,
+                    x,
+                    y,
+                    None,
+                    &[6],
+                    &|s| (bx(&[3 * s..3 * s + 3]), bx(&[0..6])),
+                    &|_, s| Some(bx(&[3 * s..3 * s + 3])),
+                )
             }),
         ),
         (
             "allgather uneven",
             one_exchange(2, &|r| [3, 2][r], &|_| 5, &|me, x, y| {
-                exchange(Collective::AllGather, &g2, me, x, y, None, &|_, s| {
-                    vec![if s == 0 { run(0, 0, 3) } else { run(0, 3, 2) }]
-                })
+                exchange(
+                    Collective::AllGather,
+                    &g2,
+                    me,
+                    x,
+                    y,
+                    None,
+                    &[5],
+                    &|s| (bx(&[[0..3, 3..5][s].clone()]), bx(&[0..5])),
+                    &|_, s| Some(bx(&[[0..3, 3..5][s].clone()])),
+                )
             }),
         ),
         (
             "all_to_all",
             // Member t receives elements [2t, 2t+2) of every member s at [2s, 2s+2).
             one_exchange(2, &|_| 4, &|_| 4, &|me, x, y| {
-                exchange(Collective::AllToAll, &g2, me, x, y, None, &|t, s| {
-                    vec![run(2 * t, 2 * s, 2)]
-                })
+                // View [2, 2, 2]: member s holds [:, s, :] before, member t [t, :, :] after.
+                exchange(
+                    Collective::AllToAll,
+                    &g2,
+                    me,
+                    x,
+                    y,
+                    None,
+                    &[2, 2, 2],
+                    &|s| (bx(&[0..2, s..s + 1, 0..2]), bx(&[s..s + 1, 0..2, 0..2])),
+                    &|t, s| Some(bx(&[t..t + 1, s..s + 1, 0..2])),
+                )
             }),
         ),
     ]
@@ -496,7 +536,9 @@ fn sub_groups_get_split_communicators_and_shard_needs_none() {
             x,
             y,
             sum,
-            &|_, _| vec![run(0, 0, 4)],
+            &[4],
+            &|_| (bx(&[0..4]), bx(&[0..4])),
+            &|_, _| Some(bx(&[0..4])),
         )
     });
     let p = plan::check(&c).unwrap();
@@ -504,13 +546,17 @@ fn sub_groups_get_split_communicators_and_shard_needs_none() {
     assert_eq!(p.exchanges[3][&1].comm, Some(vec![2, 3]));
     // A shard keeps its own piece: copies only, no NCCL at all.
     let c = one_exchange(2, &|_| 4, &|_| 2, &|me, x, y| {
-        exchange(Collective::Shard, &[0, 1], me, x, y, None, &|t, s| {
-            if t == s {
-                vec![run(2 * t, 0, 2)]
-            } else {
-                vec![]
-            }
-        })
+        exchange(
+            Collective::Shard,
+            &[0, 1],
+            me,
+            x,
+            y,
+            None,
+            &[4],
+            &|t| (bx(&[0..4]), bx(&[2 * t..2 * t + 2])),
+            &|t, s| (t == s).then(|| bx(&[2 * t..2 * t + 2])),
+        )
     });
     let p = plan::check(&c).unwrap();
     assert!(!p.needs_nccl);
@@ -531,7 +577,9 @@ fn sub_groups_get_split_communicators_and_shard_needs_none() {
             x,
             y,
             sum,
-            &|_, _| vec![run(0, 0, 3)],
+            &[3],
+            &|_| (bx(&[0..3]), bx(&[0..3])),
+            &|_, _| Some(bx(&[0..3])),
         )
     });
     assert_eq!(
@@ -548,11 +596,19 @@ fn sub_groups_get_split_communicators_and_shard_needs_none() {
 fn disagreeing_members_are_refused() {
     // Rank 1 expects other runs than rank 0 sends.
     let c = one_exchange(2, &|_| 4, &|_| 4, &|me, x, y| {
-        let mut e = exchange(Collective::AllGather, &[0, 1], me, x, y, None, &|_, s| {
-            vec![run(0, 2 * s, 2)]
-        });
+        let mut e = exchange(
+            Collective::AllGather,
+            &[0, 1],
+            me,
+            x,
+            y,
+            None,
+            &[4],
+            &|s| (bx(&[2 * s..2 * s + 2]), bx(&[0..4])),
+            &|_, s| Some(bx(&[2 * s..2 * s + 2])),
+        );
         if me == 1 {
-            e.recv[0] = vec![run(1, 0, 2)];
+            e.recv[0] = Some(bx(&[1..2]));
         }
         e
     });
@@ -590,7 +646,9 @@ fn collectives_in_crossed_orders_are_refused() {
                     x,
                     out,
                     sum,
-                    &|_, _| vec![run(0, 0, 2)],
+                    &[2],
+                    &|_| (bx(&[0..2]), bx(&[0..2])),
+                    &|_, _| Some(bx(&[0..2])),
                 )));
             }
             h.finish()

@@ -6,4 +6,4 @@ mod parser;
 mod printer;
 
 pub use parser::parse;
-pub use printer::{print, PrintMode};
+pub use printer::{print, type_string, PrintMode};

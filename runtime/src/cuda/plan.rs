@@ -426,11 +426,12 @@ fn check_exchange(h: &HostProgram, r: usize, i: usize, x: &Exchange) -> Result<(
         ));
     }
     let (ni, no) = (ib.elems(), ob.elems());
+    let (recv, send) = (x.recv_runs(), x.send_runs());
     let out_of = |run: &Run, src_len: Option<usize>, dst_len: Option<usize>| {
         src_len.is_some_and(|n| run.src.checked_add(run.len).is_none_or(|e| e > n))
             || dst_len.is_some_and(|n| run.dst.checked_add(run.len).is_none_or(|e| e > n))
     };
-    for runs in &x.recv {
+    for runs in &recv {
         if runs.iter().any(|run| out_of(run, None, Some(no))) {
             return Err(bad(
                 r,
@@ -439,13 +440,13 @@ fn check_exchange(h: &HostProgram, r: usize, i: usize, x: &Exchange) -> Result<(
             ));
         }
     }
-    for runs in &x.send {
+    for runs in &send {
         if runs.iter().any(|run| out_of(run, Some(ni), None)) {
             return Err(bad(r, i, format!("a sent run leaves input %{}", ib.name)));
         }
     }
     let me = x.group.iter().position(|&g| g == r).unwrap_or(0);
-    if x.recv[me].iter().any(|run| out_of(run, Some(ni), None)) {
+    if recv[me].iter().any(|run| out_of(run, Some(ni), None)) {
         return Err(bad(
             r,
             i,
@@ -469,8 +470,7 @@ fn check_exchange(h: &HostProgram, r: usize, i: usize, x: &Exchange) -> Result<(
     }
     // Without a reduction, every output element is received at most once.
     if x.reduce.is_none() {
-        let mut spans: Vec<(usize, usize)> = x
-            .recv
+        let mut spans: Vec<(usize, usize)> = recv
             .iter()
             .flatten()
             .filter(|r| r.len > 0)
@@ -671,10 +671,11 @@ fn plan_instance(ms: &[Member]) -> Result<Vec<Vec<Call>>> {
             .collect()
     };
     if g == 1 {
-        return Ok(vec![copies(&x0.recv[0])]);
+        return Ok(vec![copies(&x0.recv_runs()[0])]);
     }
     // recv[t][s]: what member t receives from member s.
-    let recv: Vec<&Vec<Vec<Run>>> = ms.iter().map(|m| &m.2.recv).collect();
+    let received: Vec<Vec<Vec<Run>>> = ms.iter().map(|m| m.2.recv_runs()).collect();
+    let recv: Vec<&Vec<Vec<Run>>> = received.iter().collect();
     match x0.reduce {
         Some(op) => plan_reduce(ms, &recv, op),
         None => Ok(plan_move(&recv).unwrap_or_else(|| {
@@ -682,8 +683,9 @@ fn plan_instance(ms: &[Member]) -> Result<Vec<Vec<Call>>> {
                 .enumerate()
                 .map(|(me, m)| {
                     let x = m.2;
+                    let (sent, got) = (x.send_runs(), &received[me]);
                     let mut calls = Vec::new();
-                    for (t, runs) in x.send.iter().enumerate() {
+                    for (t, runs) in sent.iter().enumerate() {
                         if t != me {
                             calls.extend(runs.iter().filter(|r| r.len > 0).map(|r| Call::Send {
                                 peer: t,
@@ -692,7 +694,7 @@ fn plan_instance(ms: &[Member]) -> Result<Vec<Vec<Call>>> {
                             }));
                         }
                     }
-                    for (s, runs) in x.recv.iter().enumerate() {
+                    for (s, runs) in got.iter().enumerate() {
                         if s != me {
                             calls.extend(runs.iter().filter(|r| r.len > 0).map(|r| Call::Recv {
                                 peer: s,
@@ -701,7 +703,7 @@ fn plan_instance(ms: &[Member]) -> Result<Vec<Vec<Call>>> {
                             }));
                         }
                     }
-                    calls.extend(copies(&x.recv[me]));
+                    calls.extend(copies(&got[me]));
                     calls
                 })
                 .collect()

@@ -1,0 +1,539 @@
+//! Symbolic host programs: what the ranks of one class run, with every size a dim expression
+//! over the program's symbols (`B`, `S`, …), so that one compile serves every binding.
+//!
+//! A [`HostTemplate`] is built once per class of ranks that hold pieces of the same shapes
+//! (one class where every split is even); [`HostTemplate::bind`] gives one rank's concrete
+//! [`HostProgram`] for one binding, in time proportional to the number of steps (plus the
+//! tables of global indices, which are as long as the dims they index): buffer sizes and the
+//! memory plan's offsets, GEMM sizes and strides, launch geometry and kernel arguments, and
+//! each collective's blocks from the layouts and the rank's coordinates. A binding that breaks
+//! a divisibility the plan needs is an error naming the symbols and the expression.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use tpc_ir::layout::{piece_indices, rank_coords};
+use tpc_ir::{Collective, DType, Dim, ReduceOp, TensorType};
+use tpc_passes::lower::axis_group;
+
+use crate::host::{
+    Arg, BufId, Buffer, Compiled, Epilogue, Exchange, Gemm, HostProgram, Step, ALIGN,
+};
+use crate::kir::Kernel;
+use crate::{Error, Result};
+
+/// A buffer of a template: its local shape as dim expressions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SymBuffer {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<Dim>,
+}
+
+/// A kernel argument of a template.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SymArg {
+    Buffer(BufId),
+    Int(Dim),
+    Float(f32),
+    /// `1 / n` (a mean's divisor over the global count).
+    InverseCount(Dim),
+    /// `1 / sqrt(n)` (attention's default scale for head dim `n`).
+    InverseSqrt(Dim),
+}
+
+/// A table of i64 the host fills in at bind time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TableSpec {
+    /// The global offset (index times the global row-major stride) of every local index of
+    /// dim `dim` of this rank's piece of a value of type `ty`.
+    GlobalOffsets { ty: TensorType, dim: usize },
+    /// The global index of every local index of dim `dim` of this rank's piece.
+    Positions { ty: TensorType, dim: usize },
+    /// A cross-entropy launch's zeroed scratch for `positions` positions.
+    CrossEntropyPartials { positions: Dim, contiguous: bool },
+}
+
+/// A GEMM of a template (see [`Gemm`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SymGemm {
+    pub a: BufId,
+    pub b: BufId,
+    pub c: BufId,
+    pub bias: Option<BufId>,
+    pub epilogue: Epilogue,
+    pub dtype: DType,
+    pub batch: Dim,
+    pub m: Dim,
+    pub n: Dim,
+    pub k: Dim,
+    pub stride_a: Dim,
+    pub stride_b: Dim,
+    pub stride_c: Dim,
+    pub b_transposed: bool,
+}
+
+/// A collective of a template: from a value of layout `from` to one of layout `to`, over the
+/// rank's group on `axis` (its blocks are found at bind time).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SymExchange {
+    pub kind: Collective,
+    pub axis: String,
+    pub input: BufId,
+    pub output: BufId,
+    pub dtype: DType,
+    pub reduce: Option<ReduceOp>,
+    pub from: TensorType,
+    pub to: TensorType,
+}
+
+/// A step of a template (see [`Step`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SymStep {
+    Input {
+        buf: BufId,
+        param: String,
+    },
+    Alloc {
+        buf: BufId,
+    },
+    Table {
+        buf: BufId,
+        table: TableSpec,
+    },
+    Launch {
+        kernel: usize,
+        args: Vec<SymArg>,
+    },
+    Gemm(SymGemm),
+    Exchange(SymExchange),
+    Free {
+        buf: BufId,
+    },
+    Output {
+        buf: BufId,
+        value: String,
+        shape: Vec<Dim>,
+    },
+}
+
+/// What every rank of `ranks` runs, for every binding of the symbols.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTemplate {
+    pub ranks: Vec<usize>,
+    pub world: usize,
+    pub buffers: Vec<SymBuffer>,
+    pub steps: Vec<SymStep>,
+}
+
+/// The kernels and the host templates of a program: every rank's program, for every binding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Templates {
+    pub kernels: Vec<Kernel>,
+    pub programs: Vec<HostTemplate>,
+    /// Mesh axis sizes.
+    pub mesh: Vec<(String, usize)>,
+}
+
+impl Templates {
+    /// The template rank `rank` runs.
+    pub fn program_of(&self, rank: usize) -> Option<&HostTemplate> {
+        self.programs.iter().find(|p| p.ranks.contains(&rank))
+    }
+
+    pub fn world(&self) -> usize {
+        self.mesh.iter().map(|(_, n)| (*n).max(1)).product()
+    }
+
+    /// Every rank's concrete host program at `bindings`.
+    pub fn bind(&self, bindings: &BTreeMap<String, i64>) -> Result<Compiled> {
+        let hosts = (0..self.world())
+            .map(|r| {
+                let t = self.program_of(r).ok_or_else(|| Error::Build {
+                    value: "host program".into(),
+                    rank: r,
+                    message: "no host program runs on this rank (a bug in tpc)".into(),
+                })?;
+                t.bind(&self.kernels, &self.mesh, bindings, r)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Compiled {
+            kernels: self.kernels.clone(),
+            hosts,
+        })
+    }
+}
+
+/// A type as the IR writes it (for messages).
+pub fn type_text(ty: &TensorType) -> String {
+    tpc_ir::syntax::type_string(ty)
+}
+
+/// The error of a dim that does not bind, naming its symbols and their values.
+fn bind_error(what: &str, d: &Dim, bindings: &BTreeMap<String, i64>, e: tpc_ir::DimError) -> Error {
+    let symbols: Vec<String> = d
+        .symbols()
+        .iter()
+        .map(|s| match bindings.get(s) {
+            Some(v) => format!("{s}={v}"),
+            None => s.clone(),
+        })
+        .collect();
+    Error::Binding {
+        symbols: d.symbols(),
+        message: match e {
+            tpc_ir::DimError::Unbound(s) => {
+                format!("{what} needs symbol `{s}`; bind it (e.g. `--bind {s}=128`)")
+            }
+            tpc_ir::DimError::NotInteger { .. } => format!(
+                "{what} is `{d}`, which is not a whole number at {}: the plan splits it evenly, so \
+                 bind {} to a value the split divides",
+                symbols.join(", "),
+                d.symbols().join(", ")
+            ),
+            other => format!("{what} is `{d}`: {other}"),
+        },
+    }
+}
+
+struct Binder<'a> {
+    bindings: &'a BTreeMap<String, i64>,
+    rank: usize,
+}
+
+impl Binder<'_> {
+    fn eval(&self, d: &Dim, what: impl FnOnce() -> String) -> Result<i64> {
+        d.eval(self.bindings).map_err(|e| {
+            bind_error(
+                &format!("{} on rank {}", what(), self.rank),
+                d,
+                self.bindings,
+                e,
+            )
+        })
+    }
+
+    fn size(&self, d: &Dim, what: impl FnOnce() -> String) -> Result<usize> {
+        self.eval(d, what).map(|n| n as usize)
+    }
+}
+
+impl HostTemplate {
+    /// Rank `rank`'s program at `bindings` (`mesh`: the axis sizes; `kernels`: the module's).
+    pub fn bind(
+        &self,
+        kernels: &[Kernel],
+        mesh: &[(String, usize)],
+        bindings: &BTreeMap<String, i64>,
+        rank: usize,
+    ) -> Result<HostProgram> {
+        let b = Binder { bindings, rank };
+        let coords = rank_coords(mesh, rank);
+        let mut buffers: Vec<Buffer> = self
+            .buffers
+            .iter()
+            .map(|x| {
+                let shape = x
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .map(|(d, n)| b.size(n, || format!("dim {d} of %{}", x.name)))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Buffer {
+                    name: x.name.clone(),
+                    dtype: x.dtype,
+                    shape,
+                    offset: 0,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let fail = |value: &str, message: String| Error::Build {
+            value: value.to_string(),
+            rank,
+            message,
+        };
+        let mut steps = Vec::with_capacity(self.steps.len());
+        for s in &self.steps {
+            steps.push(match s {
+                SymStep::Input { buf, param } => Step::Input {
+                    buf: *buf,
+                    param: param.clone(),
+                },
+                SymStep::Alloc { buf } => Step::Alloc { buf: *buf },
+                SymStep::Free { buf } => Step::Free { buf: *buf },
+                SymStep::Table { buf, table } => {
+                    let name = &self.buffers[buf.0].name;
+                    let values = match table {
+                        TableSpec::GlobalOffsets { ty, dim } | TableSpec::Positions { ty, dim } => {
+                            let (global, idx) = piece_indices(ty, bindings, &coords)
+                                .map_err(|e| fail(name, e.to_string()))?;
+                            let stride: usize = match table {
+                                TableSpec::GlobalOffsets { .. } => {
+                                    global[dim + 1..].iter().product()
+                                }
+                                _ => 1,
+                            };
+                            idx.get(*dim)
+                                .ok_or_else(|| fail(name, format!("has no dim {dim}")))?
+                                .iter()
+                                .map(|&i| (i * stride) as i64)
+                                .collect()
+                        }
+                        TableSpec::CrossEntropyPartials {
+                            positions,
+                            contiguous,
+                        } => {
+                            let n = b.size(positions, || format!("the positions of {name}"))?;
+                            let blocks = crate::kir::cross_entropy_blocks(n as u64, *contiguous);
+                            vec![0; crate::kir::cross_entropy_partials(blocks)]
+                        }
+                    };
+                    buffers[buf.0].shape = vec![values.len()];
+                    Step::Table { buf: *buf, values }
+                }
+                SymStep::Launch { kernel, args } => {
+                    let k = &kernels[*kernel];
+                    let args = args
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| {
+                            Ok(match a {
+                                SymArg::Buffer(x) => Arg::Buffer(*x),
+                                SymArg::Int(d) => Arg::Int(
+                                    b.eval(d, || format!("argument {i} of @{}", k.name()))?,
+                                ),
+                                SymArg::Float(x) => Arg::Float(*x),
+                                SymArg::InverseCount(d) => {
+                                    let n = b.eval(d, || format!("the count of @{}", k.name()))?;
+                                    Arg::Float((1.0 / n as f64) as f32)
+                                }
+                                SymArg::InverseSqrt(d) => {
+                                    let n =
+                                        b.eval(d, || format!("the head dim of @{}", k.name()))?;
+                                    Arg::Float((1.0 / (n as f64).sqrt()) as f32)
+                                }
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let ints: Vec<i64> = args
+                        .iter()
+                        .filter_map(|a| match a {
+                            Arg::Int(i) => Some(*i),
+                            _ => None,
+                        })
+                        .collect();
+                    let dims = k.launch(&ints);
+                    Step::Launch {
+                        kernel: *kernel,
+                        grid: dims.grid,
+                        block: dims.block,
+                        shared_bytes: dims.shared_bytes,
+                        args,
+                    }
+                }
+                SymStep::Gemm(g) => {
+                    let name = &self.buffers[g.c.0].name;
+                    let sz = |d: &Dim, field: &str| {
+                        b.size(d, || format!("the GEMM's {field} into %{name}"))
+                    };
+                    Step::Gemm(Gemm {
+                        a: g.a,
+                        b: g.b,
+                        c: g.c,
+                        bias: g.bias,
+                        epilogue: g.epilogue,
+                        dtype: g.dtype,
+                        batch: sz(&g.batch, "batch")?,
+                        m: sz(&g.m, "m")?,
+                        n: sz(&g.n, "n")?,
+                        k: sz(&g.k, "k")?,
+                        stride_a: sz(&g.stride_a, "stride of a")?,
+                        stride_b: sz(&g.stride_b, "stride of b")?,
+                        stride_c: sz(&g.stride_c, "stride of c")?,
+                        b_transposed: g.b_transposed,
+                    })
+                }
+                SymStep::Exchange(x) => {
+                    let name = &self.buffers[x.output.0].name;
+                    let group = axis_group(mesh, &coords, &x.axis);
+                    let me = group
+                        .iter()
+                        .position(|&r| r == rank)
+                        .ok_or_else(|| fail(name, "this rank is not in its own group".into()))?;
+                    let blocks = crate::exchange::blocks(
+                        &x.from,
+                        &x.to,
+                        bindings,
+                        mesh,
+                        &group,
+                        me,
+                        x.reduce.is_some(),
+                    )
+                    .map_err(|m| fail(name, m))?;
+                    Step::Exchange(Exchange {
+                        kind: x.kind,
+                        axis: x.axis.clone(),
+                        group,
+                        input: x.input,
+                        output: x.output,
+                        dtype: x.dtype,
+                        reduce: x.reduce,
+                        view: blocks.view,
+                        inputs: blocks.inputs,
+                        outputs: blocks.outputs,
+                        recv: blocks.recv,
+                        send: blocks.send,
+                        me,
+                    })
+                }
+                SymStep::Output { buf, value, shape } => Step::Output {
+                    buf: *buf,
+                    value: value.clone(),
+                    shape: shape
+                        .iter()
+                        .enumerate()
+                        .map(|(d, n)| b.size(n, || format!("dim {d} of result %{value}")))
+                        .collect::<Result<_>>()?,
+                },
+            });
+        }
+        let peak_bytes = crate::memory::place(&mut buffers, &steps);
+        Ok(HostProgram {
+            rank,
+            world: self.world,
+            buffers,
+            steps,
+            peak_bytes,
+        })
+    }
+
+    /// The template as text; `kernels` names the launched kernels.
+    pub fn display<'a>(&'a self, kernels: &'a [Kernel]) -> impl fmt::Display + 'a {
+        Printed {
+            host: self,
+            kernels,
+        }
+    }
+}
+
+/// `0-7` for a run of ranks, `0, 2, 5` otherwise.
+fn ranks_text(ranks: &[usize]) -> String {
+    match (ranks.first(), ranks.last()) {
+        (Some(a), Some(b)) if ranks.len() > 2 && b - a + 1 == ranks.len() => format!("{a}-{b}"),
+        _ => ranks
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+fn dims(shape: &[Dim]) -> String {
+    shape
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+struct Printed<'a> {
+    host: &'a HostTemplate,
+    kernels: &'a [Kernel],
+}
+
+impl fmt::Display for Printed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = self.host;
+        writeln!(
+            f,
+            "host ranks {} of {} (every binding; offsets and arena at bind, {} bytes aligned) {{",
+            ranks_text(&h.ranks),
+            h.world,
+            ALIGN
+        )?;
+        let buf = |b: &BufId| {
+            let x = &h.buffers[b.0];
+            format!("{b} %{}: {}[{}]", x.name, x.dtype, dims(&x.shape))
+        };
+        for s in &h.steps {
+            match s {
+                SymStep::Input { buf: b, param } => writeln!(f, "  input {} <- %{param}", buf(b))?,
+                SymStep::Alloc { buf: b } => writeln!(f, "  alloc {}", buf(b))?,
+                SymStep::Table { buf: b, table } => {
+                    let x = &h.buffers[b.0];
+                    match table {
+                        TableSpec::CrossEntropyPartials { positions, .. } => writeln!(
+                            f,
+                            "  table {b}: i64[blocks for {positions} positions] ({})",
+                            x.name
+                        )?,
+                        _ => writeln!(f, "  table {b}: i64[{}] ({})", dims(&x.shape), x.name)?,
+                    }
+                }
+                SymStep::Launch { kernel, args } => {
+                    let k = &self.kernels[*kernel];
+                    let params = k.params();
+                    let args: Vec<String> = args
+                        .iter()
+                        .zip(&params)
+                        .map(|(a, p)| match a {
+                            SymArg::Buffer(b) => format!("{}={b}", p.name),
+                            SymArg::Int(i) => format!("{}={i}", p.name),
+                            SymArg::Float(x) => format!("{}={x:?}", p.name),
+                            SymArg::InverseCount(n) => format!("{}=1/({n})", p.name),
+                            SymArg::InverseSqrt(n) => format!("{}=1/sqrt({n})", p.name),
+                        })
+                        .collect();
+                    writeln!(f, "  launch @{} ({})", k.name(), args.join(", "))?
+                }
+                SymStep::Gemm(g) => {
+                    let epi = match g.epilogue {
+                        Epilogue::None => "",
+                        Epilogue::Bias => " +bias",
+                        Epilogue::BiasGelu => " +bias gelu.tanh",
+                        Epilogue::Gelu => " gelu.tanh",
+                    };
+                    write!(
+                        f,
+                        "  gemm {} {} = {} x {}{}",
+                        g.dtype,
+                        g.c,
+                        g.a,
+                        g.b,
+                        if g.b_transposed { "^T" } else { "" }
+                    )?;
+                    if let Some(b) = g.bias {
+                        write!(f, " + {b}")?;
+                    }
+                    writeln!(
+                        f,
+                        "{epi} (batch {} m {} n {} k {}, strides {}/{}/{})",
+                        g.batch, g.m, g.n, g.k, g.stride_a, g.stride_b, g.stride_c
+                    )?
+                }
+                SymStep::Exchange(x) => {
+                    let op = match x.reduce {
+                        Some(r) => format!("{}.{}", x.kind.name(), r.name()),
+                        None => x.kind.name().to_string(),
+                    };
+                    writeln!(
+                        f,
+                        "  {op} {} -> {} over {} ({} -> {})",
+                        x.input,
+                        x.output,
+                        x.axis,
+                        type_text(&x.from),
+                        type_text(&x.to)
+                    )?
+                }
+                SymStep::Free { buf: b } => writeln!(f, "  free {b}")?,
+                SymStep::Output {
+                    buf: b,
+                    value,
+                    shape,
+                } => writeln!(f, "  output %{value}: [{}] <- {b}", dims(shape))?,
+            }
+        }
+        write!(f, "}}")
+    }
+}
