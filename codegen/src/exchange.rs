@@ -64,7 +64,7 @@ fn refine(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 /// multiples of its inner view factors, else the piece is no box.
 fn onto_view(pieces: &[FactorPiece], view: &[usize]) -> Option<Vec<Range<usize>>> {
     if view == [0] {
-        return Some(vec![0..0]);
+        return Some(std::iter::once(0..0).collect());
     }
     let mut out = Vec::with_capacity(view.len());
     let mut empty = false;

@@ -277,10 +277,11 @@ pub enum Step {
     Alloc {
         buf: BufId,
     },
-    /// A table of i64 the host computes (global offsets, positions), copied in.
+    /// A table of i64 the host computes (global offsets, positions), copied in. Shared
+    /// between the ranks whose tables are equal (a dim no rank splits).
     Table {
         buf: BufId,
-        values: Vec<i64>,
+        values: std::sync::Arc<Vec<i64>>,
     },
     /// A kernel of the module.
     Launch {

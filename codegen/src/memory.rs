@@ -86,30 +86,65 @@ pub fn plan(
     (steps, peak)
 }
 
+/// The arena while a plan is placed: the gaps below the top (offset -> end), the top of the
+/// highest range in use, and where each live buffer sits. First fit takes the lowest gap that
+/// is large enough, else the top; a released range joins its neighbouring gaps (or lowers the
+/// top). Placement costs the number of gaps, not the number of live buffers (a program's
+/// weights are live together from its start).
 #[derive(Default)]
 struct Arena {
-    /// Ranges in use: offset -> (end, buffer).
-    used: BTreeMap<u64, (u64, BufId)>,
+    gaps: BTreeMap<u64, u64>,
+    top: u64,
+    live: BTreeMap<BufId, (u64, u64)>,
     peak: u64,
 }
 
 impl Arena {
     fn place(&mut self, b: BufId, bytes: u64) -> u64 {
         let size = bytes.max(1).div_ceil(ALIGN) * ALIGN;
-        let mut at = 0u64;
-        for (&start, &(end, _)) in &self.used {
-            if start >= at + size {
-                break;
+        let fit = self
+            .gaps
+            .iter()
+            .find(|(&start, &end)| end - start >= size)
+            .map(|(&start, &end)| (start, end));
+        let at = match fit {
+            Some((start, end)) => {
+                self.gaps.remove(&start);
+                if start + size < end {
+                    self.gaps.insert(start + size, end);
+                }
+                start
             }
-            at = at.max(end);
-        }
-        self.used.insert(at, (at + size, b));
-        self.peak = self.peak.max(at + size);
+            None => {
+                let at = self.top;
+                self.top += size;
+                at
+            }
+        };
+        self.live.insert(b, (at, at + size));
+        self.peak = self.peak.max(self.top);
         at
     }
 
     fn release(&mut self, b: BufId) {
-        self.used.retain(|_, (_, x)| *x != b);
+        let Some((mut start, mut end)) = self.live.remove(&b) else {
+            return;
+        };
+        // Join the gap ending here and the one starting at the end.
+        if let Some((&s, &e)) = self.gaps.range(..start).next_back() {
+            if e == start {
+                self.gaps.remove(&s);
+                start = s;
+            }
+        }
+        if let Some(e) = self.gaps.remove(&end) {
+            end = e;
+        }
+        if end == self.top {
+            self.top = start;
+        } else {
+            self.gaps.insert(start, end);
+        }
     }
 }
 

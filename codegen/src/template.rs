@@ -145,16 +145,29 @@ impl Templates {
         self.mesh.iter().map(|(_, n)| (*n).max(1)).product()
     }
 
-    /// Every rank's concrete host program at `bindings`.
+    /// Every rank's concrete host program at `bindings`: each template bound once, for the
+    /// first rank of its class, then instantiated for the others.
     pub fn bind(&self, bindings: &BTreeMap<String, i64>) -> Result<Compiled> {
-        let hosts = (0..self.world())
-            .map(|r| {
-                let t = self.program_of(r).ok_or_else(|| Error::Build {
+        let mut hosts: Vec<Option<HostProgram>> = vec![None; self.world()];
+        for t in &self.programs {
+            let Some(&first) = t.ranks.first() else {
+                continue;
+            };
+            let bound = t.bind(&self.kernels, &self.mesh, bindings, first)?;
+            for &r in &t.ranks[1..] {
+                hosts[r] = Some(t.instantiate(&bound, &self.mesh, bindings, r)?);
+            }
+            hosts[first] = Some(bound);
+        }
+        let hosts = hosts
+            .into_iter()
+            .enumerate()
+            .map(|(r, h)| {
+                h.ok_or_else(|| Error::Build {
                     value: "host program".into(),
                     rank: r,
                     message: "no host program runs on this rank (a bug in tpc)".into(),
-                })?;
-                t.bind(&self.kernels, &self.mesh, bindings, r)
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Compiled {
@@ -194,6 +207,42 @@ fn bind_error(what: &str, d: &Dim, bindings: &BTreeMap<String, i64>, e: tpc_ir::
             other => format!("{what} is `{d}`: {other}"),
         },
     }
+}
+
+/// A table that depends on the rank: the global offsets or positions of one dim of its piece.
+fn rank_table(
+    table: &TableSpec,
+    name: &str,
+    bindings: &BTreeMap<String, i64>,
+    coords: &tpc_ir::layout::MeshCoords,
+    rank: usize,
+) -> Result<Vec<i64>> {
+    let fail = |message: String| Error::Build {
+        value: name.to_string(),
+        rank,
+        message,
+    };
+    let (ty, dim, global_offsets) = match table {
+        TableSpec::GlobalOffsets { ty, dim } => (ty, *dim, true),
+        TableSpec::Positions { ty, dim } => (ty, *dim, false),
+        TableSpec::CrossEntropyPartials { .. } => {
+            return Err(fail(
+                "a cross-entropy scratch is not a table of the rank".into(),
+            ))
+        }
+    };
+    let (global, idx) = piece_indices(ty, bindings, coords).map_err(|e| fail(e.to_string()))?;
+    let stride: usize = if global_offsets {
+        global.get(dim + 1..).map_or(1, |g| g.iter().product())
+    } else {
+        1
+    };
+    Ok(idx
+        .get(dim)
+        .ok_or_else(|| fail(format!("has no dim {dim}")))?
+        .iter()
+        .map(|&i| (i * stride) as i64)
+        .collect())
 }
 
 struct Binder<'a> {
@@ -247,11 +296,6 @@ impl HostTemplate {
                 })
             })
             .collect::<Result<_>>()?;
-        let fail = |value: &str, message: String| Error::Build {
-            value: value.to_string(),
-            rank,
-            message,
-        };
         let mut steps = Vec::with_capacity(self.steps.len());
         for s in &self.steps {
             steps.push(match s {
@@ -264,20 +308,8 @@ impl HostTemplate {
                 SymStep::Table { buf, table } => {
                     let name = &self.buffers[buf.0].name;
                     let values = match table {
-                        TableSpec::GlobalOffsets { ty, dim } | TableSpec::Positions { ty, dim } => {
-                            let (global, idx) = piece_indices(ty, bindings, &coords)
-                                .map_err(|e| fail(name, e.to_string()))?;
-                            let stride: usize = match table {
-                                TableSpec::GlobalOffsets { .. } => {
-                                    global[dim + 1..].iter().product()
-                                }
-                                _ => 1,
-                            };
-                            idx.get(*dim)
-                                .ok_or_else(|| fail(name, format!("has no dim {dim}")))?
-                                .iter()
-                                .map(|&i| (i * stride) as i64)
-                                .collect()
+                        TableSpec::GlobalOffsets { .. } | TableSpec::Positions { .. } => {
+                            rank_table(table, name, bindings, &coords, rank)?
                         }
                         TableSpec::CrossEntropyPartials {
                             positions,
@@ -289,7 +321,10 @@ impl HostTemplate {
                         }
                     };
                     buffers[buf.0].shape = vec![values.len()];
-                    Step::Table { buf: *buf, values }
+                    Step::Table {
+                        buf: *buf,
+                        values: std::sync::Arc::new(values),
+                    }
                 }
                 SymStep::Launch { kernel, args } => {
                     let k = &kernels[*kernel];
@@ -353,39 +388,7 @@ impl HostTemplate {
                         b_transposed: g.b_transposed,
                     })
                 }
-                SymStep::Exchange(x) => {
-                    let name = &self.buffers[x.output.0].name;
-                    let group = axis_group(mesh, &coords, &x.axis);
-                    let me = group
-                        .iter()
-                        .position(|&r| r == rank)
-                        .ok_or_else(|| fail(name, "this rank is not in its own group".into()))?;
-                    let blocks = crate::exchange::blocks(
-                        &x.from,
-                        &x.to,
-                        bindings,
-                        mesh,
-                        &group,
-                        me,
-                        x.reduce.is_some(),
-                    )
-                    .map_err(|m| fail(name, m))?;
-                    Step::Exchange(Exchange {
-                        kind: x.kind,
-                        axis: x.axis.clone(),
-                        group,
-                        input: x.input,
-                        output: x.output,
-                        dtype: x.dtype,
-                        reduce: x.reduce,
-                        view: blocks.view,
-                        inputs: blocks.inputs,
-                        outputs: blocks.outputs,
-                        recv: blocks.recv,
-                        send: blocks.send,
-                        me,
-                    })
-                }
+                SymStep::Exchange(x) => Step::Exchange(self.exchange(x, mesh, bindings, rank)?),
                 SymStep::Output { buf, value, shape } => Step::Output {
                     buf: *buf,
                     value: value.clone(),
@@ -404,6 +407,99 @@ impl HostTemplate {
             buffers,
             steps,
             peak_bytes,
+        })
+    }
+
+    /// Rank `rank`'s program, from `bound`, this template bound for another rank of its class
+    /// at the same binding: only what depends on the rank's coordinates is found again (its
+    /// tables of global indices and its collectives' groups and blocks); sizes, arguments and
+    /// the memory plan are the class's.
+    pub fn instantiate(
+        &self,
+        bound: &HostProgram,
+        mesh: &[(String, usize)],
+        bindings: &BTreeMap<String, i64>,
+        rank: usize,
+    ) -> Result<HostProgram> {
+        let coords = rank_coords(mesh, rank);
+        let mut out = bound.clone();
+        out.rank = rank;
+        // Steps correspond one to one (binding adds and removes none).
+        for (s, step) in self.steps.iter().zip(out.steps.iter_mut()) {
+            match (s, step) {
+                (SymStep::Table { buf, table }, Step::Table { values, .. }) => {
+                    // Tables of a dim no rank splits are the same on every rank.
+                    let split = match table {
+                        TableSpec::GlobalOffsets { ty, dim } | TableSpec::Positions { ty, dim } => {
+                            ty.sharding
+                                .dims
+                                .get(*dim)
+                                .is_some_and(|ds| ds.factors.iter().any(|f| !f.axes.is_empty()))
+                        }
+                        TableSpec::CrossEntropyPartials { .. } => false,
+                    };
+                    if split {
+                        *values = std::sync::Arc::new(rank_table(
+                            table,
+                            &self.buffers[buf.0].name,
+                            bindings,
+                            &coords,
+                            rank,
+                        )?);
+                    }
+                }
+                (SymStep::Exchange(x), Step::Exchange(e)) => {
+                    *e = self.exchange(x, mesh, bindings, rank)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// A collective of rank `rank`: its group on the axis and the blocks it moves.
+    fn exchange(
+        &self,
+        x: &SymExchange,
+        mesh: &[(String, usize)],
+        bindings: &BTreeMap<String, i64>,
+        rank: usize,
+    ) -> Result<Exchange> {
+        let name = &self.buffers[x.output.0].name;
+        let fail = |message: String| Error::Build {
+            value: name.clone(),
+            rank,
+            message,
+        };
+        let group = axis_group(mesh, &rank_coords(mesh, rank), &x.axis);
+        let me = group
+            .iter()
+            .position(|&r| r == rank)
+            .ok_or_else(|| fail("this rank is not in its own group".into()))?;
+        let blocks = crate::exchange::blocks(
+            &x.from,
+            &x.to,
+            bindings,
+            mesh,
+            &group,
+            me,
+            x.reduce.is_some(),
+        )
+        .map_err(fail)?;
+        Ok(Exchange {
+            kind: x.kind,
+            axis: x.axis.clone(),
+            group,
+            input: x.input,
+            output: x.output,
+            dtype: x.dtype,
+            reduce: x.reduce,
+            view: blocks.view,
+            inputs: blocks.inputs,
+            outputs: blocks.outputs,
+            recv: blocks.recv,
+            send: blocks.send,
+            me,
         })
     }
 

@@ -49,6 +49,9 @@ pub struct Graph {
     graph: StableDiGraph<Node, u32>,
     /// Program order: parameters first, then ops, each after its operands.
     order: Vec<ValueId>,
+    /// Each node's position in `order`, by node index (built when first asked for after a
+    /// change of order), so that `users` is not a scan of the program per user.
+    positions: std::sync::OnceLock<Vec<usize>>,
     params: Vec<ValueId>,
     outputs: Vec<ValueId>,
     /// The declared result types, when the source gave them (`-> bf16[B, S, 768]`).
@@ -82,6 +85,7 @@ impl Graph {
             span: Span::DUMMY,
             graph: StableDiGraph::default(),
             order: Vec::new(),
+            positions: std::sync::OnceLock::new(),
             params: Vec::new(),
             outputs: Vec::new(),
             result_types: Vec::new(),
@@ -164,10 +168,15 @@ impl Graph {
     }
 
     fn position(&self, v: ValueId) -> usize {
-        self.order
-            .iter()
-            .position(|&x| x == v)
-            .unwrap_or(usize::MAX)
+        let positions = self.positions.get_or_init(|| {
+            use petgraph::visit::NodeIndexable;
+            let mut p = vec![usize::MAX; self.graph.node_bound()];
+            for (i, x) in self.order.iter().enumerate() {
+                p[x.0.index()] = i;
+            }
+            p
+        });
+        positions.get(v.0.index()).copied().unwrap_or(usize::MAX)
     }
 
     /// Removes a value that nothing uses and that is not a parameter or an output.
@@ -187,6 +196,7 @@ impl Graph {
         }
         self.graph.remove_node(v.0);
         self.order.retain(|&x| x != v);
+        self.positions = std::sync::OnceLock::new();
         true
     }
 
@@ -198,6 +208,7 @@ impl Graph {
         }
         let at = self.position(before).min(self.order.len());
         self.order.insert(at, v);
+        self.positions = std::sync::OnceLock::new();
         v
     }
 
@@ -251,6 +262,7 @@ impl Graph {
         };
         let v = ValueId(self.graph.add_node(node));
         self.order.push(v);
+        self.positions = std::sync::OnceLock::new();
         self.params.push(v);
         v
     }
@@ -263,6 +275,7 @@ impl Graph {
             self.graph.add_edge(o.0, v.0, i as u32);
         }
         self.order.push(v);
+        self.positions = std::sync::OnceLock::new();
         v
     }
 

@@ -191,9 +191,6 @@ fn reshape_views(g: &Graph, v: ValueId, d: usize) -> Vec<(ValueId, bool, usize)>
     out
 }
 
-/// The largest dim the torn-group check walks element by element.
-const MAX_CHECKED_EXTENT: i64 = 1 << 22;
-
 /// A user's split of a dim that a `reshape` (before or after it) groups into several factors
 /// must not cut through the innermost group: splitting 2304 = [3, 16, 48] rows over 5 ranks
 /// gives 461 rows each, so ranks would hold parts of heads of 48, which no layout of the heads
@@ -220,7 +217,7 @@ fn check_torn_groups(
         let len = consts[*j];
         let inner: i64 = consts[j + 1..].iter().product();
         let extent: i64 = consts.iter().product();
-        if parts <= 1 || extent > MAX_CHECKED_EXTENT {
+        if parts <= 1 {
             continue;
         }
         for &(r, is_result, rd) in &reshapes {
@@ -254,18 +251,21 @@ fn check_torn_groups(
             if inside_one {
                 continue;
             }
-            // The rank holding element `x` of the dim, with the split part in the middle.
-            let owner = |x: i64| {
-                let k = ((x / inner) % len) as usize;
-                (0..parts as usize)
-                    .find(|&p| {
-                        crate::layout::split_range(len as usize, parts as usize, p).contains(&k)
-                    })
-                    .unwrap_or(0)
-            };
-            let torn = (0..extent / unit).find(|u| {
-                let first = owner(u * unit);
-                (u * unit..(u + 1) * unit).any(|x| owner(x) != first)
+            // Where the owning rank changes along the dim (the split part in the middle): at
+            // the start of every part but the first, in every repeat of the outer factors, and
+            // at each outer repeat. A group is torn when such a boundary falls inside it; the
+            // boundaries' offsets within a group repeat after `unit` outer steps, so that many
+            // repeats decide it (no walk over the elements).
+            let starts: Vec<i64> = (0..parts as usize)
+                .map(|p| crate::layout::split_range(len as usize, parts as usize, p).start as i64)
+                .collect();
+            let torn = (0..outer.min(unit)).find_map(|o| {
+                starts
+                    .iter()
+                    .filter(|&&k| o > 0 || k > 0)
+                    .map(|&k| (o * len + k) * inner)
+                    .find(|x| x % unit != 0)
+                    .map(|x| x / unit)
             });
             let Some(u) = torn else { continue };
             let shown: Vec<String> = groups.iter().map(|e| e.to_string()).collect();

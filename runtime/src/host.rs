@@ -287,7 +287,9 @@ fn run_rank(
                 }
             }
             Step::Alloc { .. } | Step::Free { .. } => {}
-            Step::Table { buf, values } => arena.write(&bufs[buf.0], &Data::I64(values.clone()))?,
+            Step::Table { buf, values } => {
+                arena.write(&bufs[buf.0], &Data::I64(values.to_vec()))?
+            }
             Step::Launch {
                 kernel,
                 grid,

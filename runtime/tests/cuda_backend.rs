@@ -4,6 +4,9 @@
 //! the same host programs (kernels, a cuBLASLt GEMM, NCCL exchanges); elsewhere those tests
 //! print "skipped: no CUDA driver/GPU here".
 
+// Boxes of one-dim views are written `bx(&[0..4])`: a one-range array is meant.
+#![allow(clippy::single_range_in_vec_init)]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
