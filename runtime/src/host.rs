@@ -748,14 +748,27 @@ fn exchange(arena: &mut Arena, bufs: &[Buffer], x: &Exchange, comm: &mut Comm) -
         vals.resize(n, 0.0);
         &mut vals
     };
+    // Where every member ends with the same output (an allreduce), each reduces only its share
+    // of it and the shares are then exchanged, as a ring allreduce divides the work; the
+    // decision depends only on the layouts, so every rank of the world takes the same path.
+    let g = x.group.len();
+    let shared = g > 1 && x.outputs.iter().all(|o| *o == x.outputs[0]);
+    let share = |s: usize| -> Range<usize> {
+        if shared {
+            tpc_ir::layout::split_range(n, g, s)
+        } else {
+            0..n
+        }
+    };
+    let mine = share(x.me);
     // Block by block of the output (while the runs are few), so the f64 sums stay in cache;
     // every element still adds its runs in member order, then run order.
     let few = recv.iter().map(Vec::len).sum::<usize>() <= 256;
     let block = if few { 4096 } else { n.max(1) };
     let mut acc = vec![0f64; block.min(n)];
     let mut seen = vec![false; if op == ReduceOp::Sum { 0 } else { block.min(n) }];
-    for lo in (0..n).step_by(block) {
-        let hi = (lo + block).min(n);
+    for lo in mine.clone().step_by(block) {
+        let hi = (lo + block).min(mine.end);
         // A sum starts from -0.0, its exact identity (-0 + x is x for every x, -0 and NaN
         // included), so adding every run in member order gives what starting from the first
         // value does; max and min start from the first value each element sees.
@@ -796,6 +809,24 @@ fn exchange(arena: &mut Arena, bufs: &[Buffer], x: &Exchange, comm: &mut Comm) -
             out.iter_mut()
                 .zip(acc)
                 .for_each(|(y, a)| *y = round_to(ob.dtype, *a as f32));
+        }
+    }
+    if shared {
+        let shares = comm.allgather(Data::Float(out[mine].to_vec()))?;
+        for s in (0..g).filter(|&s| s != x.me) {
+            let Data::Float(part) = &*shares[x.group[s]] else {
+                return Err(Error::Internal("a reduced share of non-floats".into()));
+            };
+            let range = share(s);
+            if part.len() != range.len() {
+                return Err(Error::Internal(format!(
+                    "member {s} reduced {} elements of %{}, not {}",
+                    part.len(),
+                    ob.name,
+                    range.len()
+                )));
+            }
+            out[range].copy_from_slice(part);
         }
     }
     if !in_place {

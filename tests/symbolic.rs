@@ -1,0 +1,200 @@
+//! One compile for every size: every example compiled once without binding its host programs
+//! (`tpc::compile`'s default), then bound at several (B, S) and run on the CPU executor (and,
+//! where a C++ compiler is present, as CUDA C on the emulator) against the unsharded
+//! reference; ranks with even splits share one host template; a binding that breaks a split's
+//! divisibility is an error naming the symbol.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use tpc::ir::DType;
+use tpc::runtime::Tensor;
+
+fn bindings(text: &str) -> BTreeMap<String, i64> {
+    tpc::parse_bindings(text).expect("bindings")
+}
+
+/// The worst difference relative to the reference's largest magnitude.
+fn rel_err(want: &Tensor, got: &Tensor) -> f64 {
+    assert_eq!(want.shape(), got.shape());
+    let peak = want.max_abs().max(1e-3);
+    let worst = want
+        .to_f32_vec()
+        .iter()
+        .zip(got.to_f32_vec())
+        .map(|(a, b)| {
+            if a.is_nan() && b.is_nan() {
+                0.0
+            } else {
+                (a - b).abs() as f64
+            }
+        })
+        .fold(0.0, f64::max);
+    worst / peak
+}
+
+/// A few roundings of the loosest dtype the program computes in.
+fn tolerance(g: &tpc::Graph) -> f64 {
+    let low = g.values().iter().any(|&v| g.ty(v).dtype != DType::F32);
+    if low {
+        1.0 / 32.0
+    } else {
+        1e-4
+    }
+}
+
+fn compile_once(path: &std::path::Path) -> (tpc::Graph, tpc::Artifacts) {
+    let g = common::load(path);
+    let text = std::fs::read_to_string(path).expect("readable");
+    let devices = common::case_devices(&g).max(8);
+    let fixed: i64 = g.mesh.axes.iter().filter_map(|a| a.size).product();
+    let devices = if fixed > 1 { fixed } else { devices };
+    let a = tpc::compile(
+        &common::stem(path),
+        &text,
+        &tpc::CompileOptions::devices(devices),
+    )
+    .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.render()));
+    (g, a)
+}
+
+#[test]
+fn every_example_compiled_once_runs_at_several_sizes() {
+    for path in common::ir_files("examples") {
+        let (g, a) = compile_once(&path);
+        assert!(!a.specialized);
+        let steps: Vec<usize> = a.templates.programs.iter().map(|t| t.steps.len()).collect();
+        for b in ["B=2,S=8", "B=4,S=24", "B=2,S=64"] {
+            let b = bindings(b);
+            let at = a
+                .bind(&b)
+                .unwrap_or_else(|e| panic!("{} at {b:?}: {e}", path.display()));
+            // The same templates, bound: as many steps, sized anew.
+            let bound: Vec<usize> = at
+                .templates
+                .programs
+                .iter()
+                .map(|t| t.steps.len())
+                .collect();
+            assert_eq!(bound, steps);
+            for (r, h) in at.hosts().iter().enumerate() {
+                let t = at.templates.program_of(r).expect("a template");
+                assert_eq!(h.steps.len(), t.steps.len(), "{} rank {r}", path.display());
+            }
+            let inputs = tpc::runtime::random_inputs(&g, &b, 11).expect("inputs");
+            let want = tpc::runtime::run_reference(&g, &inputs, &b).expect("reference");
+            let got = tpc::run_on_cpu(&at, &inputs)
+                .unwrap_or_else(|e| panic!("{} at {b:?}: {e}", path.display()));
+            for (w, x) in want.iter().zip(&got) {
+                let err = rel_err(w, x);
+                assert!(
+                    err <= tolerance(&g),
+                    "{} at {b:?}: error {err:e}",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_emulated_cuda_c_runs_one_compile_at_two_sizes() {
+    if !common::present_or_skip(common::cxx_missing(), "TPC_REQUIRE_CXX") {
+        return;
+    }
+    for name in ["mlp.ir", "block_seqpar.ir", "attention_uneven.ir"] {
+        let path = common::root().join("examples").join(name);
+        let (g, a) = compile_once(&path);
+        for b in ["B=2,S=16", "B=2,S=40"] {
+            let b = bindings(b);
+            let at = a
+                .bind(&b)
+                .unwrap_or_else(|e| panic!("{name} at {b:?}: {e}"));
+            let inputs = tpc::runtime::random_inputs(&g, &b, 3).expect("inputs");
+            let want = tpc::runtime::run_reference(&g, &inputs, &b).expect("reference");
+            let got =
+                tpc::run_emulated(&at, &inputs).unwrap_or_else(|e| panic!("{name} at {b:?}: {e}"));
+            for (w, x) in want.iter().zip(&got) {
+                let err = rel_err(w, x);
+                assert!(err <= tolerance(&g), "{name} at {b:?}: error {err:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn even_splits_share_one_template_and_uneven_ones_do_not() {
+    let (_, a) = compile_once(&common::root().join("examples/block.ir"));
+    assert_eq!(a.templates.programs.len(), 1);
+    assert_eq!(a.templates.programs[0].ranks, (0..8).collect::<Vec<_>>());
+    assert_eq!(a.report["host_programs"], 1);
+    // 12 heads over 8 devices: ranks 0-3 hold two heads, 4-7 one.
+    let (_, a) = compile_once(&common::root().join("examples/attention_uneven.ir"));
+    let classes: Vec<Vec<usize>> = a
+        .templates
+        .programs
+        .iter()
+        .map(|t| t.ranks.clone())
+        .collect();
+    assert_eq!(classes, vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7]]);
+    let of_rank = a.report["host_program_of_rank"].clone();
+    assert_eq!(of_rank, serde_json::json!([0, 0, 0, 0, 1, 1, 1, 1]));
+}
+
+#[test]
+fn sizes_are_expressions_and_binding_gives_the_plan_at_that_size() {
+    let (_, a) = compile_once(&common::root().join("examples/block_seqpar.ir"));
+    let text = a.template_text(0).expect("rank 0");
+    // The sequence is split over 8 ranks: each holds S/8 positions, whatever S is.
+    assert!(text.contains("bf16[B, S/8, 768]"), "{text}");
+    let small = a.bind(&bindings("B=2,S=16")).expect("binds");
+    let large = a.bind(&bindings("B=4,S=512")).expect("binds");
+    let (p0, p1) = (small.hosts()[0].peak_bytes, large.hosts()[0].peak_bytes);
+    // The weights are the same at both sizes; the activations are 64 times larger.
+    assert!(p1 > 4 * p0, "arena {p0} at B=2,S=16 and {p1} at B=4,S=512");
+    assert_eq!(
+        large.report["peak_bytes_per_device"].as_u64(),
+        Some(
+            large
+                .hosts()
+                .iter()
+                .map(|h| h.peak_bytes)
+                .max()
+                .unwrap_or(0)
+        )
+    );
+}
+
+#[test]
+fn a_binding_that_breaks_a_split_is_an_error_naming_the_symbol() {
+    let (_, a) = compile_once(&common::root().join("examples/block_seqpar.ir"));
+    let e = a
+        .bind(&bindings("B=2,S=12"))
+        .expect_err("12 positions over 8 ranks");
+    let m = e.to_string();
+    assert!(m.contains("S=12") && m.contains("S/8"), "{m}");
+    assert!(
+        matches!(
+            e,
+            tpc::Error::Codegen(tpc::codegen::Error::Binding { ref symbols, .. }) if symbols == &["S"]
+        ),
+        "{e:?}"
+    );
+    // Specialized to that binding, the uneven split is cut as the executors cut it.
+    let path = common::root().join("examples/block_seqpar.ir");
+    let text = std::fs::read_to_string(&path).expect("readable");
+    let options = tpc::CompileOptions {
+        devices: Some(8),
+        bindings: bindings("B=2,S=12"),
+        specialize: true,
+        ..tpc::CompileOptions::default()
+    };
+    let g = common::load(&path);
+    let s = tpc::compile("block_seqpar", &text, &options).expect("compiles for S=12");
+    assert!(s.templates.programs.len() > 1, "uneven: several classes");
+    let inputs = tpc::runtime::random_inputs(&g, &s.bindings, 2).expect("inputs");
+    let want = tpc::runtime::run_reference(&g, &inputs, &s.bindings).expect("reference");
+    let got = tpc::run_on_cpu(&s, &inputs).expect("runs");
+    assert!(rel_err(&want[0], &got[0]) <= tolerance(&g));
+}
