@@ -15,6 +15,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use tpc::gen::{gpt_stack, llama_stack, Annotate, Llama};
 use tpc::CompileOptions;
 
+/// The allocator the `tpc` binary uses, so the figures are the CLI's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const MLP: &str = include_str!("../examples/mlp.ir");
 
 fn options(bindings: &str) -> CompileOptions {

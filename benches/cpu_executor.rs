@@ -51,5 +51,32 @@ fn cpu_executor(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, cpu_executor);
+/// The same program at a real size, B=8, S=512 (4096 positions): one compile for every size,
+/// bound at it, run on 1 and on 8 ranks. The goal: 8 ranks within 1.5x of 1 rank on
+/// this 2-core machine (the collectives copy blocks; the ranks' replicated work is what remains).
+fn at_real_size(c: &mut Criterion) {
+    let bindings = tpc::parse_bindings("B=8,S=512").expect("bindings");
+    let graph = tpc::load(NAME, TEXT).expect("a valid program");
+    let inputs = tpc::runtime::random_inputs(&graph, &bindings, 0).expect("inputs");
+    let mut group = c.benchmark_group("mlp_f32 B=8 S=512");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(10));
+    for ranks in [1i64, 8] {
+        let artifacts = tpc::compile(NAME, TEXT, &tpc::CompileOptions::devices(ranks))
+            .expect("compiles")
+            .bind(&bindings)
+            .expect("binds");
+        tpc::run_on_cpu(&artifacts, &inputs).expect("runs");
+        group.bench_with_input(
+            BenchmarkId::new("run_on_cpu ranks", ranks),
+            &artifacts,
+            |b, artifacts| b.iter(|| tpc::run_on_cpu(artifacts, &inputs).expect("runs")),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, cpu_executor, at_real_size);
 criterion_main!(benches);

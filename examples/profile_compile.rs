@@ -4,6 +4,10 @@
 //! `cargo run --release --example profile_compile -- 8 96`.
 use std::time::Instant;
 
+/// The allocator the `tpc` binary uses.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let layer_counts: Vec<usize> = std::env::args()
         .skip(1)
