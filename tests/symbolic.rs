@@ -198,3 +198,26 @@ fn a_binding_that_breaks_a_split_is_an_error_naming_the_symbol() {
     let got = tpc::run_on_cpu(&s, &inputs).expect("runs");
     assert!(rel_err(&want[0], &got[0]) <= tolerance(&g));
 }
+
+#[test]
+fn a_stack_of_identical_layers_generates_each_kernel_once() {
+    let kernels = |layers: usize| {
+        let config = tpc::gen::Llama {
+            layers,
+            heads: 8,
+            kv_heads: 4,
+            embed: 128,
+            ffn: 256,
+            vocab: None,
+            split_kv: true,
+            eps: 1e-5,
+        };
+        let text = tpc::gen::llama_stack(&config, tpc::gen::Annotate::Megatron);
+        let a = tpc::compile("llama.ir", &text, &tpc::CompileOptions::devices(4))
+            .unwrap_or_else(|e| panic!("{}", e.render()));
+        assert_eq!(a.templates.programs.len(), 1);
+        (a.kernels().len(), a.cuda.len())
+    };
+    let (two, four) = (kernels(2), kernels(4));
+    assert_eq!(two, four, "kernels (count, CUDA bytes) at 2 and 4 layers");
+}

@@ -355,15 +355,22 @@ pub fn segment(g: &Graph) -> Result<Plan> {
     }
 
     let mut kernels: Vec<Kernel> = Vec::new();
+    // Kernels by body: a stack of identical layers generates each kernel once.
+    let mut by_body: BTreeMap<String, usize> = BTreeMap::new();
+    let mut add = |kernels: &mut Vec<Kernel>, k: Kernel| -> usize {
+        *by_body.entry(k.body()).or_insert_with(|| {
+            kernels.push(k);
+            kernels.len() - 1
+        })
+    };
     let mut segments = Vec::new();
     // Copy kernels are shared by dtype and rank.
     let mut copy_kernels: BTreeMap<(String, usize), usize> = BTreeMap::new();
     for item in order {
         let v = match item {
             Ok(gi) => {
-                let index = kernels.len();
-                let (kernel, call) = build(g, &groups[gi], &users, &absorbed, index)?;
-                kernels.push(Kernel::Fused(kernel));
+                let (kernel, call) = build(g, &groups[gi], &users, &absorbed, kernels.len())?;
+                let index = add(&mut kernels, Kernel::Fused(kernel));
                 segments.push(Segment::Fused {
                     kernel: index,
                     call,
@@ -408,9 +415,8 @@ pub fn segment(g: &Graph) -> Result<Plan> {
                     name: name("embedding"),
                     dtype,
                 });
-                kernels.push(k);
                 Segment::Embedding {
-                    kernel: kernels.len() - 1,
+                    kernel: add(&mut kernels, k),
                     value: v,
                 }
             }
@@ -420,9 +426,8 @@ pub fn segment(g: &Graph) -> Result<Plan> {
                     dtype,
                     causal: *causal,
                 });
-                kernels.push(k);
                 Segment::Attention {
-                    kernel: kernels.len() - 1,
+                    kernel: add(&mut kernels, k),
                     value: v,
                 }
             }
@@ -432,9 +437,8 @@ pub fn segment(g: &Graph) -> Result<Plan> {
                     dtype,
                     ignore_index: *ignore_index,
                 });
-                kernels.push(k);
                 Segment::CrossEntropy {
-                    kernel: kernels.len() - 1,
+                    kernel: add(&mut kernels, k),
                     value: v,
                 }
             }

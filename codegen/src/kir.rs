@@ -245,6 +245,26 @@ fn blocks_for(total: u64) -> u32 {
 }
 
 impl Kernel {
+    /// What the kernel computes, without its name and the value names it prints in comments:
+    /// two kernels with the same body are one kernel (segmentation launches the first again,
+    /// for every layer of a stack, instead of generating a copy).
+    pub fn body(&self) -> String {
+        let mut k = self.clone();
+        match &mut k {
+            Kernel::Fused(k) => {
+                k.name.clear();
+                k.inputs.iter_mut().for_each(|i| i.name.clear());
+                k.outputs.iter_mut().for_each(|o| o.name.clear());
+                k.args.iter_mut().for_each(String::clear);
+            }
+            Kernel::Copy(k) => k.name.clear(),
+            Kernel::Embedding(k) => k.name.clear(),
+            Kernel::Attention(k) => k.name.clear(),
+            Kernel::CrossEntropy(k) => k.name.clear(),
+        }
+        format!("{k:?}")
+    }
+
     pub fn name(&self) -> &str {
         match self {
             Kernel::Fused(k) => &k.name,

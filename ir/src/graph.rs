@@ -206,9 +206,33 @@ impl Graph {
         for (i, &o) in operands.iter().enumerate() {
             self.graph.add_edge(o.0, v.0, i as u32);
         }
-        let at = self.position(before).min(self.order.len());
+        // Keep the position cache where there is one (shifting what follows), else find the
+        // place by a scan: passes insert many nodes in a row, and rebuilding the cache after
+        // every one would cost the program's size each time.
+        let cached = self.positions.get().is_some();
+        let at = if cached {
+            self.position(before)
+        } else {
+            self.order
+                .iter()
+                .position(|&x| x == before)
+                .unwrap_or(usize::MAX)
+        }
+        .min(self.order.len());
         self.order.insert(at, v);
-        self.positions = std::sync::OnceLock::new();
+        match self.positions.get_mut() {
+            Some(p) => {
+                p.iter_mut()
+                    .filter(|x| **x != usize::MAX && **x >= at)
+                    .for_each(|x| *x += 1);
+                let i = v.0.index();
+                if p.len() <= i {
+                    p.resize(i + 1, usize::MAX);
+                }
+                p[i] = at;
+            }
+            None => self.positions = std::sync::OnceLock::new(),
+        }
         v
     }
 
