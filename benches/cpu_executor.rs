@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
+/// The allocator the `tpc` binary uses, so the figures are `tpc run`'s.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NAME: &str = "examples/mlp_f32.ir";
 const TEXT: &str = include_str!("../examples/mlp_f32.ir");
 const BINDINGS: &str = "B=2,S=128";

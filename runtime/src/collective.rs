@@ -328,6 +328,9 @@ where
                 let world = Arc::clone(&world);
                 let body = &body;
                 scope.spawn(move || {
+                    // The ranks share the machine's cores: their GEMMs do not each take all.
+                    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    crate::ops::linalg::set_gemm_threads((cores / size).max(1));
                     let mut comm = Comm {
                         rank,
                         world: Arc::clone(&world),

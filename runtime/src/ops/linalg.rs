@@ -3,7 +3,30 @@
 use crate::tensor::{round_to, Tensor};
 use crate::Result;
 
-/// C[m×n] = A[m×k] · B[k×n] with arbitrary strides (row stride, column stride).
+thread_local! {
+    /// Threads a GEMM on this thread may use (0: the machine's cores, at most 4).
+    static GEMM_THREADS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Sets how many threads GEMMs on this thread use: the CPU executor's rank threads share the
+/// machine's cores (8 ranks on 2 cores use one each) instead of each spawning its own.
+pub fn set_gemm_threads(n: usize) {
+    GEMM_THREADS.with(|t| t.set(n));
+}
+
+/// The threads this thread's GEMMs use.
+pub fn gemm_threads() -> usize {
+    match GEMM_THREADS.with(|t| t.get()) {
+        0 => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4),
+        n => n,
+    }
+}
+
+/// C[m×n] = A[m×k] · B[k×n] with arbitrary strides (row stride, column stride). Large products
+/// are cut into blocks of rows, one per thread ([`gemm_threads`]); each element is the same
+/// sum in the same order whatever the cut, so the result does not depend on the threads.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm(
     m: usize,
@@ -27,6 +50,43 @@ pub(crate) fn gemm(
     // The furthest element each operand's strides reach lies inside its slice.
     assert!(
         (m - 1) * rsa + (k - 1) * csa < a.len()
+            && (k - 1) * rsb + (n - 1) * csb < b.len()
+            && m * n <= c.len()
+    );
+    // Threads only for products large enough to repay starting them.
+    let threads = gemm_threads().min(m / 64).max(1);
+    if threads == 1 || (m * n * k) < (1 << 22) {
+        gemm_rows(m, k, n, a, rsa, csa, b, rsb, csb, &mut c[..m * n]);
+        return;
+    }
+    let per = m.div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (i, rows) in c[..m * n].chunks_mut(per * n).enumerate() {
+            let r0 = i * per;
+            let mi = rows.len() / n;
+            let a = &a[r0 * rsa..];
+            scope.spawn(move || gemm_rows(mi, k, n, a, rsa, csa, b, rsb, csb, rows));
+        }
+    });
+}
+
+/// [`gemm`] of `m` rows on this thread.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rows(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    rsa: usize,
+    csa: usize,
+    b: &[f32],
+    rsb: usize,
+    csb: usize,
+    c: &mut [f32],
+) {
+    assert!(
+        m >= 1
+            && (m - 1) * rsa + (k - 1) * csa < a.len()
             && (k - 1) * rsb + (n - 1) * csb < b.len()
             && m * n <= c.len()
     );
@@ -213,5 +273,41 @@ pub(crate) fn sdpa_into(
         for (orow, sum) in ob.chunks_mut(ev.max(1)).zip(&sums) {
             orow.iter_mut().for_each(|x| *x = round_to(dt, *x / sum));
         }
+    }
+}
+
+#[cfg(test)]
+mod gemm_tests {
+    use super::*;
+
+    #[test]
+    fn a_gemm_cut_into_row_blocks_gives_the_same_bits_as_one_thread() {
+        let (m, k, n) = (300, 70, 250);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 3.0)
+            .collect();
+        let run = |threads: usize| {
+            set_gemm_threads(threads);
+            let mut c = vec![0f32; m * n];
+            gemm(m, k, n, &a, k, 1, &b, n, 1, &mut c);
+            c
+        };
+        let one = run(1);
+        for t in [2, 3, 4] {
+            let many = run(t);
+            assert!(
+                one.iter()
+                    .zip(&many)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{t} threads"
+            );
+        }
+        // And it is the product.
+        let want: f32 = (0..k).map(|j| a[5 * k + j] * b[j * n + 7]).sum();
+        assert!((one[5 * n + 7] - want).abs() <= 1e-3 * want.abs().max(1.0));
+        set_gemm_threads(0);
     }
 }
