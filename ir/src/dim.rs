@@ -96,15 +96,83 @@ fn mono_mul(a: &Monomial, b: &Monomial, sign: i32) -> Result<Monomial, DimError>
     Ok(exps.into_iter().filter(|(_, e)| *e != 0).collect())
 }
 
+/// A dim's terms, sorted by monomial: a small sorted vector (most dims have one term, and a
+/// constant's monomial allocates nothing), compared, ordered and hashed as the sorted list.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+struct Terms(Vec<(Monomial, Ratio)>);
+
+impl Terms {
+    fn find(&self, m: &Monomial) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(m))
+    }
+
+    fn get(&self, m: &Monomial) -> Option<&Ratio> {
+        self.find(m).ok().map(|i| &self.0[i].1)
+    }
+
+    fn insert(&mut self, m: Monomial, r: Ratio) {
+        match self.find(&m) {
+            Ok(i) => self.0[i].1 = r,
+            Err(i) => self.0.insert(i, (m, r)),
+        }
+    }
+
+    fn remove(&mut self, m: &Monomial) {
+        if let Ok(i) = self.find(m) {
+            self.0.remove(i);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Monomial, &Ratio)> {
+        self.0.iter().map(|(m, r)| (m, r))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Monomial> {
+        self.0.iter().map(|(m, _)| m)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Ratio> {
+        self.0.iter_mut().map(|(_, r)| r)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(Monomial, Ratio)> for Terms {
+    fn from_iter<I: IntoIterator<Item = (Monomial, Ratio)>>(iter: I) -> Terms {
+        let mut v: Vec<(Monomial, Ratio)> = iter.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.dedup_by(|a, b| a.0 == b.0);
+        Terms(v)
+    }
+}
+
+impl<'a> IntoIterator for &'a Terms {
+    type Item = (&'a Monomial, &'a Ratio);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (Monomial, Ratio)>,
+        fn(&'a (Monomial, Ratio)) -> (&'a Monomial, &'a Ratio),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(m, r)| (m, r))
+    }
+}
+
 /// A dim: a sum of terms `coefficient * symbols`, canonical (no zero terms, sorted).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Dim {
-    terms: BTreeMap<Monomial, Ratio>,
+    terms: Terms,
 }
 
 impl Dim {
     pub fn constant(n: i64) -> Dim {
-        let mut terms = BTreeMap::new();
+        let mut terms = Terms::default();
         if n != 0 {
             terms.insert(Vec::new(), Ratio::int(n as i128));
         }
@@ -112,7 +180,7 @@ impl Dim {
     }
 
     pub fn symbol(name: &str) -> Dim {
-        let mut terms = BTreeMap::new();
+        let mut terms = Terms::default();
         terms.insert(vec![(name.to_string(), 1)], Ratio::int(1));
         Dim { terms }
     }
@@ -223,7 +291,7 @@ impl Dim {
         let mut out = Dim::default();
         for (ma, ca) in &self.terms {
             for (mb, cb) in &other.terms {
-                let mut t = BTreeMap::new();
+                let mut t = Terms::default();
                 t.insert(mono_mul(ma, mb, 1)?, ca.mul(*cb)?);
                 out = out.add(&Dim { terms: t })?;
             }
@@ -258,7 +326,7 @@ impl Dim {
         let inv = Ratio::new(cb.den, cb.num)?;
         let mut out = Dim::default();
         for (ma, ca) in &self.terms {
-            let mut t = BTreeMap::new();
+            let mut t = Terms::default();
             t.insert(mono_mul(ma, mb, -1)?, ca.mul(inv)?);
             out = out.add(&Dim { terms: t })?;
         }

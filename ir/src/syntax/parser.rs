@@ -2,8 +2,6 @@
 //! error poisons its value (so its uses report nothing more) and parsing resumes on the next
 //! line; a graph is returned only when there are no errors.
 
-use std::collections::BTreeMap;
-
 use super::attrs::{build_op, Attr};
 use super::lexer::{lex_with_comments, Comment, Tok, Token};
 use crate::diag::{Diagnostic, SourceFile};
@@ -39,7 +37,9 @@ struct Parser<'s> {
     /// Inside brackets, newlines are not statement ends.
     bracket_depth: usize,
     diags: Vec<Diagnostic>,
-    names: BTreeMap<String, (Entry, Span)>,
+    // Looked up, never iterated in an order that matters (hints take the closest by distance,
+    // then by name).
+    names: std::collections::HashMap<String, (Entry, Span)>,
     comments: Vec<Comment>,
     /// The function body's closing `}`.
     close_span: Span,
@@ -56,7 +56,7 @@ pub fn parse(file: &SourceFile) -> Result<Graph, Vec<Diagnostic>> {
         pos: 0,
         bracket_depth: 0,
         diags: Vec::new(),
-        names: BTreeMap::new(),
+        names: std::collections::HashMap::new(),
     };
     let mut graph = p.file();
     if let Some(g) = graph.as_mut() {
