@@ -118,19 +118,17 @@ fn unsupported(from: &TensorType, to: &TensorType, why: &str) -> String {
 }
 
 /// The blocks of a collective from layout `from` to layout `to` between the ranks of `group`
-/// (global ranks, in axis order) of a mesh with `sizes`, for the member at position `me`.
-/// With `reduce`, every member sends what it holds of each output element; without, each
-/// output element comes from the receiver itself if it holds it, else from one member that
-/// does.
-pub fn blocks(
+/// (global ranks, in axis order) of a mesh with `sizes`, for every member. With `reduce`,
+/// every member sends what it holds of each output element; without, each output element
+/// comes from the receiver itself if it holds it, else from one member that does.
+pub fn group_blocks(
     from: &TensorType,
     to: &TensorType,
     bindings: &BTreeMap<String, i64>,
     sizes: &[(String, usize)],
     group: &[usize],
-    me: usize,
     reduce: bool,
-) -> Result<Blocks, String> {
+) -> Result<GroupBlocks, String> {
     let pieces = |ty: &TensorType| -> Result<Vec<Vec<Vec<FactorPiece>>>, String> {
         group
             .iter()
@@ -232,23 +230,55 @@ pub fn blocks(
         }
         Ok(out)
     };
-    let recv = recv_of(me)?;
-    let mut send = Vec::with_capacity(group.len());
-    for t in 0..group.len() {
-        let theirs = if t == me {
-            recv[me].clone()
-        } else {
-            recv_of(t)?.swap_remove(me)
-        };
-        send.push(theirs);
-    }
-    Ok(Blocks {
+    let recv = (0..group.len())
+        .map(recv_of)
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(GroupBlocks {
         view,
         inputs,
         outputs,
         recv,
-        send,
     })
+}
+
+/// What every member of a group receives from every other: found once per collective and
+/// group, then read by each member ([`GroupBlocks::member`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupBlocks {
+    pub view: Vec<usize>,
+    pub inputs: Vec<Block>,
+    pub outputs: Vec<Block>,
+    /// `recv[t][s]`: what member `t` receives from member `s`.
+    pub recv: Vec<Vec<Option<Block>>>,
+}
+
+impl GroupBlocks {
+    /// The blocks of the member at position `me`.
+    pub fn member(&self, me: usize) -> Blocks {
+        Blocks {
+            view: self.view.clone(),
+            inputs: self.inputs.clone(),
+            outputs: self.outputs.clone(),
+            recv: self.recv[me].clone(),
+            send: self.recv.iter().map(|r| r[me].clone()).collect(),
+        }
+    }
+}
+
+/// [`group_blocks`] for the member at position `me`.
+pub fn blocks(
+    from: &TensorType,
+    to: &TensorType,
+    bindings: &BTreeMap<String, i64>,
+    sizes: &[(String, usize)],
+    group: &[usize],
+    me: usize,
+    reduce: bool,
+) -> Result<Blocks, String> {
+    if me >= group.len() {
+        return Err(format!("member {me} of a group of {}", group.len()));
+    }
+    Ok(group_blocks(from, to, bindings, sizes, group, reduce)?.member(me))
 }
 
 #[cfg(test)]

@@ -311,7 +311,8 @@ pub enum Step {
 pub struct HostProgram {
     pub rank: usize,
     pub world: usize,
-    pub buffers: Vec<Buffer>,
+    /// Shared by the ranks of a class (their buffers have the same shapes and offsets).
+    pub buffers: std::sync::Arc<Vec<Buffer>>,
     pub steps: Vec<Step>,
     /// The arena's size: the most bytes the plan has in use at once (with alignment).
     pub peak_bytes: u64,

@@ -153,9 +153,11 @@ impl Templates {
             let Some(&first) = t.ranks.first() else {
                 continue;
             };
-            let bound = t.bind(&self.kernels, &self.mesh, bindings, first)?;
+            // One group's blocks serve all its members.
+            let mut cache = GroupCache::default();
+            let bound = t.bind_cached(&self.kernels, &self.mesh, bindings, first, &mut cache)?;
             for &r in &t.ranks[1..] {
-                hosts[r] = Some(t.instantiate(&bound, &self.mesh, bindings, r)?);
+                hosts[r] = Some(t.instantiate(&bound, &self.mesh, bindings, r, &mut cache)?);
             }
             hosts[first] = Some(bound);
         }
@@ -208,6 +210,9 @@ fn bind_error(what: &str, d: &Dim, bindings: &BTreeMap<String, i64>, e: tpc_ir::
         },
     }
 }
+
+/// The blocks of collectives already found at one binding, by (step, group).
+pub type GroupCache = BTreeMap<(usize, Vec<usize>), crate::exchange::GroupBlocks>;
 
 /// A table that depends on the rank: the global offsets or positions of one dim of its piece.
 fn rank_table(
@@ -276,6 +281,18 @@ impl HostTemplate {
         bindings: &BTreeMap<String, i64>,
         rank: usize,
     ) -> Result<HostProgram> {
+        self.bind_cached(kernels, mesh, bindings, rank, &mut GroupCache::default())
+    }
+
+    /// [`HostTemplate::bind`], with the collectives' blocks of groups already seen in `cache`.
+    fn bind_cached(
+        &self,
+        kernels: &[Kernel],
+        mesh: &[(String, usize)],
+        bindings: &BTreeMap<String, i64>,
+        rank: usize,
+        cache: &mut GroupCache,
+    ) -> Result<HostProgram> {
         let b = Binder { bindings, rank };
         let coords = rank_coords(mesh, rank);
         let mut buffers: Vec<Buffer> = self
@@ -297,7 +314,7 @@ impl HostTemplate {
             })
             .collect::<Result<_>>()?;
         let mut steps = Vec::with_capacity(self.steps.len());
-        for s in &self.steps {
+        for (i, s) in self.steps.iter().enumerate() {
             steps.push(match s {
                 SymStep::Input { buf, param } => Step::Input {
                     buf: *buf,
@@ -388,7 +405,9 @@ impl HostTemplate {
                         b_transposed: g.b_transposed,
                     })
                 }
-                SymStep::Exchange(x) => Step::Exchange(self.exchange(x, mesh, bindings, rank)?),
+                SymStep::Exchange(x) => {
+                    Step::Exchange(self.exchange(i, x, mesh, bindings, rank, cache)?)
+                }
                 SymStep::Output { buf, value, shape } => Step::Output {
                     buf: *buf,
                     value: value.clone(),
@@ -404,7 +423,7 @@ impl HostTemplate {
         Ok(HostProgram {
             rank,
             world: self.world,
-            buffers,
+            buffers: std::sync::Arc::new(buffers),
             steps,
             peak_bytes,
         })
@@ -420,12 +439,13 @@ impl HostTemplate {
         mesh: &[(String, usize)],
         bindings: &BTreeMap<String, i64>,
         rank: usize,
+        cache: &mut GroupCache,
     ) -> Result<HostProgram> {
         let coords = rank_coords(mesh, rank);
         let mut out = bound.clone();
         out.rank = rank;
         // Steps correspond one to one (binding adds and removes none).
-        for (s, step) in self.steps.iter().zip(out.steps.iter_mut()) {
+        for (i, (s, step)) in self.steps.iter().zip(out.steps.iter_mut()).enumerate() {
             match (s, step) {
                 (SymStep::Table { buf, table }, Step::Table { values, .. }) => {
                     // Tables of a dim no rank splits are the same on every rank.
@@ -449,7 +469,7 @@ impl HostTemplate {
                     }
                 }
                 (SymStep::Exchange(x), Step::Exchange(e)) => {
-                    *e = self.exchange(x, mesh, bindings, rank)?;
+                    *e = self.exchange(i, x, mesh, bindings, rank, cache)?;
                 }
                 _ => {}
             }
@@ -460,10 +480,12 @@ impl HostTemplate {
     /// A collective of rank `rank`: its group on the axis and the blocks it moves.
     fn exchange(
         &self,
+        step: usize,
         x: &SymExchange,
         mesh: &[(String, usize)],
         bindings: &BTreeMap<String, i64>,
         rank: usize,
+        cache: &mut GroupCache,
     ) -> Result<Exchange> {
         let name = &self.buffers[x.output.0].name;
         let fail = |message: String| Error::Build {
@@ -476,16 +498,23 @@ impl HostTemplate {
             .iter()
             .position(|&r| r == rank)
             .ok_or_else(|| fail("this rank is not in its own group".into()))?;
-        let blocks = crate::exchange::blocks(
-            &x.from,
-            &x.to,
-            bindings,
-            mesh,
-            &group,
-            me,
-            x.reduce.is_some(),
-        )
-        .map_err(fail)?;
+        let key = (step, group.clone());
+        let all = match cache.get(&key) {
+            Some(all) => all,
+            None => {
+                let all = crate::exchange::group_blocks(
+                    &x.from,
+                    &x.to,
+                    bindings,
+                    mesh,
+                    &group,
+                    x.reduce.is_some(),
+                )
+                .map_err(fail)?;
+                cache.entry(key).or_insert(all)
+            }
+        };
+        let blocks = all.member(me);
         Ok(Exchange {
             kind: x.kind,
             axis: x.axis.clone(),

@@ -91,7 +91,7 @@ impl HostBuilder {
         HostProgram {
             rank: self.rank,
             world: self.world,
-            buffers: self.buffers,
+            buffers: self.buffers.into(),
             steps: self.steps,
             peak_bytes: self.end.max(ALIGN),
         }
