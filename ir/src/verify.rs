@@ -204,7 +204,6 @@ fn check_torn_groups(
 ) {
     let node = g.node(v);
     for (d, ds) in node.ty.sharding.dims.iter().enumerate() {
-        let reshapes = reshape_views(g, v, d);
         let split: Vec<usize> = (0..ds.factors.len())
             .filter(|&j| !ds.factors[j].axes.is_empty())
             .collect();
@@ -220,7 +219,8 @@ fn check_torn_groups(
         if parts <= 1 {
             continue;
         }
-        for &(r, is_result, rd) in &reshapes {
+        // Only a split dim can be torn: the reshapes that see it are looked for here.
+        for (r, is_result, rd) in reshape_views(g, v, d) {
             let rule = crate::rule::rule_of(g, r);
             let dims = if is_result {
                 &rule.result
