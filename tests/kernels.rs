@@ -83,7 +83,7 @@ fn interpreted_kernels_equal_the_unfused_ops() {
                     }
                 })
                 .collect();
-            let got = tpc::runtime::kernel::run_pointwise(&k, &refs, &space, &scalars)
+            let got = tpc::runtime::kernel::run_pointwise(&k, &refs, &space, &scalars, &call.seeds)
                 .unwrap_or_else(|e| panic!("{}: {}: {e}", path.display(), k.name));
             let bits = |t: &tpc::runtime::Tensor| {
                 t.to_f32_vec()

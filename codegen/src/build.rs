@@ -275,6 +275,7 @@ impl HostBuilder<'_> {
                         }
                     }
                 }
+                args.extend(call.seeds.iter().map(|&seed| SymArg::Seed(seed)));
                 self.launch(*kernel, args);
             }
             Segment::Gemm { value, gelu } => self.gemm(*value, *gelu)?,

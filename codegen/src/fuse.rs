@@ -38,6 +38,8 @@ pub struct FusedCall {
     /// index maps the global-offset tables).
     pub space: ValueId,
     pub args: Vec<ScalarSource>,
+    /// The kernel's seeds `r<i>`, in order.
+    pub seeds: Vec<u64>,
     /// Every op of the group, in program order.
     pub members: Vec<ValueId>,
 }
@@ -517,6 +519,8 @@ struct Builder<'g> {
     loaded: BTreeMap<usize, Value>,
     args: Vec<ScalarSource>,
     arg_text: Vec<String>,
+    /// The seeds the kernel's random draws use, in argument order.
+    seeds: Vec<u64>,
     global_index: bool,
 }
 
@@ -524,6 +528,18 @@ impl Builder<'_> {
     fn push(&mut self, ty: Scalar, e: Expr) -> Value {
         self.body.push((ty, e));
         Value(self.body.len() - 1)
+    }
+
+    /// The uniform draw for `seed` at the element's global index, the seed an argument.
+    fn rand(&mut self, seed: u64) -> Value {
+        let i = match self.seeds.iter().position(|&s| s == seed) {
+            Some(i) => i,
+            None => {
+                self.seeds.push(seed);
+                self.seeds.len() - 1
+            }
+        };
+        self.f32(Expr::RandArg(i))
     }
 
     fn f32(&mut self, e: Expr) -> Value {
@@ -659,7 +675,7 @@ impl Builder<'_> {
             }
             Op::RandLike { seed } => {
                 self.global_index = true;
-                let r = self.f32(Expr::Rand(*seed));
+                let r = self.rand(*seed);
                 self.round(dtype, r)
             }
             Op::Dropout { p, seed } => {
@@ -671,7 +687,7 @@ impl Builder<'_> {
                     let keep = self.constant((1.0 - p) as f32);
                     let scale = round_scalar(dtype, (1.0 / (1.0 - p)) as f32);
                     let scale = self.constant(scale);
-                    let r = self.f32(Expr::Rand(*seed));
+                    let r = self.rand(*seed);
                     let kept = self.push(Scalar::Bool, Expr::Binary(BinaryOp::Lt, r, keep));
                     let scaled = self.f32(Expr::Binary(BinaryOp::Mul, x, scale));
                     let scaled = self.round(dtype, scaled);
@@ -838,6 +854,7 @@ fn build(
         loaded: BTreeMap::new(),
         args: Vec::new(),
         arg_text: Vec::new(),
+        seeds: Vec::new(),
         global_index: false,
     };
     for &m in &group.members {
@@ -872,6 +889,7 @@ fn build(
         row: group.row,
         global_index: b.global_index,
         args: b.arg_text,
+        seeds: b.seeds.len(),
         body: b.body,
     };
     let call = FusedCall {
@@ -879,6 +897,7 @@ fn build(
         outputs: stored,
         space: group.space_value,
         args: b.args,
+        seeds: b.seeds,
         members: group.members.clone(),
     };
     Ok((kernel, call))

@@ -55,6 +55,9 @@ pub enum Expr {
     /// element's *global* flat index (`tpc_runtime::philox::uniform`). Only in kernels with
     /// `global_index`; the index is the sum over dims of table `g<d>` at the element's index.
     Rand(u64),
+    /// [`Expr::Rand`] for the seed passed as int argument `r<i>`: kernels that differ only in
+    /// their seeds (every layer's dropout) are then one kernel.
+    RandArg(usize),
     /// The reduction (sum, max or min, in f32) of the operand over the current row: the same for
     /// every element of a row. Only in kernels with a `row`; the operand is per-element.
     RowReduce(ReduceOp, Value),
@@ -102,6 +105,8 @@ pub struct Fused {
     pub global_index: bool,
     /// What each scalar argument `s<i>` is (for the printout).
     pub args: Vec<String>,
+    /// How many seeds the kernel takes (int arguments `r0, r1, …`, for [`Expr::RandArg`]).
+    pub seeds: usize,
     pub body: Vec<(Scalar, Expr)>,
 }
 
@@ -123,7 +128,7 @@ impl Fused {
             let u = match e {
                 Expr::Load(i) => row_uniform_input(*i),
                 Expr::Const(_) | Expr::Arg(_) => true,
-                Expr::Rand(_) => false,
+                Expr::Rand(_) | Expr::RandArg(_) => false,
                 Expr::RowReduce(..) => true,
                 Expr::Unary(_, a) | Expr::Gelu(_, a) | Expr::Round(_, a) => out[a.0],
                 Expr::Binary(_, a, b) => out[a.0] && out[b.0],
@@ -278,7 +283,7 @@ impl Kernel {
     /// The kernel's parameters, in order.
     ///
     /// - Fused: `in<i>` per input, `out<i>` per output, `n<d>` per dim, then `g<d>` per dim
-    ///   if `global_index`, then `s<i>` per scalar argument.
+    ///   if `global_index`, then `s<i>` per scalar argument, then `r<i>` per seed.
     /// - Copy: `in`, `out`, `n<d>` per dim, `in_base`, `is<d>` per dim, `out_base`, `os<d>` per
     ///   dim.
     /// - Embedding: `ids` (i64 input), `table`, `out`, `rows`, `width`, `vocab`.
@@ -307,6 +312,7 @@ impl Kernel {
                     p.extend((0..k.rank).map(|d| param(format!("g{d}"), Table)));
                 }
                 p.extend((0..k.args.len()).map(|i| param(format!("s{i}"), Float)));
+                p.extend((0..k.seeds).map(|i| param(format!("r{i}"), Int)));
                 p
             }
             Kernel::Copy(k) => {
@@ -483,6 +489,7 @@ impl fmt::Display for Fused {
                 Expr::Select(c, a, b) => format!("select {c}, {a}, {b}"),
                 Expr::Round(d, a) => format!("round.{d} {a}"),
                 Expr::Rand(seed) => format!("rand seed={seed}"),
+                Expr::RandArg(i) => format!("rand seed=r{i}"),
                 Expr::RowReduce(op, a) => format!("row.{} {a}", reduce_name(*op)),
             };
             writeln!(f, "  v{i}: {ty} = {rhs}")?;

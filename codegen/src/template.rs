@@ -40,6 +40,8 @@ pub enum SymArg {
     InverseCount(Dim),
     /// `1 / sqrt(n)` (attention's default scale for head dim `n`).
     InverseSqrt(Dim),
+    /// A random draw's seed, passed as an int (its 64 bits, as the kernel reads them).
+    Seed(u64),
 }
 
 /// A table of i64 the host fills in at bind time.
@@ -359,6 +361,7 @@ impl HostTemplate {
                                     let n = b.eval(d, || format!("the count of @{}", k.name()))?;
                                     Arg::Float((1.0 / n as f64) as f32)
                                 }
+                                SymArg::Seed(seed) => Arg::Int(*seed as i64),
                                 SymArg::InverseSqrt(d) => {
                                     let n =
                                         b.eval(d, || format!("the head dim of @{}", k.name()))?;
@@ -607,6 +610,7 @@ impl fmt::Display for Printed<'_> {
                             SymArg::Float(x) => format!("{}={x:?}", p.name),
                             SymArg::InverseCount(n) => format!("{}=1/({n})", p.name),
                             SymArg::InverseSqrt(n) => format!("{}=1/sqrt({n})", p.name),
+                            SymArg::Seed(seed) => format!("{}={seed}", p.name),
                         })
                         .collect();
                     writeln!(f, "  launch @{} ({})", k.name(), args.join(", "))?

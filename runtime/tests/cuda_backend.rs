@@ -125,6 +125,7 @@ fn affine_kernel(name: &str) -> Kernel {
         row: None,
         global_index: false,
         args: vec![],
+        seeds: 0,
         body: vec![
             (Scalar::F32, Expr::Load(0)),
             (Scalar::F32, Expr::Const(2.0)),

@@ -167,6 +167,7 @@ impl Fb {
                 row,
                 global_index: false,
                 args: Vec::new(),
+                seeds: 0,
                 body: Vec::new(),
             },
         }
@@ -752,7 +753,7 @@ fn run_pointwise_wraps_run_kernel() {
     let Kernel::Fused(k) = softmax_kernel(DType::F32, 2, 1) else {
         unreachable!()
     };
-    let got = tpc_runtime::kernel::run_pointwise(&k, &[&x], &[4, 8], &[]).unwrap();
+    let got = tpc_runtime::kernel::run_pointwise(&k, &[&x], &[4, 8], &[], &[]).unwrap();
     assert_eq!(got[0].shape(), &[4, 8]);
     assert_bits(got[0].data(), &want[0], "run_pointwise softmax");
 }

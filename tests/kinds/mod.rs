@@ -93,6 +93,7 @@ fn fused(s: FusedSpec) -> Kernel {
         row: s.row,
         global_index,
         args: s.args.into_iter().map(String::from).collect(),
+        seeds: 0,
         body: s.body.0,
     })
 }

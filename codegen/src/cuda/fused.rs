@@ -31,7 +31,9 @@ pub(super) fn source(k: &Fused) -> String {
 /// The operands of body value `v`.
 fn operands(k: &Fused, v: usize) -> Vec<usize> {
     match &k.body[v].1 {
-        Expr::Load(_) | Expr::Const(_) | Expr::Arg(_) | Expr::Rand(_) => vec![],
+        Expr::Load(_) | Expr::Const(_) | Expr::Arg(_) | Expr::Rand(_) | Expr::RandArg(_) => {
+            vec![]
+        }
         Expr::Unary(_, a) | Expr::Gelu(_, a) | Expr::Round(_, a) | Expr::RowReduce(_, a) => {
             vec![a.0]
         }
@@ -137,7 +139,7 @@ fn loaded(k: &Fused) -> Vec<bool> {
 fn draws(k: &Fused) -> bool {
     live_values(k)
         .into_iter()
-        .any(|v| matches!(k.body[v].1, Expr::Rand(_)))
+        .any(|v| matches!(k.body[v].1, Expr::Rand(_) | Expr::RandArg(_)))
 }
 
 /// `Σ_d (unsigned long long)g<d>[i<d>]` over `dims`.
@@ -587,7 +589,7 @@ impl Rows<'_> {
                         needed[d] = true;
                     }
                 }
-                Expr::Rand(_) => rand = true,
+                Expr::Rand(_) | Expr::RandArg(_) => rand = true,
                 _ => {}
             }
         }

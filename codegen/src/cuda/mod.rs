@@ -301,6 +301,10 @@ pub(crate) fn value_expr(k: &Fused, v: usize, site: &Site<'_>) -> String {
         Expr::Select(c, a, b) => format!("({} ? {} : {})", r(c), r(a), r(b)),
         Expr::Round(d, a) => round(*d, &r(a)),
         Expr::Rand(seed) => format!("tpc_uniform({seed}ULL, {})", site.global_index),
+        Expr::RandArg(i) => format!(
+            "tpc_uniform((unsigned long long)r{i}, {})",
+            site.global_index
+        ),
         Expr::RowReduce(..) => unreachable!("row reductions are written by the row kernel"),
     }
 }

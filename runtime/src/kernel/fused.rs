@@ -671,6 +671,7 @@ impl<'p> Regs<'p> {
                         draw::uniforms(*seed, &self.gidx, dst);
                         Res::Buf
                     }
+                    Expr::RandArg(_) => unreachable!("`levels` refuses seeds not put in place"),
                     Expr::RowReduce(op, a) => reduce(*op, opd(a), rlen, kl, &mut self.acc, dst),
                 }
             };
@@ -820,6 +821,12 @@ fn levels(k: &Fused, nargs: usize) -> Result<Vec<Level>> {
                 }
                 Level::Const
             }
+            Expr::RandArg(i) => {
+                return err(
+                    v,
+                    format!("draws with seed r{i}, which `run` did not put in place"),
+                );
+            }
             Expr::Rand(_) => {
                 if !k.global_index {
                     return err(
@@ -860,7 +867,7 @@ fn constant(e: &Expr, cval: &[f32], floats: &[f32]) -> f32 {
         }
         Expr::Round(dt, a) => round_to(*dt, c(a)),
         // Never constant.
-        Expr::Load(_) | Expr::Rand(_) | Expr::RowReduce(..) => f32::NAN,
+        Expr::Load(_) | Expr::Rand(_) | Expr::RandArg(_) | Expr::RowReduce(..) => f32::NAN,
     }
 }
 
@@ -871,6 +878,35 @@ fn checked_product(k: &Fused, xs: impl IntoIterator<Item = usize>) -> Result<usi
 }
 
 pub(super) fn run(k: &Fused, args: &mut Args<'_>) -> Result<()> {
+    if k.seeds == 0 {
+        return run_resolved(k, args);
+    }
+    // Seeds passed as arguments: the kernel as it runs, with them in place.
+    if args.ints.len() < k.rank + k.seeds {
+        return Err(args.err(format_args!(
+            "takes {} seeds after its {} extents, but {} int arguments came",
+            k.seeds,
+            k.rank,
+            args.ints.len()
+        )));
+    }
+    let seeds: Vec<u64> = (0..k.seeds)
+        .map(|i| args.ints[k.rank + i].1 as u64)
+        .collect();
+    let mut resolved = k.clone();
+    for (_, e) in &mut resolved.body {
+        if let Expr::RandArg(i) = *e {
+            let seed = *seeds.get(i).ok_or_else(|| {
+                Error::Internal(format!("kernel {}: reads seed r{i} of {}", k.name, k.seeds))
+            })?;
+            *e = Expr::Rand(seed);
+        }
+    }
+    resolved.seeds = 0;
+    run_resolved(&resolved, args)
+}
+
+fn run_resolved(k: &Fused, args: &mut Args<'_>) -> Result<()> {
     let rank = k.rank;
     let n: Vec<usize> = (0..rank).map(|d| args.extent(d)).collect::<Result<_>>()?;
     let (a, b) = k.row.unwrap_or((0, 0));

@@ -285,19 +285,17 @@ fn split<'a>(k: &Kernel, args: Vec<VArg<'a>>) -> Result<Args<'a>> {
     Ok(out)
 }
 
-/// Runs pointwise (or row) kernel `k` on `inputs` (in the kernel's input order) with iteration
-/// extents `shape`, returning its outputs as tensors: of `shape`, or, for per-row outputs,
-/// `shape` with the row dims of extent 1. Each input's shape must be `shape` with its broadcast
-/// dims of extent 1 (or missing on the left). The kernel may not use `Rand` (no global-index
-/// tables) nor scalar arguments.
-/// Runs fused kernel `k` on whole (unsharded) tensors: `inputs` in the kernel's input order,
-/// `shape` the iteration extents, `scalars` its float arguments; a kernel drawing random numbers
-/// gets the global offsets of an unsharded tensor.
+/// Runs fused kernel `k` on whole (unsharded) tensors: `inputs` in the kernel's input order
+/// (each of `shape` with its broadcast dims of extent 1, or missing on the left), `shape` the
+/// iteration extents, `scalars` its float arguments `s<i>`, `seeds` its seeds `r<i>`; a kernel
+/// drawing random numbers gets the global offsets of an unsharded tensor. Returns its outputs:
+/// of `shape`, or, for per-row outputs, `shape` with the row dims of extent 1.
 pub fn run_pointwise(
     k: &Fused,
     inputs: &[&Tensor],
     shape: &[usize],
     scalars: &[f32],
+    seeds: &[u64],
 ) -> Result<Vec<Tensor>> {
     if inputs.len() != k.inputs.len() || shape.len() != k.rank {
         return Err(Error::Internal(format!(
@@ -344,6 +342,7 @@ pub fn run_pointwise(
         };
         args.extend(tables.iter().map(KArg::In));
         args.extend(scalars.iter().map(|&x| KArg::Float(x)));
+        args.extend(seeds.iter().map(|&s| KArg::Int(s as i64)));
         run_kernel(&Kernel::Fused(k.clone()), &mut args)?;
     }
     outs.into_iter()
