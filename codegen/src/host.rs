@@ -333,11 +333,54 @@ fn dims(shape: &[usize]) -> String {
         .join(", ")
 }
 
-fn reduce_name(op: ReduceOp) -> &'static str {
-    match op {
-        ReduceOp::Sum => "sum",
-        ReduceOp::Max => "max",
-        ReduceOp::Min => "min",
+/// A GEMM step's operands, for [`write_gemm`].
+pub(crate) struct GemmText {
+    pub dtype: DType,
+    pub c: BufId,
+    pub a: BufId,
+    pub b: BufId,
+    pub b_transposed: bool,
+    pub bias: Option<BufId>,
+    pub epilogue: Epilogue,
+}
+
+/// A GEMM step as a line, with its sizes (batch, m, n, k and the three batch strides) as
+/// numbers in a bound program or expressions in a template.
+pub(crate) fn write_gemm(
+    f: &mut fmt::Formatter<'_>,
+    g: GemmText,
+    sizes: [&dyn fmt::Display; 7],
+) -> fmt::Result {
+    let epi = match g.epilogue {
+        Epilogue::None => "",
+        Epilogue::Bias => " +bias",
+        Epilogue::BiasGelu => " +bias gelu.tanh",
+        Epilogue::Gelu => " gelu.tanh",
+    };
+    write!(
+        f,
+        "  gemm {} {} = {} x {}{}",
+        g.dtype,
+        g.c,
+        g.a,
+        g.b,
+        if g.b_transposed { "^T" } else { "" }
+    )?;
+    if let Some(b) = g.bias {
+        write!(f, " + {b}")?;
+    }
+    let [batch, m, n, k, sa, sb, sc] = sizes;
+    writeln!(
+        f,
+        "{epi} (batch {batch} m {m} n {n} k {k}, strides {sa}/{sb}/{sc})"
+    )
+}
+
+/// A collective's name as printed: `allreduce.sum`, `allgather`.
+pub(crate) fn collective_text(kind: Collective, reduce: Option<ReduceOp>) -> String {
+    match reduce {
+        Some(r) => format!("{}.{}", kind.name(), r.name()),
+        None => kind.name().to_string(),
     }
 }
 
@@ -421,36 +464,29 @@ impl fmt::Display for Printed<'_> {
                     }
                     writeln!(f, " ({})", args.join(", "))?
                 }
-                Step::Gemm(g) => {
-                    let epi = match g.epilogue {
-                        Epilogue::None => "",
-                        Epilogue::Bias => " +bias",
-                        Epilogue::BiasGelu => " +bias gelu.tanh",
-                        Epilogue::Gelu => " gelu.tanh",
-                    };
-                    write!(
-                        f,
-                        "  gemm {} {} = {} x {}{}",
-                        g.dtype,
-                        g.c,
-                        g.a,
-                        g.b,
-                        if g.b_transposed { "^T" } else { "" }
-                    )?;
-                    if let Some(b) = g.bias {
-                        write!(f, " + {b}")?;
-                    }
-                    writeln!(
-                        f,
-                        "{epi} (batch {} m {} n {} k {}, strides {}/{}/{})",
-                        g.batch, g.m, g.n, g.k, g.stride_a, g.stride_b, g.stride_c
-                    )?
-                }
+                Step::Gemm(g) => write_gemm(
+                    f,
+                    GemmText {
+                        dtype: g.dtype,
+                        c: g.c,
+                        a: g.a,
+                        b: g.b,
+                        b_transposed: g.b_transposed,
+                        bias: g.bias,
+                        epilogue: g.epilogue,
+                    },
+                    [
+                        &g.batch,
+                        &g.m,
+                        &g.n,
+                        &g.k,
+                        &g.stride_a,
+                        &g.stride_b,
+                        &g.stride_c,
+                    ],
+                )?,
                 Step::Exchange(x) => {
-                    let op = match (x.kind, x.reduce) {
-                        (_, Some(r)) => format!("{}.{}", x.kind.name(), reduce_name(r)),
-                        (k, None) => k.name().to_string(),
-                    };
+                    let op = collective_text(x.kind, x.reduce);
                     let group: Vec<String> = x.group.iter().map(|r| r.to_string()).collect();
                     let from: Vec<String> = match x.recv.first() {
                         // Every member sends the same block (an allreduce).

@@ -17,7 +17,8 @@ use tpc_ir::{Collective, DType, Dim, ReduceOp, TensorType};
 use tpc_passes::lower::axis_group;
 
 use crate::host::{
-    Arg, BufId, Buffer, Compiled, Epilogue, Exchange, Gemm, HostProgram, Step, ALIGN,
+    collective_text, write_gemm, Arg, BufId, Buffer, Compiled, Epilogue, Exchange, Gemm, GemmText,
+    HostProgram, Step, ALIGN,
 };
 use crate::kir::Kernel;
 use crate::{Error, Result};
@@ -615,36 +616,29 @@ impl fmt::Display for Printed<'_> {
                         .collect();
                     writeln!(f, "  launch @{} ({})", k.name(), args.join(", "))?
                 }
-                SymStep::Gemm(g) => {
-                    let epi = match g.epilogue {
-                        Epilogue::None => "",
-                        Epilogue::Bias => " +bias",
-                        Epilogue::BiasGelu => " +bias gelu.tanh",
-                        Epilogue::Gelu => " gelu.tanh",
-                    };
-                    write!(
-                        f,
-                        "  gemm {} {} = {} x {}{}",
-                        g.dtype,
-                        g.c,
-                        g.a,
-                        g.b,
-                        if g.b_transposed { "^T" } else { "" }
-                    )?;
-                    if let Some(b) = g.bias {
-                        write!(f, " + {b}")?;
-                    }
-                    writeln!(
-                        f,
-                        "{epi} (batch {} m {} n {} k {}, strides {}/{}/{})",
-                        g.batch, g.m, g.n, g.k, g.stride_a, g.stride_b, g.stride_c
-                    )?
-                }
+                SymStep::Gemm(g) => write_gemm(
+                    f,
+                    GemmText {
+                        dtype: g.dtype,
+                        c: g.c,
+                        a: g.a,
+                        b: g.b,
+                        b_transposed: g.b_transposed,
+                        bias: g.bias,
+                        epilogue: g.epilogue,
+                    },
+                    [
+                        &g.batch,
+                        &g.m,
+                        &g.n,
+                        &g.k,
+                        &g.stride_a,
+                        &g.stride_b,
+                        &g.stride_c,
+                    ],
+                )?,
                 SymStep::Exchange(x) => {
-                    let op = match x.reduce {
-                        Some(r) => format!("{}.{}", x.kind.name(), r.name()),
-                        None => x.kind.name().to_string(),
-                    };
+                    let op = collective_text(x.kind, x.reduce);
                     writeln!(
                         f,
                         "  {op} {} -> {} over {} ({} -> {})",
