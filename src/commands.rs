@@ -309,12 +309,21 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
                 .iter()
                 .map(|h| h.peak_bytes.to_string())
                 .collect();
+            let peak = if artifacts.hosts().is_empty() {
+                let unbound: Vec<&str> = artifacts.report["unbound_symbols"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+                    .unwrap_or_default();
+                vec![format!("none until {} are bound", unbound.join(", "))]
+            } else {
+                peak
+            };
             eprintln!(
                 "wrote {} files to {} ({} kernels, {} ranks, {} host program(s){}, peak bytes per rank{}: {}){}",
                 written.len(),
                 dir.display(),
                 artifacts.kernels().len(),
-                artifacts.hosts().len(),
+                artifacts.templates.world(),
                 artifacts.templates.programs.len(),
                 if specialize { "" } else { " for every binding" },
                 if specialize {

@@ -115,6 +115,26 @@ impl Artifacts {
         })
     }
 
+    /// An error unless every rank's host program is bound (a program with symbols that
+    /// `bindings` does not give has only its templates until [`Artifacts::bind`]).
+    fn check_bound(&self) -> Result<()> {
+        if self.compiled.hosts.len() == self.templates.world() {
+            return Ok(());
+        }
+        let unbound = self.report["unbound_symbols"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        Err(Error::Usage(format!(
+            "the host programs are not bound to sizes: bind {unbound} (Artifacts::bind) before running them"
+        )))
+    }
+
     /// The host template rank `rank` runs, as text (symbolic sizes).
     pub fn template_text(&self, rank: usize) -> Option<String> {
         self.templates
@@ -233,30 +253,40 @@ pub fn codegen_with(
         .into_iter()
         .map(|(n, s)| (n, s as usize))
         .collect();
-    if specialize {
-        let unbound: Vec<String> = graph
-            .values()
-            .iter()
-            .flat_map(|&v| graph.ty(v).shape.iter().flat_map(|d| d.symbols()))
-            .filter(|s| !bindings.contains_key(s))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if !unbound.is_empty() {
-            return Err(Error::Usage(format!(
-                "host programs specialized to a binding need every symbol bound; bind {} (e.g. --bind {}=2)",
-                unbound.join(", "),
-                unbound[0]
-            )));
-        }
+    let unbound: Vec<String> = graph
+        .values()
+        .iter()
+        .flat_map(|&v| graph.ty(v).shape.iter().flat_map(|d| d.symbols()))
+        .filter(|s| !bindings.contains_key(s))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if specialize && !unbound.is_empty() {
+        return Err(Error::Usage(format!(
+            "host programs specialized to a binding need every symbol bound; bind {} (e.g. --bind {}=2)",
+            unbound.join(", "),
+            unbound[0]
+        )));
     }
     let plan = tpc_codegen::fuse::segment(&graph).map_err(Error::Codegen)?;
     let templates =
         tpc_codegen::build::compile_templates(&graph, &plan, &mesh, specialize.then_some(bindings))
             .map_err(Error::Codegen)?;
-    let compiled = templates.bind(bindings).map_err(Error::Codegen)?;
-    let cuda = tpc_codegen::cuda::module_source(&compiled.kernels);
-    let report = full_report(&graph, &mesh, bindings, &templates, &compiled)?;
+    let cuda = tpc_codegen::cuda::module_source(&templates.kernels);
+    // Templates of a program with symbols the bindings do not give serve every binding still;
+    // bound programs and sized figures wait for `Artifacts::bind`.
+    let (compiled, report) = if unbound.is_empty() {
+        let compiled = templates.bind(bindings).map_err(Error::Codegen)?;
+        let report = full_report(&graph, &mesh, bindings, &templates, &compiled)?;
+        (compiled, report)
+    } else {
+        let compiled = Compiled {
+            kernels: templates.kernels.clone(),
+            hosts: Vec::new(),
+        };
+        let report = unsized_report(&graph, &mesh, bindings, &templates, &unbound);
+        (compiled, report)
+    };
     Ok(Artifacts {
         sharded: graph,
         mesh,
@@ -267,6 +297,55 @@ pub fn codegen_with(
         cuda,
         report,
     })
+}
+
+/// The report of a program compiled without values for `unbound`: its collectives (kind, axis,
+/// value; no bytes), kernels and host programs, and which symbols to bind for the rest.
+fn unsized_report(
+    graph: &Graph,
+    mesh: &[(String, usize)],
+    bindings: &BTreeMap<String, i64>,
+    templates: &Templates,
+    unbound: &[String],
+) -> Value {
+    let collectives: Vec<Value> = graph
+        .values()
+        .iter()
+        .filter_map(|&v| match graph.op(v) {
+            tpc_ir::Op::Collective { kind, axis } => Some(json!({
+                "kind": kind.name(),
+                "axis": axis,
+                "value": format!("%{}", graph.name(v)),
+            })),
+            _ => None,
+        })
+        .collect();
+    let compiled = Compiled {
+        kernels: templates.kernels.clone(),
+        hosts: Vec::new(),
+    };
+    json!({
+        "devices": templates.world(),
+        "mesh": mesh.iter().map(|(n, s)| (n.clone(), json!(s))).collect::<serde_json::Map<_, _>>(),
+        "bindings": bindings,
+        "unbound_symbols": unbound,
+        "collectives": collectives,
+        "kernels": kernels_json(&compiled),
+        "host_programs": templates.programs.len(),
+        "host_program_of_rank": program_of_rank(templates),
+    })
+}
+
+fn program_of_rank(templates: &Templates) -> Vec<usize> {
+    (0..templates.world())
+        .map(|r| {
+            templates
+                .programs
+                .iter()
+                .position(|t: &HostTemplate| t.ranks.contains(&r))
+                .unwrap_or(0)
+        })
+        .collect()
 }
 
 /// The report of a compiled program at `bindings`: collectives, kernels, host programs and
@@ -290,16 +369,10 @@ fn full_report(
         );
         map.insert("peak_bytes_per_rank".into(), json!(peaks));
         map.insert("host_programs".into(), json!(templates.programs.len()));
-        let of_rank: Vec<usize> = (0..devices)
-            .map(|r| {
-                templates
-                    .programs
-                    .iter()
-                    .position(|t: &HostTemplate| t.ranks.contains(&r))
-                    .unwrap_or(0)
-            })
-            .collect();
-        map.insert("host_program_of_rank".into(), json!(of_rank));
+        map.insert(
+            "host_program_of_rank".into(),
+            json!(program_of_rank(templates)),
+        );
         map.insert("steps_per_rank".into(), steps_json(compiled));
     }
     Ok(report)
@@ -353,6 +426,7 @@ pub fn run_on_cpu(
     artifacts: &Artifacts,
     inputs: &BTreeMap<String, tpc_runtime::Tensor>,
 ) -> Result<Vec<tpc_runtime::Tensor>> {
+    artifacts.check_bound()?;
     let mesh = tpc_runtime::ranks::MeshSizes(artifacts.mesh.clone());
     Ok(tpc_runtime::host::run_host_programs(
         &artifacts.sharded,
@@ -371,6 +445,7 @@ pub fn run_emulated(
     artifacts: &Artifacts,
     inputs: &BTreeMap<String, tpc_runtime::Tensor>,
 ) -> Result<Vec<tpc_runtime::Tensor>> {
+    artifacts.check_bound()?;
     let emulator = tpc_runtime::emulate::Emulator::build(&artifacts.compiled.kernels)?;
     let mesh = tpc_runtime::ranks::MeshSizes(artifacts.mesh.clone());
     Ok(tpc_runtime::host::run_host_programs_with(
@@ -396,6 +471,7 @@ pub fn run_cuda(
     inputs: &BTreeMap<String, tpc_runtime::Tensor>,
 ) -> Result<Vec<tpc_runtime::Tensor>> {
     use tpc_runtime::cuda::WorldConfig;
+    artifacts.check_bound()?;
     let world = WorldConfig::from_env()?;
     let ptx = artifacts.ptx("sm_80")?;
     let mesh = tpc_runtime::ranks::MeshSizes(artifacts.mesh.clone());
