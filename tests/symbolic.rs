@@ -242,3 +242,38 @@ fn a_symbol_without_a_value_still_compiles_to_templates_and_binds_later() {
     assert!(rel_err(&want[0], &got[0]) <= 1e-5);
     assert!(at.report["peak_bytes_per_device"].as_u64().unwrap_or(0) > 0);
 }
+
+/// The CUDA executor's plan of each collective of a bound program, as `plan::describe` says.
+fn nccl_calls(a: &tpc::Artifacts) -> Vec<String> {
+    tpc::runtime::cuda::plan::describe(&a.compiled)
+        .expect("a valid plan")
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_blocks_of_the_examples_collectives_are_one_nccl_call_each() {
+    // Sequence parallelism: allgathers and reduce-scatters of the outer (sequence) dim.
+    let (_, a) = compile_once(&common::root().join("examples/block_seqpar.ir"));
+    let a = a.bind(&bindings("B=2,S=64")).expect("binds");
+    let calls = nccl_calls(&a);
+    assert_eq!(calls.len(), 4, "{calls:#?}");
+    for c in &calls {
+        let one = c.matches("nccl").count() == 1;
+        assert!(
+            one && (c.contains("ncclAllGather(") || c.contains("ncclReduceScatter(")),
+            "{c}"
+        );
+    }
+    // The MLP's allreduce, at a size the compile never saw.
+    let (_, a) = compile_once(&common::root().join("examples/mlp.ir"));
+    let a = a.bind(&bindings("B=3,S=40")).expect("binds");
+    let calls = nccl_calls(&a);
+    assert_eq!(calls.len(), 1);
+    assert!(
+        calls[0].contains("ncclAllReduce(sum, in+0 -> out+0, 92160)"),
+        "{}",
+        calls[0]
+    );
+}
