@@ -11,7 +11,7 @@ use tpc_ir::{Collective, Dim, Graph, Op, ValueId};
 use tpc_passes::lower::{lower_shapes, rank_classes, LocalShapes};
 
 use crate::fuse::{Plan, ScalarSource, Segment};
-use crate::host::{Arg, BufId, Buffer, Compiled, Epilogue};
+use crate::host::{Arg, BufId, Buffer, Epilogue};
 use crate::kir::{Kernel, ParamKind};
 use crate::template::{
     HostTemplate, SymArg, SymBuffer, SymExchange, SymGemm, SymStep, TableSpec, Templates,
@@ -43,17 +43,6 @@ pub fn compile_templates(
         programs,
         mesh: sizes.to_vec(),
     })
-}
-
-/// Every rank's host program for `g` (sharded, every symbol bound by `bindings`) on a mesh
-/// with axis `sizes`: the templates, specialized to `bindings` and bound.
-pub fn compile_hosts(
-    g: &Graph,
-    plan: &Plan,
-    sizes: &[(String, usize)],
-    bindings: &BTreeMap<String, i64>,
-) -> Result<Compiled> {
-    compile_templates(g, plan, sizes, Some(bindings))?.bind(bindings)
 }
 
 /// The template of the ranks `ranks` (which hold pieces of the same shapes).
