@@ -386,3 +386,45 @@ fn emulated_executor_runs_the_cuda_c_or_says_why_not() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn emit_host_prints_the_template_for_every_size_or_with_bind_a_ranks_program() {
+    let out = tpc(
+        &[
+            "compile",
+            "examples/block_seqpar.ir",
+            "--devices",
+            "8",
+            "--emit",
+            "host",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let template = text(&out.stdout);
+    assert!(
+        template.starts_with("host ranks 0-7 of 8 (every binding"),
+        "{template}"
+    );
+    assert!(template.contains("bf16[B, S/8, 768]"), "{template}");
+    // Specialized to S=12 over 8 ranks: uneven, and rank 7 holds one position.
+    let out = tpc(
+        &[
+            "compile",
+            "examples/block_seqpar.ir",
+            "--devices",
+            "8",
+            "--emit",
+            "host",
+            "--rank",
+            "7",
+            "--bind",
+            "B=2,S=12",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bound = text(&out.stdout);
+    assert!(bound.starts_with("host rank 7 of 8 (arena "), "{bound}");
+    assert!(bound.contains("%x: bf16[2, 1, 768]"), "{bound}");
+}
