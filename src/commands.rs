@@ -310,11 +310,10 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
                 .map(|h| h.peak_bytes.to_string())
                 .collect();
             let peak = if artifacts.hosts().is_empty() {
-                let unbound: Vec<&str> = artifacts.report["unbound_symbols"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
-                    .unwrap_or_default();
-                vec![format!("none until {} are bound", unbound.join(", "))]
+                vec![format!(
+                    "none until {} are bound",
+                    artifacts.unbound_symbols().join(", ")
+                )]
             } else {
                 peak
             };

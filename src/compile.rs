@@ -115,21 +115,18 @@ impl Artifacts {
         })
     }
 
+    /// The program's symbols that `bindings` does not give (then only the templates exist).
+    pub fn unbound_symbols(&self) -> Vec<String> {
+        unbound_symbols(&self.sharded, &self.bindings)
+    }
+
     /// An error unless every rank's host program is bound (a program with symbols that
     /// `bindings` does not give has only its templates until [`Artifacts::bind`]).
     fn check_bound(&self) -> Result<()> {
         if self.compiled.hosts.len() == self.templates.world() {
             return Ok(());
         }
-        let unbound = self.report["unbound_symbols"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
+        let unbound = self.unbound_symbols().join(", ");
         Err(Error::Usage(format!(
             "the host programs are not bound to sizes: bind {unbound} (Artifacts::bind) before running them"
         )))
@@ -253,14 +250,7 @@ pub fn codegen_with(
         .into_iter()
         .map(|(n, s)| (n, s as usize))
         .collect();
-    let unbound: Vec<String> = graph
-        .values()
-        .iter()
-        .flat_map(|&v| graph.ty(v).shape.iter().flat_map(|d| d.symbols()))
-        .filter(|s| !bindings.contains_key(s))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let unbound = unbound_symbols(&graph, bindings);
     if specialize && !unbound.is_empty() {
         return Err(Error::Usage(format!(
             "host programs specialized to a binding need every symbol bound; bind {} (e.g. --bind {}=2)",
@@ -299,6 +289,18 @@ pub fn codegen_with(
     })
 }
 
+/// The symbols of `graph`'s shapes that `bindings` does not give, sorted.
+fn unbound_symbols(graph: &Graph, bindings: &BTreeMap<String, i64>) -> Vec<String> {
+    graph
+        .values()
+        .iter()
+        .flat_map(|&v| graph.ty(v).shape.iter().flat_map(|d| d.symbols()))
+        .filter(|s| !bindings.contains_key(s))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
 /// The report of a program compiled without values for `unbound`: its collectives (kind, axis,
 /// value; no bytes), kernels and host programs, and which symbols to bind for the rest.
 fn unsized_report(
@@ -320,17 +322,13 @@ fn unsized_report(
             _ => None,
         })
         .collect();
-    let compiled = Compiled {
-        kernels: templates.kernels.clone(),
-        hosts: Vec::new(),
-    };
     json!({
         "devices": templates.world(),
         "mesh": mesh.iter().map(|(n, s)| (n.clone(), json!(s))).collect::<serde_json::Map<_, _>>(),
         "bindings": bindings,
         "unbound_symbols": unbound,
         "collectives": collectives,
-        "kernels": kernels_json(&compiled),
+        "kernels": kernels_json(&templates.kernels),
         "host_programs": templates.programs.len(),
         "host_program_of_rank": program_of_rank(templates),
     })
@@ -361,7 +359,7 @@ fn full_report(
     let mut report = crate::report::report(graph, devices as i64, bindings)?;
     if let Value::Object(map) = &mut report {
         map.insert("bindings".into(), json!(bindings));
-        map.insert("kernels".into(), kernels_json(compiled));
+        map.insert("kernels".into(), kernels_json(&compiled.kernels));
         let peaks: Vec<u64> = compiled.hosts.iter().map(|h| h.peak_bytes).collect();
         map.insert(
             "peak_bytes_per_device".into(),
@@ -378,9 +376,8 @@ fn full_report(
     Ok(report)
 }
 
-fn kernels_json(c: &Compiled) -> Value {
-    let kinds: Vec<Value> = c
-        .kernels
+fn kernels_json(kernels: &[Kernel]) -> Value {
+    let kinds: Vec<Value> = kernels
         .iter()
         .map(|k| {
             let kind = match k {

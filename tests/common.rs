@@ -83,3 +83,24 @@ pub fn cxx_missing() -> Option<String> {
         .is_none()
         .then(|| format!("no C++ compiler: {}", tpc::runtime::emulate::HOW_TO_GET_CXX))
 }
+
+/// The largest |want - got| relative to the largest |want|; NaN where both are NaN counts as
+/// equal, NaN on one side only as infinitely far.
+pub fn relative_error(want: &tpc::runtime::Tensor, got: &tpc::runtime::Tensor) -> f64 {
+    assert_eq!(want.shape(), got.shape());
+    let peak = want.max_abs().max(1e-6);
+    let mut worst = 0.0f64;
+    for (x, y) in want.to_f32_vec().iter().zip(got.to_f32_vec()) {
+        let d = if x.is_nan() && y.is_nan() {
+            0.0
+        } else {
+            (x - y).abs() as f64
+        };
+        worst = if d.is_nan() {
+            f64::INFINITY
+        } else {
+            worst.max(d)
+        };
+    }
+    worst / peak
+}

@@ -28,25 +28,7 @@ fn compiler_or_skip() -> bool {
     common::present_or_skip(common::cxx_missing(), "TPC_REQUIRE_CXX")
 }
 
-/// The largest |a - b| relative to the largest |a|; NaN where only one side is NaN.
-fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.shape(), b.shape());
-    let peak = a.max_abs().max(1e-6);
-    let mut worst = 0.0f64;
-    for (x, y) in a.to_f32_vec().iter().zip(b.to_f32_vec()) {
-        let d = if x.is_nan() && y.is_nan() {
-            0.0
-        } else {
-            (x - y).abs() as f64
-        };
-        worst = if d.is_nan() {
-            f64::INFINITY
-        } else {
-            worst.max(d)
-        };
-    }
-    worst / peak
-}
+use common::relative_error;
 
 /// Two programs that differ only in how their kernels are run (the sum order of a reduction, a
 /// libm function) differ by a few roundings of the dtype.

@@ -2,6 +2,8 @@
 //! parameters as Hugging Face's checkpoints do, and a small one run sharded on 4 ranks (the
 //! compiled host programs on CPU rank threads) equals the unsharded reference.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use tpc::gen::{llama_stack, Annotate, Llama};
@@ -115,20 +117,7 @@ fn llama_parameters_have_hugging_face_names() {
         .contains("%model.layers.0.self_attn.k_proj.weight: bf16[(2, 16), 128]"));
 }
 
-/// The largest difference from the reference, relative to the reference's largest magnitude.
-fn rel_err(want: &tpc::runtime::Tensor, got: &tpc::runtime::Tensor) -> f64 {
-    assert_eq!(want.shape(), got.shape());
-    let max_abs = want
-        .to_f32_vec()
-        .iter()
-        .zip(got.to_f32_vec())
-        .map(|(a, b)| (a - b).abs() as f64)
-        .fold(
-            0.0,
-            |m: f64, x| if x.is_nan() { f64::INFINITY } else { m.max(x) },
-        );
-    max_abs / want.max_abs().max(f64::MIN_POSITIVE)
-}
+use common::relative_error as rel_err;
 
 /// Two layers on 4 ranks, with the kv heads replicated (2 kv heads, fewer than the ranks) and
 /// split (4 kv heads), and with the embedding and a vocabulary-parallel head: the compiled

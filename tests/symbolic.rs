@@ -9,30 +9,12 @@ mod common;
 use std::collections::BTreeMap;
 
 use tpc::ir::DType;
-use tpc::runtime::Tensor;
 
 fn bindings(text: &str) -> BTreeMap<String, i64> {
     tpc::parse_bindings(text).expect("bindings")
 }
 
-/// The worst difference relative to the reference's largest magnitude.
-fn rel_err(want: &Tensor, got: &Tensor) -> f64 {
-    assert_eq!(want.shape(), got.shape());
-    let peak = want.max_abs().max(1e-3);
-    let worst = want
-        .to_f32_vec()
-        .iter()
-        .zip(got.to_f32_vec())
-        .map(|(a, b)| {
-            if a.is_nan() && b.is_nan() {
-                0.0
-            } else {
-                (a - b).abs() as f64
-            }
-        })
-        .fold(0.0, f64::max);
-    worst / peak
-}
+use common::relative_error as rel_err;
 
 /// A few roundings of the loosest dtype the program computes in.
 fn tolerance(g: &tpc::Graph) -> f64 {

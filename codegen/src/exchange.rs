@@ -15,7 +15,7 @@ use tpc_ir::TensorType;
 
 use crate::host::Block;
 
-/// What [`blocks`] finds for one rank of the group.
+/// The blocks of one member of a group ([`GroupBlocks::member`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Blocks {
     pub view: Vec<usize>,
@@ -112,8 +112,8 @@ fn onto_view(pieces: &[FactorPiece], view: &[usize]) -> Option<Vec<Range<usize>>
 fn unsupported(from: &TensorType, to: &TensorType, why: &str) -> String {
     format!(
         "a collective from {} to {}: {why}",
-        crate::template::type_text(from),
-        crate::template::type_text(to)
+        tpc_ir::syntax::type_string(from),
+        tpc_ir::syntax::type_string(to)
     )
 }
 
@@ -265,22 +265,6 @@ impl GroupBlocks {
     }
 }
 
-/// [`group_blocks`] for the member at position `me`.
-pub fn blocks(
-    from: &TensorType,
-    to: &TensorType,
-    bindings: &BTreeMap<String, i64>,
-    sizes: &[(String, usize)],
-    group: &[usize],
-    me: usize,
-    reduce: bool,
-) -> Result<Blocks, String> {
-    if me >= group.len() {
-        return Err(format!("member {me} of a group of {}", group.len()));
-    }
-    Ok(group_blocks(from, to, bindings, sizes, group, reduce)?.member(me))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,7 +293,9 @@ mod tests {
         let from = ty("f32[2, (3, 12@tp, 4)]");
         let to = ty("f32[2, 144]");
         let group: Vec<usize> = (0..8).collect();
-        let b = blocks(&from, &to, &BTreeMap::new(), &sizes(8), &group, 5, false).unwrap();
+        let b = group_blocks(&from, &to, &BTreeMap::new(), &sizes(8), &group, false)
+            .unwrap()
+            .member(5);
         assert_eq!(b.view, vec![2, 3, 12, 4]);
         assert_eq!(b.inputs[5], Block(vec![0..2, 0..3, 9..10, 0..4]));
         assert_eq!(b.recv[1], Some(Block(vec![0..2, 0..3, 2..4, 0..4])));
@@ -332,7 +318,9 @@ mod tests {
         let from = ty("f32[8, 6] partial(tp)");
         let to = ty("f32[8@tp, 6]");
         let group: Vec<usize> = (0..4).collect();
-        let b = blocks(&from, &to, &BTreeMap::new(), &sizes(4), &group, 2, true).unwrap();
+        let b = group_blocks(&from, &to, &BTreeMap::new(), &sizes(4), &group, true)
+            .unwrap()
+            .member(2);
         for s in 0..4 {
             assert_eq!(b.recv[s], Some(Block(vec![4..6, 0..6])));
             let runs = b.recv[s]
@@ -355,7 +343,9 @@ mod tests {
         let from = ty("f32[4, 10]");
         let to = ty("f32[4, 10@tp]");
         let group: Vec<usize> = (0..3).collect();
-        let b = blocks(&from, &to, &BTreeMap::new(), &sizes(3), &group, 1, false).unwrap();
+        let b = group_blocks(&from, &to, &BTreeMap::new(), &sizes(3), &group, false)
+            .unwrap()
+            .member(1);
         assert_eq!(b.recv[0], None);
         assert_eq!(b.recv[1], Some(Block(vec![0..4, 4..7])));
         assert_eq!(b.send[0], None);

@@ -73,22 +73,76 @@ pub enum Epilogue {
 /// elements; a stride of 0 reuses one matrix for every batch. Products accumulate in f32; the
 /// result is rounded once to `dtype` (the CPU executor also rounds the biased sum before gelu, as
 /// the unfused ops do; cuBLASLt does not).
+///
+/// `D` is the sizes' type: whole numbers in a bound program, dim expressions in a template
+/// (`Gemm<Dim>`).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Gemm {
+pub struct Gemm<D = usize> {
     pub a: BufId,
     pub b: BufId,
     pub c: BufId,
     pub bias: Option<BufId>,
     pub epilogue: Epilogue,
     pub dtype: DType,
-    pub batch: usize,
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    pub stride_a: usize,
-    pub stride_b: usize,
-    pub stride_c: usize,
+    pub batch: D,
+    pub m: D,
+    pub n: D,
+    pub k: D,
+    pub stride_a: D,
+    pub stride_b: D,
+    pub stride_c: D,
     pub b_transposed: bool,
+}
+
+impl<D> Gemm<D> {
+    /// The same GEMM with every size mapped by `f` (given the size's name), or its first error.
+    pub fn try_map<E, T>(&self, mut f: impl FnMut(&D, &str) -> Result<T, E>) -> Result<Gemm<T>, E> {
+        Ok(Gemm {
+            a: self.a,
+            b: self.b,
+            c: self.c,
+            bias: self.bias,
+            epilogue: self.epilogue,
+            dtype: self.dtype,
+            batch: f(&self.batch, "batch")?,
+            m: f(&self.m, "m")?,
+            n: f(&self.n, "n")?,
+            k: f(&self.k, "k")?,
+            stride_a: f(&self.stride_a, "stride of a")?,
+            stride_b: f(&self.stride_b, "stride of b")?,
+            stride_c: f(&self.stride_c, "stride of c")?,
+            b_transposed: self.b_transposed,
+        })
+    }
+}
+
+impl<D: fmt::Display> Gemm<D> {
+    /// The step as a line of a printed program (numbers or expressions alike).
+    pub(crate) fn write(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let epi = match self.epilogue {
+            Epilogue::None => "",
+            Epilogue::Bias => " +bias",
+            Epilogue::BiasGelu => " +bias gelu.tanh",
+            Epilogue::Gelu => " gelu.tanh",
+        };
+        write!(
+            f,
+            "  gemm {} {} = {} x {}{}",
+            self.dtype,
+            self.c,
+            self.a,
+            self.b,
+            if self.b_transposed { "^T" } else { "" }
+        )?;
+        if let Some(b) = self.bias {
+            write!(f, " + {b}")?;
+        }
+        writeln!(
+            f,
+            "{epi} (batch {} m {} n {} k {}, strides {}/{}/{})",
+            self.batch, self.m, self.n, self.k, self.stride_a, self.stride_b, self.stride_c
+        )
+    }
 }
 
 /// A run of consecutive elements: `len` elements from `src` in the sender's input to `dst` in
@@ -325,55 +379,13 @@ pub struct Compiled {
     pub hosts: Vec<HostProgram>,
 }
 
-fn dims(shape: &[usize]) -> String {
+/// A shape as printed: `2, 128, 768` or `B, S/8, 768`.
+pub(crate) fn dims<T: fmt::Display>(shape: &[T]) -> String {
     shape
         .iter()
         .map(|n| n.to_string())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A GEMM step's operands, for [`write_gemm`].
-pub(crate) struct GemmText {
-    pub dtype: DType,
-    pub c: BufId,
-    pub a: BufId,
-    pub b: BufId,
-    pub b_transposed: bool,
-    pub bias: Option<BufId>,
-    pub epilogue: Epilogue,
-}
-
-/// A GEMM step as a line, with its sizes (batch, m, n, k and the three batch strides) as
-/// numbers in a bound program or expressions in a template.
-pub(crate) fn write_gemm(
-    f: &mut fmt::Formatter<'_>,
-    g: GemmText,
-    sizes: [&dyn fmt::Display; 7],
-) -> fmt::Result {
-    let epi = match g.epilogue {
-        Epilogue::None => "",
-        Epilogue::Bias => " +bias",
-        Epilogue::BiasGelu => " +bias gelu.tanh",
-        Epilogue::Gelu => " gelu.tanh",
-    };
-    write!(
-        f,
-        "  gemm {} {} = {} x {}{}",
-        g.dtype,
-        g.c,
-        g.a,
-        g.b,
-        if g.b_transposed { "^T" } else { "" }
-    )?;
-    if let Some(b) = g.bias {
-        write!(f, " + {b}")?;
-    }
-    let [batch, m, n, k, sa, sb, sc] = sizes;
-    writeln!(
-        f,
-        "{epi} (batch {batch} m {m} n {n} k {k}, strides {sa}/{sb}/{sc})"
-    )
 }
 
 /// A collective's name as printed: `allreduce.sum`, `allgather`.
@@ -464,27 +476,7 @@ impl fmt::Display for Printed<'_> {
                     }
                     writeln!(f, " ({})", args.join(", "))?
                 }
-                Step::Gemm(g) => write_gemm(
-                    f,
-                    GemmText {
-                        dtype: g.dtype,
-                        c: g.c,
-                        a: g.a,
-                        b: g.b,
-                        b_transposed: g.b_transposed,
-                        bias: g.bias,
-                        epilogue: g.epilogue,
-                    },
-                    [
-                        &g.batch,
-                        &g.m,
-                        &g.n,
-                        &g.k,
-                        &g.stride_a,
-                        &g.stride_b,
-                        &g.stride_c,
-                    ],
-                )?,
+                Step::Gemm(g) => g.write(f)?,
                 Step::Exchange(x) => {
                     let op = collective_text(x.kind, x.reduce);
                     let group: Vec<String> = x.group.iter().map(|r| r.to_string()).collect();

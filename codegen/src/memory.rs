@@ -69,23 +69,6 @@ pub fn place(buffers: &mut [Buffer], steps: &[Step]) -> u64 {
     arena.peak
 }
 
-/// [`schedule`] and [`place`] for a concrete program; returns the steps and the arena size.
-pub fn plan(
-    buffers: &mut [Buffer],
-    work: Vec<(Step, Vec<BufId>)>,
-    keep: &[BufId],
-) -> (Vec<Step>, u64) {
-    let steps = schedule(
-        work,
-        keep,
-        |s| matches!(s, Step::Input { .. } | Step::Table { .. }),
-        |buf| Step::Alloc { buf },
-        |buf| Step::Free { buf },
-    );
-    let peak = place(buffers, &steps);
-    (steps, peak)
-}
-
 /// The arena while a plan is placed: the gaps below the top (offset -> end), the top of the
 /// highest range in use, and where each live buffer sits. First fit takes the lowest gap that
 /// is large enough, else the top; a released range joins its neighbouring gaps (or lowers the
@@ -186,7 +169,14 @@ mod tests {
                 vec![BufId(2)],
             ),
         ];
-        let (steps, peak) = plan(&mut buffers, work, &[BufId(2)]);
+        let steps = schedule(
+            work,
+            &[BufId(2)],
+            |s| matches!(s, Step::Input { .. } | Step::Table { .. }),
+            |buf| Step::Alloc { buf },
+            |buf| Step::Free { buf },
+        );
+        let peak = place(&mut buffers, &steps);
         assert_eq!(peak, 2048);
         assert_eq!(buffers[2].offset, buffers[0].offset);
         assert_ne!(buffers[1].offset, buffers[0].offset);

@@ -13,12 +13,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use tpc_ir::layout::{piece_indices, rank_coords};
+use tpc_ir::syntax::type_string;
 use tpc_ir::{Collective, DType, Dim, ReduceOp, TensorType};
 use tpc_passes::lower::axis_group;
 
 use crate::host::{
-    collective_text, write_gemm, Arg, BufId, Buffer, Compiled, Epilogue, Exchange, Gemm, GemmText,
-    HostProgram, Step, ALIGN,
+    collective_text, dims, Arg, BufId, Buffer, Compiled, Exchange, Gemm, HostProgram, Step, ALIGN,
 };
 use crate::kir::Kernel;
 use crate::{Error, Result};
@@ -57,24 +57,23 @@ pub enum TableSpec {
     CrossEntropyPartials { positions: Dim, contiguous: bool },
 }
 
-/// A GEMM of a template (see [`Gemm`]).
-#[derive(Clone, Debug, PartialEq)]
-pub struct SymGemm {
-    pub a: BufId,
-    pub b: BufId,
-    pub c: BufId,
-    pub bias: Option<BufId>,
-    pub epilogue: Epilogue,
-    pub dtype: DType,
-    pub batch: Dim,
-    pub m: Dim,
-    pub n: Dim,
-    pub k: Dim,
-    pub stride_a: Dim,
-    pub stride_b: Dim,
-    pub stride_c: Dim,
-    pub b_transposed: bool,
+impl TableSpec {
+    /// Whether ranks of one class fill it differently: a table of a dim some rank splits (the
+    /// others are the same on every rank).
+    pub fn depends_on_rank(&self) -> bool {
+        match self {
+            TableSpec::GlobalOffsets { ty, dim } | TableSpec::Positions { ty, dim } => ty
+                .sharding
+                .dims
+                .get(*dim)
+                .is_some_and(|ds| ds.factors.iter().any(|f| !f.axes.is_empty())),
+            TableSpec::CrossEntropyPartials { .. } => false,
+        }
+    }
 }
+
+/// A GEMM of a template: its sizes are dim expressions.
+pub type SymGemm = Gemm<Dim>;
 
 /// A collective of a template: from a value of layout `from` to one of layout `to`, over the
 /// rank's group on `axis` (its blocks are found at bind time).
@@ -180,11 +179,6 @@ impl Templates {
             hosts,
         })
     }
-}
-
-/// A type as the IR writes it (for messages).
-pub fn type_text(ty: &TensorType) -> String {
-    tpc_ir::syntax::type_string(ty)
 }
 
 /// The error of a dim that does not bind, naming its symbols and their values.
@@ -389,25 +383,9 @@ impl HostTemplate {
                 }
                 SymStep::Gemm(g) => {
                     let name = &self.buffers[g.c.0].name;
-                    let sz = |d: &Dim, field: &str| {
+                    Step::Gemm(g.try_map(|d, field| {
                         b.size(d, || format!("the GEMM's {field} into %{name}"))
-                    };
-                    Step::Gemm(Gemm {
-                        a: g.a,
-                        b: g.b,
-                        c: g.c,
-                        bias: g.bias,
-                        epilogue: g.epilogue,
-                        dtype: g.dtype,
-                        batch: sz(&g.batch, "batch")?,
-                        m: sz(&g.m, "m")?,
-                        n: sz(&g.n, "n")?,
-                        k: sz(&g.k, "k")?,
-                        stride_a: sz(&g.stride_a, "stride of a")?,
-                        stride_b: sz(&g.stride_b, "stride of b")?,
-                        stride_c: sz(&g.stride_c, "stride of c")?,
-                        b_transposed: g.b_transposed,
-                    })
+                    })?)
                 }
                 SymStep::Exchange(x) => {
                     Step::Exchange(self.exchange(i, x, mesh, bindings, rank, cache)?)
@@ -451,26 +429,16 @@ impl HostTemplate {
         // Steps correspond one to one (binding adds and removes none).
         for (i, (s, step)) in self.steps.iter().zip(out.steps.iter_mut()).enumerate() {
             match (s, step) {
-                (SymStep::Table { buf, table }, Step::Table { values, .. }) => {
-                    // Tables of a dim no rank splits are the same on every rank.
-                    let split = match table {
-                        TableSpec::GlobalOffsets { ty, dim } | TableSpec::Positions { ty, dim } => {
-                            ty.sharding
-                                .dims
-                                .get(*dim)
-                                .is_some_and(|ds| ds.factors.iter().any(|f| !f.axes.is_empty()))
-                        }
-                        TableSpec::CrossEntropyPartials { .. } => false,
-                    };
-                    if split {
-                        *values = std::sync::Arc::new(rank_table(
-                            table,
-                            &self.buffers[buf.0].name,
-                            bindings,
-                            &coords,
-                            rank,
-                        )?);
-                    }
+                (SymStep::Table { buf, table }, Step::Table { values, .. })
+                    if table.depends_on_rank() =>
+                {
+                    *values = std::sync::Arc::new(rank_table(
+                        table,
+                        &self.buffers[buf.0].name,
+                        bindings,
+                        &coords,
+                        rank,
+                    )?);
                 }
                 (SymStep::Exchange(x), Step::Exchange(e)) => {
                     *e = self.exchange(i, x, mesh, bindings, rank, cache)?;
@@ -557,14 +525,6 @@ fn ranks_text(ranks: &[usize]) -> String {
     }
 }
 
-fn dims(shape: &[Dim]) -> String {
-    shape
-        .iter()
-        .map(|n| n.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 struct Printed<'a> {
     host: &'a HostTemplate,
     kernels: &'a [Kernel],
@@ -616,27 +576,7 @@ impl fmt::Display for Printed<'_> {
                         .collect();
                     writeln!(f, "  launch @{} ({})", k.name(), args.join(", "))?
                 }
-                SymStep::Gemm(g) => write_gemm(
-                    f,
-                    GemmText {
-                        dtype: g.dtype,
-                        c: g.c,
-                        a: g.a,
-                        b: g.b,
-                        b_transposed: g.b_transposed,
-                        bias: g.bias,
-                        epilogue: g.epilogue,
-                    },
-                    [
-                        &g.batch,
-                        &g.m,
-                        &g.n,
-                        &g.k,
-                        &g.stride_a,
-                        &g.stride_b,
-                        &g.stride_c,
-                    ],
-                )?,
+                SymStep::Gemm(g) => g.write(f)?,
                 SymStep::Exchange(x) => {
                     let op = collective_text(x.kind, x.reduce);
                     writeln!(
@@ -645,8 +585,8 @@ impl fmt::Display for Printed<'_> {
                         x.input,
                         x.output,
                         x.axis,
-                        type_text(&x.from),
-                        type_text(&x.to)
+                        type_string(&x.from),
+                        type_string(&x.to)
                     )?
                 }
                 SymStep::Free { buf: b } => writeln!(f, "  free {b}")?,

@@ -61,27 +61,17 @@ pub fn axis_group(sizes: &[(String, usize)], me: &MeshCoords, axis: &str) -> Vec
     out.into_iter().map(|(_, r)| r).collect()
 }
 
-fn local_type(ty: &TensorType, shape: &[usize]) -> TensorType {
-    TensorType::new(
-        ty.dtype,
-        shape.iter().map(|&n| Dim::constant(n as i64)).collect(),
-    )
-}
-
-/// `g` (sharded, every symbol bound by `bindings`) as rank `rank` of a mesh with `sizes` runs it.
+/// `g` (sharded, every symbol bound by `bindings`) as rank `rank` of a mesh with `sizes` runs it:
+/// [`lower_shapes`] specialized to `bindings` (which checks every op on the local pieces), with
+/// each piece's index maps.
 pub fn lower_to_local(
     g: &Graph,
     sizes: &[(String, usize)],
     bindings: &BTreeMap<String, i64>,
     rank: usize,
 ) -> Result<LocalProgram> {
-    let world: usize = sizes.iter().map(|(_, n)| (*n).max(1)).product();
-    if rank >= world {
-        return Err(Error::Lowering(format!(
-            "rank {rank} is not one of the {world} ranks"
-        )));
-    }
-    let coords = rank_coords(sizes, rank);
+    let shapes = lower_shapes(g, sizes, rank, Some(bindings))?;
+    let coords = shapes.coords;
     let mut values: BTreeMap<ValueId, LocalValue> = BTreeMap::new();
     let mut ops = BTreeMap::new();
     let mut groups = BTreeMap::new();
@@ -100,53 +90,10 @@ pub fn lower_to_local(
             }
         };
         let shape: Vec<usize> = indices.iter().map(Vec::len).collect();
-        let local_dims = || shape.iter().map(|&n| Dim::constant(n as i64)).collect();
-        let op = match &node.op {
-            Op::Reshape { .. } => Op::Reshape {
-                shape: local_dims(),
-            },
-            Op::Broadcast { implicit, .. } => Op::Broadcast {
-                shape: local_dims(),
-                implicit: *implicit,
-            },
-            Op::Full { value, dtype, .. } => Op::Full {
-                shape: local_dims(),
-                value: *value,
-                dtype: *dtype,
-            },
-            other => other.clone(),
-        };
-        match &op {
-            Op::Param { .. } => {}
-            Op::Collective { axis, .. } => {
-                groups.insert(v, axis_group(sizes, &coords, axis));
-            }
-            _ => {
-                // The op's own shape rule on the local pieces must give the local result.
-                let operand_types: Vec<TensorType> = g
-                    .operands(v)
-                    .iter()
-                    .map(|o| local_type(g.ty(*o), &values[o].shape))
-                    .collect();
-                let refs: Vec<&TensorType> = operand_types.iter().collect();
-                let inferred = infer(&op, &refs).map_err(|e| {
-                    Error::Lowering(format!("%{} on rank {rank}: {}", node.name, e.message))
-                })?;
-                let (_, inferred) = inferred;
-                if inferred != local_type(&node.ty, &shape).shape {
-                    return Err(Error::Lowering(format!(
-                        "%{} on rank {rank}: its `{}` gives {} from the local operands, but the piece it holds is [{}]",
-                        node.name,
-                        op.name(),
-                        tpc_ir::types::shape_string(&inferred),
-                        shape
-                            .iter()
-                            .map(|n| n.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
+        let local_dims: Vec<Dim> = shape.iter().map(|&n| Dim::constant(n as i64)).collect();
+        let op = local_op(&node.op, &local_dims).unwrap_or_else(|| node.op.clone());
+        if let Op::Collective { axis, .. } = &op {
+            groups.insert(v, axis_group(sizes, &coords, axis));
         }
         let partial = node
             .ty
@@ -189,6 +136,26 @@ pub struct LocalShapes {
 impl LocalShapes {
     pub fn shape(&self, v: ValueId) -> &[Dim] {
         self.shapes.get(&v).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// An op whose attributes name shapes (reshape, broadcast, full), with the local `shape` in
+/// them; `None` for the others, which are the same on every rank.
+fn local_op(op: &Op, shape: &[Dim]) -> Option<Op> {
+    match op {
+        Op::Reshape { .. } => Some(Op::Reshape {
+            shape: shape.to_vec(),
+        }),
+        Op::Broadcast { implicit, .. } => Some(Op::Broadcast {
+            shape: shape.to_vec(),
+            implicit: *implicit,
+        }),
+        Op::Full { value, dtype, .. } => Some(Op::Full {
+            shape: shape.to_vec(),
+            value: *value,
+            dtype: *dtype,
+        }),
+        _ => None,
     }
 }
 
@@ -259,21 +226,7 @@ pub fn lower_shapes(
                 s
             }
         };
-        let op = match &node.op {
-            Op::Reshape { .. } => Some(Op::Reshape {
-                shape: shape.clone(),
-            }),
-            Op::Broadcast { implicit, .. } => Some(Op::Broadcast {
-                shape: shape.clone(),
-                implicit: *implicit,
-            }),
-            Op::Full { value, dtype, .. } => Some(Op::Full {
-                shape: shape.clone(),
-                value: *value,
-                dtype: *dtype,
-            }),
-            _ => None,
-        };
+        let op = local_op(&node.op, &shape);
         let op = op.as_ref().unwrap_or(&node.op);
         if !matches!(op, Op::Param { .. } | Op::Collective { .. }) {
             let operand_types: Vec<TensorType> = g

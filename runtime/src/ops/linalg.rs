@@ -47,16 +47,11 @@ pub(crate) fn gemm(
         c[..m * n].iter_mut().for_each(|x| *x = 0.0);
         return;
     }
-    // The furthest element each operand's strides reach lies inside its slice.
-    assert!(
-        (m - 1) * rsa + (k - 1) * csa < a.len()
-            && (k - 1) * rsb + (n - 1) * csb < b.len()
-            && m * n <= c.len()
-    );
-    // Threads only for products large enough to repay starting them.
+    // Threads only for products large enough to repay starting them (each block's bounds are
+    // checked where it runs).
     let threads = gemm_threads().min(m / 64).max(1);
     if threads == 1 || (m * n * k) < (1 << 22) {
-        gemm_rows(m, k, n, a, rsa, csa, b, rsb, csb, &mut c[..m * n]);
+        gemm_rows(m, k, n, a, rsa, csa, b, rsb, csb, c);
         return;
     }
     let per = m.div_ceil(threads);
@@ -84,6 +79,7 @@ fn gemm_rows(
     csb: usize,
     c: &mut [f32],
 ) {
+    // The furthest element each operand's strides reach lies inside its slice.
     assert!(
         m >= 1
             && (m - 1) * rsa + (k - 1) * csa < a.len()
