@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use tpc_ir::ops::CollectiveOp;
 
 use serde_json::{json, Value};
 use tpc_codegen::host::{Compiled, HostProgram, Step};
@@ -314,7 +315,7 @@ fn unsized_report(
         .values()
         .iter()
         .filter_map(|&v| match graph.op(v) {
-            tpc_ir::Op::Collective { kind, axis } => Some(json!({
+            tpc_ir::Op::Collective(CollectiveOp { kind, axis }) => Some(json!({
                 "kind": kind.name(),
                 "axis": axis,
                 "value": format!("%{}", graph.name(v)),

@@ -4,6 +4,7 @@
 //! its maximum `peak_bytes_per_device`).
 
 use std::collections::BTreeMap;
+use tpc_ir::ops::CollectiveOp;
 
 use serde_json::{json, Map, Value};
 use tpc_ir::layout::{piece_elems, rank_coords, MeshCoords};
@@ -36,7 +37,7 @@ pub fn report(g: &Graph, devices: i64, bindings: &BTreeMap<String, i64>) -> Resu
     let mut collectives = Vec::new();
     let mut totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for &v in g.values() {
-        if let Op::Collective { kind, axis } = g.op(v) {
+        if let Op::Collective(CollectiveOp { kind, axis }) = g.op(v) {
             let bytes = size_of(v)?;
             collectives.push(json!({"kind": kind.name(), "axis": axis, "value": format!("%{}", g.name(v)), "bytes_per_device": bytes}));
             let t = totals.entry(kind.name().to_string()).or_default();

@@ -6,6 +6,7 @@
 //! (`template::HostTemplate::bind`) gives a rank's concrete program.
 
 use std::collections::BTreeMap;
+use tpc_ir::ops::{CollectiveOp, Concat, Permute, SdpaScale, Slice};
 
 use tpc_ir::{Collective, Dim, Graph, Op, ValueId};
 use tpc_passes::lower::{lower_shapes, rank_classes, LocalShapes};
@@ -294,8 +295,15 @@ impl HostBuilder<'_> {
                 let sk = self.shape(k)[r - 2].clone();
                 let dv = self.shape(v)[r - 1].clone();
                 let scale = match g.op(*value) {
-                    Op::Sdpa { scale: Some(s), .. } => SymArg::Float(*s as f32),
-                    _ => SymArg::InverseSqrt(d.clone()),
+                    Op::Sdpa(sdpa) => match sdpa.scale() {
+                        SdpaScale::Given(s) => SymArg::Float(s as f32),
+                        SdpaScale::InverseSqrtHeadDim => SymArg::InverseSqrt(d.clone()),
+                    },
+                    other => {
+                        return Err(
+                            self.fail(*value, format!("`{}` is not attention", other.name()))
+                        )
+                    }
                 };
                 let qpos = self.table(
                     format!("query positions of %{}", g.name(q)),
@@ -358,10 +366,10 @@ impl HostBuilder<'_> {
         let out = gelu.unwrap_or(value);
         let (a_shape, b_shape) = (self.shape(ops[0]).to_vec(), self.shape(ops[1]).to_vec());
         let (ra, rb) = (a_shape.len(), b_shape.len());
-        if ra < 1 || rb != 2 && matches!(g.op(value), Op::Linear) || rb < 2 {
+        if ra < 1 || rb != 2 && matches!(g.op(value), Op::Linear(_)) || rb < 2 {
             return Err(self.fail(value, "a GEMM needs a matrix on the right"));
         }
-        let bias = if matches!(g.op(value), Op::Linear) {
+        let bias = if matches!(g.op(value), Op::Linear(_)) {
             ops.get(2).map(|&b| self.buf(b)).transpose()?
         } else {
             None
@@ -378,7 +386,7 @@ impl HostBuilder<'_> {
         let zero = Dim::constant(0);
         let one = Dim::constant(1);
         let step = match g.op(value) {
-            Op::Linear => {
+            Op::Linear(_) => {
                 let k = a_shape[ra - 1].clone();
                 let m = product(&a_shape[..ra - 1])?;
                 let (n, k2) = (b_shape[0].clone(), b_shape[1].clone());
@@ -488,14 +496,21 @@ impl HostBuilder<'_> {
         };
         let zero = Dim::constant(0);
         match g.op(value) {
-            Op::Permute { perm } => {
+            Op::Permute(Permute { perm }) => {
                 let in_strides = strides(self.shape(ops[0]))?;
                 let is: Vec<Dim> = perm.iter().map(|&p| in_strides[p].clone()).collect();
                 call(self, ops[0], &out_shape, zero.clone(), &is, zero)?;
             }
-            Op::Slice {
-                dim, start, step, ..
-            } => {
+            op @ (Op::Slice(_) | Op::Split(_)) => {
+                // A split's result is the slice it covers.
+                let piece = match op {
+                    Op::Split(sp) => sp.piece(g.node(value).result),
+                    Op::Slice(sl) => sl.clone(),
+                    _ => return Err(self.fail(value, "is not a slice")),
+                };
+                let Slice {
+                    dim, start, step, ..
+                } = &piece;
                 let in_shape = self.shape(ops[0]).to_vec();
                 let split = g
                     .ty(ops[0])
@@ -517,7 +532,7 @@ impl HostBuilder<'_> {
                 let base = start.mul(&in_strides[*dim]).map_err(self.dim(value))?;
                 call(self, ops[0], &out_shape, base, &is, zero)?;
             }
-            Op::Concat { dim } => {
+            Op::Concat(Concat { dim }) => {
                 let mut offset = Dim::constant(0);
                 for &o in &ops {
                     let shape = self.shape(o).to_vec();
@@ -536,7 +551,7 @@ impl HostBuilder<'_> {
 
     fn exchange(&mut self, v: ValueId) -> Result<()> {
         let g = self.g;
-        let Op::Collective { kind, axis } = g.op(v) else {
+        let Op::Collective(CollectiveOp { kind, axis }) = g.op(v) else {
             return Err(self.fail(v, "is not a collective"));
         };
         let operand = g.operands(v)[0];

@@ -12,8 +12,11 @@
 //! ranks differ only in the extents, offsets and tables they pass (see `build.rs`).
 
 use std::collections::BTreeMap;
+use tpc_ir::ops::{
+    Cast, CrossEntropy, Dropout, Full, Gelu, LayerNorm, RandLike, Reduce, RmsNorm, Sdpa, Softmax,
+};
 
-use tpc_ir::op::{BinaryOp, GeluApprox, UnaryOp};
+use tpc_ir::ops::{BinaryOp, GeluApprox, UnaryOp};
 use tpc_ir::{DType, Dim, Graph, Op, ReduceKind, ReduceOp, ValueId};
 
 use crate::kir::{self, Expr, Fused, Input, Kernel, Output, Scalar, Value};
@@ -100,11 +103,11 @@ fn scalar_ok(d: DType) -> bool {
 fn row_of(g: &Graph, v: ValueId) -> Option<(usize, usize)> {
     let rank = g.ty(g.operands(v).first().copied()?).shape.len();
     match g.op(v) {
-        Op::Softmax { dim } => Some((*dim, dim + 1)),
-        Op::LayerNorm { normalized, .. } | Op::RmsNorm { normalized, .. } => {
+        Op::Softmax(Softmax { dim }) => Some((*dim, dim + 1)),
+        Op::LayerNorm(LayerNorm { normalized, .. }) | Op::RmsNorm(RmsNorm { normalized, .. }) => {
             Some((rank - normalized.min(&rank), rank))
         }
-        Op::Reduce { dims, .. } => {
+        Op::Reduce(Reduce { dims, .. }) => {
             let mut d = dims.clone();
             d.sort_unstable();
             let (first, last) = (*d.first()?, *d.last()?);
@@ -122,7 +125,7 @@ fn elementwise(g: &Graph, v: ValueId) -> bool {
         Op::Unary(_)
             | Op::Gelu { .. }
             | Op::Binary(_)
-            | Op::Where
+            | Op::Where(_)
             | Op::Cast { .. }
             | Op::Broadcast { .. }
             | Op::Dropout { .. }
@@ -217,13 +220,13 @@ pub fn segment(g: &Graph) -> Result<Plan> {
     // GEMMs that take a following tanh-gelu into their epilogue.
     let mut gelu_of: BTreeMap<ValueId, ValueId> = BTreeMap::new();
     for &v in g.values() {
-        if matches!(g.op(v), Op::Linear | Op::Matmul) && is_float(g.ty(v).dtype) {
+        if matches!(g.op(v), Op::Linear(_) | Op::Matmul(_)) && is_float(g.ty(v).dtype) {
             if let Some(u) = only_user(v) {
                 let fits = matches!(
                     g.op(u),
-                    Op::Gelu {
+                    Op::Gelu(Gelu {
                         approximate: GeluApprox::Tanh
-                    }
+                    })
                 ) && g.ty(u).dtype == g.ty(v).dtype;
                 if fits {
                     gelu_of.insert(v, u);
@@ -384,7 +387,7 @@ pub fn segment(g: &Graph) -> Result<Plan> {
         let dtype = g.ty(v).dtype;
         let name = |what: &str| format!("k{}_{what}_{}", kernels.len(), clean(g.name(v)));
         let segment = match g.op(v) {
-            Op::Linear | Op::Matmul => {
+            Op::Linear(_) | Op::Matmul(_) => {
                 if !is_float(dtype) {
                     return Err(unsupported(g, v, "a GEMM of non-float values"));
                 }
@@ -395,7 +398,7 @@ pub fn segment(g: &Graph) -> Result<Plan> {
             }
             Op::Reshape { .. } => Segment::View(v),
             Op::Collective { .. } => Segment::Collective(v),
-            Op::Permute { .. } | Op::Slice { .. } | Op::Concat { .. } => {
+            Op::Permute { .. } | Op::Slice { .. } | Op::Split { .. } | Op::Concat { .. } => {
                 let rank = g.ty(v).shape.len();
                 let key = (dtype.to_string(), rank);
                 let kernel = match copy_kernels.get(&key) {
@@ -412,7 +415,7 @@ pub fn segment(g: &Graph) -> Result<Plan> {
                 };
                 Segment::Copy { kernel, value: v }
             }
-            Op::Embedding => {
+            Op::Embedding(_) => {
                 let k = Kernel::Embedding(kir::Embedding {
                     name: name("embedding"),
                     dtype,
@@ -422,7 +425,7 @@ pub fn segment(g: &Graph) -> Result<Plan> {
                     value: v,
                 }
             }
-            Op::Sdpa { causal, .. } => {
+            Op::Sdpa(Sdpa { causal, .. }) => {
                 let k = Kernel::Attention(kir::Attention {
                     name: name("attention"),
                     dtype,
@@ -433,7 +436,7 @@ pub fn segment(g: &Graph) -> Result<Plan> {
                     value: v,
                 }
             }
-            Op::CrossEntropy { ignore_index } => {
+            Op::CrossEntropy(CrossEntropy { ignore_index }) => {
                 let k = Kernel::CrossEntropy(kir::CrossEntropy {
                     name: name("cross_entropy"),
                     dtype,
@@ -444,7 +447,7 @@ pub fn segment(g: &Graph) -> Result<Plan> {
                     value: v,
                 }
             }
-            Op::Reduce { dims, .. } if row_of(g, v).is_none() => {
+            Op::Reduce(Reduce { dims, .. }) if row_of(g, v).is_none() => {
                 return Err(unsupported(
                     g,
                     v,
@@ -477,6 +480,8 @@ fn unsupported(g: &Graph, v: ValueId, what: &str) -> Error {
 fn reduced_view(g: &Graph, v: ValueId) -> View {
     match g.op(v) {
         Op::Reduce { .. } => View::Row,
+        // A norm's statistics (`layer_norm_stats`' mean and rstd): one per row.
+        Op::LayerNorm(_) | Op::RmsNorm(_) if g.node(v).result > 0 => View::Row,
         _ => View::Full,
     }
 }
@@ -495,15 +500,6 @@ fn broadcast_mask(from: &[Dim], to: &[Dim]) -> Vec<bool> {
     (0..to.len())
         .map(|d| d < offset || (from[d - offset] == one && to[d] != one))
         .collect()
-}
-
-/// torch.finfo(dtype).eps: rms_norm's default epsilon.
-fn machine_eps(d: DType) -> f64 {
-    match d {
-        DType::BF16 => 0.0078125,
-        DType::F16 => 0.0009765625,
-        _ => f32::EPSILON as f64,
-    }
 }
 
 struct Builder<'g> {
@@ -662,7 +658,7 @@ impl Builder<'_> {
                 // the per-row value itself (uniform along the row).
                 self.operand(operand_ids[0], view_of_source(self, operand_ids[0]))?
             }
-            Op::Full { value, dtype, .. } => {
+            Op::Full(Full { value, dtype, .. }) => {
                 if *dtype == DType::Bool {
                     self.push(
                         Scalar::Bool,
@@ -673,12 +669,12 @@ impl Builder<'_> {
                     self.round(*dtype, c)
                 }
             }
-            Op::RandLike { seed } => {
+            Op::RandLike(RandLike { seed }) => {
                 self.global_index = true;
                 let r = self.rand(*seed);
                 self.round(dtype, r)
             }
-            Op::Dropout { p, seed } => {
+            Op::Dropout(Dropout { p, seed }) => {
                 let x = self.operand(operand_ids[0], view)?;
                 if *p >= 1.0 {
                     self.constant(0.0)
@@ -704,7 +700,7 @@ impl Builder<'_> {
                     self.round(dtype, x)
                 }
             }
-            Op::Gelu { approximate } => {
+            Op::Gelu(Gelu { approximate }) => {
                 let a = self.operand(operand_ids[0], view)?;
                 let x = self.f32(Expr::Gelu(*approximate, a));
                 self.round(dtype, x)
@@ -719,13 +715,13 @@ impl Builder<'_> {
                     self.round(dtype, x)
                 }
             }
-            Op::Where => {
+            Op::Where(_) => {
                 let c = self.operand(operand_ids[0], view)?;
                 let a = self.operand(operand_ids[1], view)?;
                 let b = self.operand(operand_ids[2], view)?;
                 self.push(Self::scalar_of(dtype), Expr::Select(c, a, b))
             }
-            Op::Cast { to } => {
+            Op::Cast(Cast { to }) => {
                 let a = self.operand(operand_ids[0], view)?;
                 let from = g.ty(operand_ids[0]).dtype;
                 match (from == DType::Bool, *to == DType::Bool) {
@@ -751,7 +747,7 @@ impl Builder<'_> {
                 let y = self.f32(Expr::Binary(BinaryOp::Div, e, s));
                 self.round(dtype, y)
             }
-            Op::LayerNorm { eps, .. } => {
+            Op::LayerNorm(LayerNorm { eps, .. }) => {
                 let x = self.operand(operand_ids[0], View::Full)?;
                 let inv_n = self.inverse_row_count(v);
                 let sum = self.f32(Expr::RowReduce(ReduceOp::Sum, x));
@@ -763,35 +759,45 @@ impl Builder<'_> {
                 let eps = self.constant(*eps as f32);
                 let ve = self.f32(Expr::Binary(BinaryOp::Add, var, eps));
                 let inv = self.f32(Expr::Unary(UnaryOp::Rsqrt, ve));
-                let mut y = self.f32(Expr::Binary(BinaryOp::Mul, c, inv));
-                if let Some(&w) = operand_ids.get(1) {
-                    let w = self.operand(w, View::Full)?;
-                    y = self.f32(Expr::Binary(BinaryOp::Mul, y, w));
+                match g.node(v).result {
+                    1 => mean,
+                    2 => inv,
+                    _ => {
+                        let mut y = self.f32(Expr::Binary(BinaryOp::Mul, c, inv));
+                        if let Some(&w) = operand_ids.get(1) {
+                            let w = self.operand(w, View::Full)?;
+                            y = self.f32(Expr::Binary(BinaryOp::Mul, y, w));
+                        }
+                        if let Some(&b) = operand_ids.get(2) {
+                            let b = self.operand(b, View::Full)?;
+                            y = self.f32(Expr::Binary(BinaryOp::Add, y, b));
+                        }
+                        self.round(dtype, y)
+                    }
                 }
-                if let Some(&b) = operand_ids.get(2) {
-                    let b = self.operand(b, View::Full)?;
-                    y = self.f32(Expr::Binary(BinaryOp::Add, y, b));
-                }
-                self.round(dtype, y)
             }
-            Op::RmsNorm { eps, .. } => {
+            Op::RmsNorm(norm) => {
                 let x = self.operand(operand_ids[0], View::Full)?;
                 let inv_n = self.inverse_row_count(v);
                 let x2 = self.f32(Expr::Binary(BinaryOp::Mul, x, x));
                 let ss = self.f32(Expr::RowReduce(ReduceOp::Sum, x2));
                 let ms = self.f32(Expr::Binary(BinaryOp::Mul, ss, inv_n));
-                let eps = eps.unwrap_or_else(|| machine_eps(dtype));
+                let eps = norm.eps_for(g.ty(operand_ids[0]).dtype);
                 let eps = self.constant(eps as f32);
                 let me = self.f32(Expr::Binary(BinaryOp::Add, ms, eps));
                 let inv = self.f32(Expr::Unary(UnaryOp::Rsqrt, me));
-                let mut y = self.f32(Expr::Binary(BinaryOp::Mul, x, inv));
-                if let Some(&w) = operand_ids.get(1) {
-                    let w = self.operand(w, View::Full)?;
-                    y = self.f32(Expr::Binary(BinaryOp::Mul, y, w));
+                if g.node(v).result == 1 {
+                    inv
+                } else {
+                    let mut y = self.f32(Expr::Binary(BinaryOp::Mul, x, inv));
+                    if let Some(&w) = operand_ids.get(1) {
+                        let w = self.operand(w, View::Full)?;
+                        y = self.f32(Expr::Binary(BinaryOp::Mul, y, w));
+                    }
+                    self.round(dtype, y)
                 }
-                self.round(dtype, y)
             }
-            Op::Reduce { kind, .. } => {
+            Op::Reduce(Reduce { kind, .. }) => {
                 let x = self.operand(operand_ids[0], View::Full)?;
                 let y = match kind {
                     ReduceKind::Sum => self.f32(Expr::RowReduce(ReduceOp::Sum, x)),

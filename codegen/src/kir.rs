@@ -19,7 +19,7 @@
 
 use std::fmt;
 
-use tpc_ir::op::{BinaryOp, GeluApprox, UnaryOp};
+use tpc_ir::ops::{BinaryOp, GeluApprox, UnaryOp};
 use tpc_ir::{DType, ReduceOp};
 
 /// A tensor a fused kernel reads.

@@ -1,6 +1,13 @@
-//! The graph: a DAG of single-result ops over tensor values. petgraph's `StableDiGraph` holds
-//! it; the rest of tpc sees typed `ValueId`s and never raw indices. Edges point from operand to
-//! user and carry the operand's position.
+//! The graph: a DAG of ops over tensor values. petgraph's `StableDiGraph` holds it; the rest of
+//! tpc sees typed `ValueId`s and never raw indices. Edges point from operand to user and carry
+//! the operand's position.
+//!
+//! A node is one value. An op with several results (`%q, %k, %v = split(%x)`) is one node per
+//! result it keeps, each with the op, its result index ([`Node::result`]) and its own type and
+//! sharding: propagation, resharding and lowering treat each result as a value computed from
+//! the op's operands, and may lay each out (and feed each) as it needs. The nodes of one
+//! statement are adjacent in program order with the same operands; the printer writes them as
+//! one statement again (`_` for a result nobody kept).
 
 use std::collections::BTreeMap;
 
@@ -8,9 +15,9 @@ use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
-use crate::infer::{broadcast_shapes, infer, InferError};
+use crate::infer::{broadcast_shapes, infer_results, InferError};
 use crate::mesh::Mesh;
-use crate::op::Op;
+use crate::ops::Op;
 use crate::span::Span;
 use crate::types::TensorType;
 
@@ -30,6 +37,8 @@ pub struct Node {
     /// The SSA name without `%` (`h.0.attn.qkv.weight`).
     pub name: String,
     pub op: Op,
+    /// Which of the op's results this node is (0 for ops with one result).
+    pub result: usize,
     pub ty: TensorType,
     /// The whole statement (or parameter declaration) in the source.
     pub span: Span,
@@ -279,7 +288,8 @@ impl Graph {
         let index = self.params.len();
         let node = Node {
             name: name.into(),
-            op: Op::Param { index },
+            op: Op::Param(crate::ops::Param { index }),
+            result: 0,
             ty,
             span,
             explicit_type: true,
@@ -313,36 +323,107 @@ impl Graph {
         span: Span,
     ) -> Result<ValueId, InferError> {
         let name = name.into();
+        let n = op.num_results();
+        if n != 1 {
+            return Err(InferError::new(format!(
+                "`{}` has {n} results; name them all (`add_op_results`)",
+                op.name()
+            )));
+        }
+        let mut v = self.add_op_results(&[Some(name)], op, operands, span)?;
+        Ok(v.remove(0).expect("one named result"))
+    }
+
+    /// Adds an op with one name per result (`None` for a result nobody uses), inferring the
+    /// types; returns the values of the named results, in order.
+    pub fn add_op_results(
+        &mut self,
+        names: &[Option<String>],
+        op: Op,
+        operands: &[ValueId],
+        span: Span,
+    ) -> Result<Vec<Option<ValueId>>, InferError> {
+        let n = op.num_results();
+        if names.len() != n {
+            return Err(InferError::new(format!(
+                "`{}` gives {n} result{}, but {} name{} written",
+                op.name(),
+                if n == 1 { "" } else { "s" },
+                names.len(),
+                if names.len() == 1 { " is" } else { "s are" }
+            ))
+            .hint("write one name per result, `_` for a result you do not use"));
+        }
+        let base = names.iter().flatten().next().cloned().unwrap_or_default();
         let mut operands = operands.to_vec();
         if op.broadcasts_operands() {
             let shapes: Vec<&[crate::dim::Dim]> = operands
                 .iter()
                 .map(|&o| self.ty(o).shape.as_slice())
                 .collect();
-            let target = broadcast_shapes(&shapes).map_err(|message| InferError {
-                message,
-                operand: None,
-                hint: None,
-            })?;
+            let target = broadcast_shapes(&shapes).map_err(InferError::new)?;
             for (i, o) in operands.iter_mut().enumerate() {
                 if self.ty(*o).shape != target {
-                    let b = Op::Broadcast {
+                    let b = Op::Broadcast(crate::ops::Broadcast {
                         shape: target.clone(),
                         implicit: true,
-                    };
-                    *o = self.add_op(format!("{name}.bcast{i}"), b, &[*o], span)?;
+                    });
+                    *o = self.add_op(format!("{base}.bcast{i}"), b, &[*o], span)?;
                 }
             }
         }
         let tys: Vec<&TensorType> = operands.iter().map(|&o| self.ty(o)).collect();
-        let (dtype, shape) = infer(&op, &tys)?;
-        let node = Node {
-            name,
-            op,
-            ty: TensorType::new(dtype, shape),
-            span,
-            explicit_type: false,
-        };
-        Ok(self.add_node(node, &operands))
+        let results = infer_results(&op, &tys)?;
+        let mut out = Vec::with_capacity(n);
+        for (k, (name, (dtype, shape))) in names.iter().zip(results).enumerate() {
+            let Some(name) = name else {
+                out.push(None);
+                continue;
+            };
+            let node = Node {
+                name: name.clone(),
+                op: op.clone(),
+                result: k,
+                ty: TensorType::new(dtype, shape),
+                span,
+                explicit_type: false,
+            };
+            out.push(Some(self.add_node(node, &operands)));
+        }
+        Ok(out)
+    }
+
+    /// The values that `v`'s statement defines with it, `v` included, in result order: the
+    /// adjacent nodes of one multi-result op with the same operands.
+    pub fn statement_of(&self, v: ValueId) -> Vec<ValueId> {
+        let node = self.node(v);
+        if node.op.num_results() == 1 {
+            return vec![v];
+        }
+        let pos = self.position(v);
+        if pos >= self.order.len() {
+            return vec![v];
+        }
+        let ops = self.operands(v);
+        let same = |x: ValueId| self.op(x) == &node.op && self.operands(x) == ops;
+        let mut start = pos;
+        while start > 0 {
+            let prev = self.order[start - 1];
+            if same(prev) && self.node(prev).result < self.node(self.order[start]).result {
+                start -= 1;
+            } else {
+                break;
+            }
+        }
+        let mut end = pos + 1;
+        while end < self.order.len() {
+            let next = self.order[end];
+            if same(next) && self.node(next).result > self.node(self.order[end - 1]).result {
+                end += 1;
+            } else {
+                break;
+            }
+        }
+        self.order[start..end].to_vec()
     }
 }

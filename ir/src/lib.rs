@@ -1,6 +1,6 @@
 //! tpc-ir: the IR of the tpc tensor-parallel compiler.
 //!
-//! dtypes, symbolic dims, meshes, shardings, ops with shape inference, the graph, its text form
+//! dtypes, symbolic dims, meshes, shardings, the ops (each defined once, in `ops/`), the graph, its text form
 //! (parser and printer), the verifier, and diagnostics rendered like rustc's.
 
 pub mod diag;
@@ -10,7 +10,7 @@ pub mod graph;
 pub mod infer;
 pub mod layout;
 pub mod mesh;
-pub mod op;
+pub mod ops;
 pub mod rule;
 pub mod span;
 pub mod syntax;
@@ -22,7 +22,7 @@ pub use dim::{Dim, DimError};
 pub use dtype::DType;
 pub use graph::{Comments, Graph, Node, ValueId};
 pub use mesh::{Mesh, MeshAxis};
-pub use op::{AttrValue, BinaryOp, Collective, GeluApprox, Op, ReduceKind, UnaryOp};
+pub use ops::{AttrValue, BinaryOp, Collective, GeluApprox, Op, OpDef, ReduceKind, UnaryOp};
 pub use rule::{check_rule, factor_rule, rule_of, FactorKind, FactorRule};
 pub use span::Span;
 pub use syntax::{parse, print, PrintMode};

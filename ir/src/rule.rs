@@ -7,7 +7,7 @@
 
 use crate::dim::Dim;
 use crate::graph::{Graph, ValueId};
-use crate::op::{Op, ReduceKind};
+use crate::ops::Op;
 use crate::types::{ReduceOp, TensorType};
 
 /// Index of a factor within one rule.
@@ -40,16 +40,20 @@ pub struct FactorRule {
     pub factors: Vec<FactorDef>,
     pub operands: Vec<Vec<Vec<FactorId>>>,
     pub result: Vec<Vec<FactorId>>,
+    /// Whether a reduction pending in operand 0 stays pending in the result: the op only moves
+    /// elements (reshape, permute), so a partial operand gives a partial result and resharding
+    /// may leave the reduction for later.
+    pub carries_partial: bool,
 }
 
 impl FactorRule {
-    fn add(&mut self, extent: Dim, kind: FactorKind) -> FactorId {
+    pub(crate) fn add(&mut self, extent: Dim, kind: FactorKind) -> FactorId {
         self.factors.push(FactorDef { extent, kind });
         self.factors.len() - 1
     }
 
     /// A factor for one dim, or none for an extent-1 dim.
-    fn dim_factor(&mut self, extent: &Dim, kind: FactorKind) -> Vec<FactorId> {
+    pub(crate) fn dim_factor(&mut self, extent: &Dim, kind: FactorKind) -> Vec<FactorId> {
         if *extent == Dim::constant(1) {
             Vec::new()
         } else {
@@ -67,230 +71,16 @@ impl FactorRule {
     }
 }
 
-/// The rule of the op producing `v`.
+/// The rule of the op producing `v`, seen from the result `v` is.
 pub fn rule_of(g: &Graph, v: ValueId) -> FactorRule {
     let tys: Vec<&TensorType> = g.operands(v).into_iter().map(|o| g.ty(o)).collect();
-    factor_rule(g.op(v), &tys, &g.ty(v).shape)
+    g.op(v).def().rule(&tys, &g.ty(v).shape, g.node(v).result)
 }
 
-/// The rule of `op` applied to operands of types `xs` with result shape `out`. The op must have
-/// passed inference with these operands.
+/// The rule of `op` (seen from its first result) applied to operands of types `xs` with result
+/// shape `out`. The op must have passed inference with these operands.
 pub fn factor_rule(op: &Op, xs: &[&TensorType], out: &[Dim]) -> FactorRule {
-    use FactorKind::*;
-    let mut r = FactorRule::default();
-    match op {
-        Op::Param { .. } => {
-            r.result = out.iter().map(|d| r.dim_factor(d, New)).collect();
-        }
-        Op::Full { .. } => {
-            r.result = out.iter().map(|d| r.dim_factor(d, New)).collect();
-        }
-        // Elementwise ops (random ones too: they draw by global index, so any split works), and
-        // the collectives, which are the identity on the global value.
-        Op::Collective { .. }
-        | Op::Unary(_)
-        | Op::Gelu { .. }
-        | Op::Binary(_)
-        | Op::Where
-        | Op::Cast { .. }
-        | Op::RandLike { .. }
-        | Op::Dropout { .. } => {
-            r.result = out.iter().map(|d| r.dim_factor(d, Pass)).collect();
-            r.operands = xs.iter().map(|_| r.result.clone()).collect();
-        }
-        Op::Broadcast { .. } => {
-            let x = xs[0];
-            let offset = out.len() - x.rank();
-            let mut operand = Vec::new();
-            for (i, d) in out.iter().enumerate() {
-                let kept = i >= offset && x.shape[i - offset] == *d;
-                let f = r.dim_factor(d, if kept { Pass } else { New });
-                if i >= offset {
-                    operand.push(if kept { f.clone() } else { Vec::new() });
-                }
-                r.result.push(f);
-            }
-            r.operands = vec![operand];
-        }
-        Op::Reduce {
-            kind,
-            dims,
-            keepdim,
-        } => {
-            let reduce = match kind {
-                ReduceKind::Sum | ReduceKind::Mean => ReduceOp::Sum,
-                ReduceKind::Max => ReduceOp::Max,
-                ReduceKind::Min => ReduceOp::Min,
-            };
-            let mut operand = Vec::new();
-            for (i, d) in xs[0].shape.iter().enumerate() {
-                if dims.contains(&i) {
-                    operand.push(r.dim_factor(d, Reduction(reduce)));
-                    if *keepdim {
-                        r.result.push(Vec::new());
-                    }
-                } else {
-                    let f = r.dim_factor(d, Pass);
-                    r.result.push(f.clone());
-                    operand.push(f);
-                }
-            }
-            r.operands = vec![operand];
-        }
-        Op::Softmax { dim } => {
-            r.result = out
-                .iter()
-                .enumerate()
-                .map(|(i, d)| r.dim_factor(d, if i == *dim { Replicated } else { Pass }))
-                .collect();
-            r.operands = vec![r.result.clone()];
-        }
-        Op::LayerNorm { normalized, .. } | Op::RmsNorm { normalized, .. } => {
-            let first = out.len() - normalized;
-            r.result = out
-                .iter()
-                .enumerate()
-                .map(|(i, d)| r.dim_factor(d, if i >= first { Replicated } else { Pass }))
-                .collect();
-            let tail = r.result[first..].to_vec();
-            r.operands = vec![r.result.clone()];
-            r.operands.extend(xs.iter().skip(1).map(|_| tail.clone()));
-        }
-        Op::Matmul => {
-            let (a, b) = (xs[0], xs[1]);
-            let (ra, rb) = (a.rank(), b.rank());
-            let batch: Vec<Vec<FactorId>> = out[..out.len() - 2]
-                .iter()
-                .map(|d| r.dim_factor(d, Pass))
-                .collect();
-            let m = r.dim_factor(&a.shape[ra - 2], Pass);
-            let k = r.dim_factor(&a.shape[ra - 1], Reduction(ReduceOp::Sum));
-            let n = r.dim_factor(&b.shape[rb - 1], Pass);
-            let side = |rank: usize, last: [Vec<FactorId>; 2]| {
-                let mut v: Vec<Vec<FactorId>> = if rank == 2 { Vec::new() } else { batch.clone() };
-                v.extend(last);
-                v
-            };
-            r.operands = vec![side(ra, [m.clone(), k.clone()]), side(rb, [k, n.clone()])];
-            r.result = batch.clone();
-            r.result.extend([m, n]);
-        }
-        Op::Linear => {
-            let x = xs[0];
-            let lead: Vec<Vec<FactorId>> = x.shape[..x.rank() - 1]
-                .iter()
-                .map(|d| r.dim_factor(d, Pass))
-                .collect();
-            let k = r.dim_factor(&x.shape[x.rank() - 1], Reduction(ReduceOp::Sum));
-            let n = r.dim_factor(&xs[1].shape[0], Pass);
-            let mut xo = lead.clone();
-            xo.push(k.clone());
-            r.operands = vec![xo, vec![n.clone(), k]];
-            if xs.len() == 3 {
-                r.operands.push(vec![n.clone()]);
-            }
-            r.result = lead;
-            r.result.push(n);
-        }
-        Op::Reshape { .. } => {
-            let (operand, result) = reshape_factors(&mut r, &xs[0].shape, out);
-            r.operands = vec![operand];
-            r.result = result;
-        }
-        Op::Permute { perm } => {
-            let operand: Vec<Vec<FactorId>> =
-                xs[0].shape.iter().map(|d| r.dim_factor(d, Pass)).collect();
-            r.result = perm.iter().map(|&p| operand[p].clone()).collect();
-            r.operands = vec![operand];
-        }
-        Op::Slice { dim, .. } => {
-            let mut operand = Vec::new();
-            for (i, d) in xs[0].shape.iter().enumerate() {
-                if i == *dim {
-                    operand.push(r.dim_factor(d, Replicated));
-                    let f = r.dim_factor(&out[i], Replicated);
-                    r.result.push(f);
-                } else {
-                    let f = r.dim_factor(d, Pass);
-                    r.result.push(f.clone());
-                    operand.push(f);
-                }
-            }
-            r.operands = vec![operand];
-        }
-        Op::Concat { dim } => {
-            let shared: Vec<Option<Vec<FactorId>>> = out
-                .iter()
-                .enumerate()
-                .map(|(i, d)| (i != *dim).then(|| r.dim_factor(d, Pass)))
-                .collect();
-            for x in xs {
-                let dims = shared
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| {
-                        s.clone()
-                            .unwrap_or_else(|| r.dim_factor(&x.shape[i], Replicated))
-                    })
-                    .collect();
-                r.operands.push(dims);
-            }
-            r.result = shared
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    s.clone()
-                        .unwrap_or_else(|| r.dim_factor(&out[i], Replicated))
-                })
-                .collect();
-        }
-        Op::Embedding => {
-            // Splitting the table's rows would need a masked lookup and a sum: not yet, so whole.
-            let ids: Vec<Vec<FactorId>> =
-                xs[0].shape.iter().map(|d| r.dim_factor(d, Pass)).collect();
-            let rows = r.dim_factor(&xs[1].shape[0], Replicated);
-            let cols = r.dim_factor(&xs[1].shape[1], Pass);
-            r.operands = vec![ids.clone(), vec![rows, cols.clone()]];
-            r.result = ids;
-            r.result.push(cols);
-        }
-        Op::Sdpa { .. } => {
-            let q = xs[0];
-            let rank = q.rank();
-            let batch: Vec<Vec<FactorId>> = q.shape[..rank - 2]
-                .iter()
-                .map(|d| r.dim_factor(d, Pass))
-                .collect();
-            let l = r.dim_factor(&q.shape[rank - 2], Pass);
-            // The head dim is contracted inside the softmax and the key sequence is normalized
-            // over: both stay whole.
-            let e = r.dim_factor(&q.shape[rank - 1], Replicated);
-            let s = r.dim_factor(&xs[1].shape[rank - 2], Replicated);
-            let ev = r.dim_factor(&xs[2].shape[rank - 1], Pass);
-            let with = |a: &Vec<FactorId>, b: &Vec<FactorId>| {
-                let mut v = batch.clone();
-                v.push(a.clone());
-                v.push(b.clone());
-                v
-            };
-            r.operands = vec![with(&l, &e), with(&s, &e), with(&s, &ev)];
-            r.result = with(&l, &ev);
-        }
-        Op::CrossEntropy { .. } => {
-            // The mean over kept targets divides by a global count; vocab- and token-parallel
-            // losses need their own lowering, so every factor stays whole for now.
-            let logits: Vec<Vec<FactorId>> = xs[0]
-                .shape
-                .iter()
-                .map(|d| r.dim_factor(d, Replicated))
-                .collect();
-            let class_dim = if xs[0].rank() == 1 { 0 } else { 1 };
-            let mut target = logits.clone();
-            target.remove(class_dim);
-            r.operands = vec![logits, target];
-        }
-    }
-    r
+    op.def().rule(xs, out, 0)
 }
 
 /// Checks that a rule fits the shapes it was made for: one factor list per dim, each multiplying
@@ -371,7 +161,7 @@ fn estimate(d: &Dim) -> Option<i128> {
 /// Groups the dims of a reshape into runs with equal products, then factors each group by the
 /// finest common refinement of both sides' row-major boundaries. A group with none (`[6, 4]` to
 /// `[4, 6]`) or with symbols on both sides of a many-to-many change keeps its dims whole.
-fn reshape_factors(
+pub(crate) fn reshape_factors(
     r: &mut FactorRule,
     from: &[Dim],
     to: &[Dim],
@@ -529,6 +319,7 @@ fn refine(
 mod tests {
     use super::*;
     use crate::dtype::DType;
+    use crate::ops::{Broadcast, Linear, Matmul, Reshape, Sdpa, Softmax};
 
     fn t(shape: &[Dim]) -> TensorType {
         TensorType::new(DType::F32, shape.to_vec())
@@ -545,7 +336,11 @@ mod tests {
     }
 
     fn reshape(from: &[Dim], to: &[Dim]) -> FactorRule {
-        factor_rule(&Op::Reshape { shape: to.to_vec() }, &[&t(from)], to)
+        factor_rule(
+            &Op::Reshape(Reshape { shape: to.to_vec() }),
+            &[&t(from)],
+            to,
+        )
     }
 
     #[test]
@@ -596,7 +391,7 @@ mod tests {
     #[test]
     fn matmul_contracts_k_as_a_sum_and_linear_shares_out_with_bias() {
         let r = factor_rule(
-            &Op::Matmul,
+            &Op::Matmul(Matmul),
             &[&t(&[d(2), d(8), d(4)]), &t(&[d(4), d(6)])],
             &[d(2), d(8), d(6)],
         );
@@ -605,7 +400,7 @@ mod tests {
         assert_eq!(r.factors[k].kind, FactorKind::Reduction(ReduceOp::Sum));
         assert_eq!(r.result[0], r.operands[0][0]);
         let r = factor_rule(
-            &Op::Linear,
+            &Op::Linear(Linear),
             &[&t(&[d(2), d(4)]), &t(&[d(6), d(4)]), &t(&[d(6)])],
             &[d(2), d(6)],
         );
@@ -616,16 +411,20 @@ mod tests {
     #[test]
     fn broadcast_dims_are_new_and_softmax_dim_is_whole() {
         let r = factor_rule(
-            &Op::Broadcast {
+            &Op::Broadcast(Broadcast {
                 shape: vec![d(4), d(3)],
                 implicit: true,
-            },
+            }),
             &[&t(&[d(3)])],
             &[d(4), d(3)],
         );
         assert_eq!(r.factors[r.result[0][0]].kind, FactorKind::New);
         assert_eq!(r.operands[0], [r.result[1].clone()]);
-        let r = factor_rule(&Op::Softmax { dim: 1 }, &[&t(&[d(4), d(3)])], &[d(4), d(3)]);
+        let r = factor_rule(
+            &Op::Softmax(Softmax { dim: 1 }),
+            &[&t(&[d(4), d(3)])],
+            &[d(4), d(3)],
+        );
         assert_eq!(r.factors[r.result[1][0]].kind, FactorKind::Replicated);
         assert_eq!(r.factors[r.result[0][0]].kind, FactorKind::Pass);
     }
@@ -634,10 +433,10 @@ mod tests {
     fn sdpa_shares_heads_and_keeps_keys_whole() {
         let q = t(&[d(2), d(16), d(8), d(48)]);
         let r = factor_rule(
-            &Op::Sdpa {
+            &Op::Sdpa(Sdpa {
                 causal: true,
                 scale: None,
-            },
+            }),
             &[&q, &q, &q],
             &q.shape,
         );

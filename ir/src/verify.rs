@@ -1,13 +1,14 @@
 //! The verifier: checks a graph and collects every problem (not just the first).
 //! Validation gates everything after it: passes, executors and codegen see only verified graphs.
 
+use crate::ops::{CollectiveOp, Param};
 use std::collections::BTreeMap;
 
 use crate::diag::Diagnostic;
 use crate::dim::Dim;
 use crate::graph::{Graph, ValueId};
 use crate::infer::{infer, MAX_ELEMENTS};
-use crate::op::{Collective, Op};
+use crate::ops::{Collective, Op};
 use crate::types::{ReduceOp, Sharding, TensorType};
 
 /// Every problem found in `g`, in program order. Empty means the graph is valid.
@@ -100,8 +101,8 @@ fn check_declared_partial(g: &Graph, v: ValueId, diags: &mut Vec<Diagnostic>) {
         return;
     }
     let rule = rule_of(g, v);
-    // Moving elements (reshape, permute) keeps a pending reduction pending.
-    let moves = matches!(node.op, Op::Reshape { .. } | Op::Permute { .. });
+    // An op that only moves elements (its rule says so) keeps a pending reduction pending.
+    let moves = rule.carries_partial;
     for p in &node.ty.sharding.partial {
         let reduces = rule
             .factors
@@ -330,7 +331,7 @@ fn check_mesh(g: &Graph, diags: &mut Vec<Diagnostic>) {
 
 fn check_params(g: &Graph, diags: &mut Vec<Diagnostic>) {
     for (i, &p) in g.params().iter().enumerate() {
-        if g.op(p) != &(Op::Param { index: i }) {
+        if g.op(p) != &(Op::Param(Param { index: i })) {
             diags.push(Diagnostic::error(
                 format!(
                     "parameter {i} (`%{}`) is not a parameter node with index {i}",
@@ -379,7 +380,7 @@ fn check_op(
         }
     }
     let tys: Vec<&TensorType> = operands.iter().map(|&o| g.ty(o)).collect();
-    match infer(&node.op, &tys) {
+    match infer(&node.op, &tys, node.result) {
         Err(e) => {
             let mut d = Diagnostic::error(e.message, node.span, format!("in `{}`", node.op.name()));
             if let Some(h) = e.hint {
@@ -388,7 +389,7 @@ fn check_op(
             diags.push(d);
         }
         Ok((dtype, shape)) => {
-            if let Op::Collective { kind, axis } = &node.op {
+            if let Op::Collective(CollectiveOp { kind, axis }) = &node.op {
                 if let Some(&o) = operands.first() {
                     check_collective(g, v, g.ty(o), *kind, axis, diags);
                 }
@@ -721,7 +722,7 @@ mod tests {
             Span::DUMMY,
         );
         let y = g
-            .add_op("y", Op::Unary(crate::op::UnaryOp::Exp), &[x], Span::DUMMY)
+            .add_op("y", Op::Unary(crate::ops::UnaryOp::Exp), &[x], Span::DUMMY)
             .unwrap();
         g.set_outputs(vec![y]);
         assert!(verify(&g).is_empty());
@@ -748,7 +749,7 @@ mod tests {
         }];
         let x = g.add_param("x", ty, Span::DUMMY);
         let mut node = g.node(x).clone();
-        node.op = Op::Unary(crate::op::UnaryOp::Exp);
+        node.op = Op::Unary(crate::ops::UnaryOp::Exp);
         node.ty = TensorType::new(DType::BF16, vec![48.into(), 8.into()]);
         let y = g.add_node(node, &[x]);
         let _ = y;

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tpc_ir::ops::CollectiveOp;
 
 use tpc_ir::infer::infer;
 use tpc_ir::layout::{local_shape, piece_indices, rank_coords, MeshCoords};
@@ -92,7 +93,7 @@ pub fn lower_to_local(
         let shape: Vec<usize> = indices.iter().map(Vec::len).collect();
         let local_dims: Vec<Dim> = shape.iter().map(|&n| Dim::constant(n as i64)).collect();
         let op = local_op(&node.op, &local_dims).unwrap_or_else(|| node.op.clone());
-        if let Op::Collective { axis, .. } = &op {
+        if let Op::Collective(CollectiveOp { axis, .. }) = &op {
             groups.insert(v, axis_group(sizes, &coords, axis));
         }
         let partial = node
@@ -139,24 +140,11 @@ impl LocalShapes {
     }
 }
 
-/// An op whose attributes name shapes (reshape, broadcast, full), with the local `shape` in
-/// them; `None` for the others, which are the same on every rank.
+/// The op as the rank computes it: the op's own answer ([`tpc_ir::OpDef::for_rank`]) for ops
+/// whose attributes name the result's shape (reshape, broadcast, full), `None` for the others,
+/// which are the same on every rank.
 fn local_op(op: &Op, shape: &[Dim]) -> Option<Op> {
-    match op {
-        Op::Reshape { .. } => Some(Op::Reshape {
-            shape: shape.to_vec(),
-        }),
-        Op::Broadcast { implicit, .. } => Some(Op::Broadcast {
-            shape: shape.to_vec(),
-            implicit: *implicit,
-        }),
-        Op::Full { value, dtype, .. } => Some(Op::Full {
-            shape: shape.to_vec(),
-            value: *value,
-            dtype: *dtype,
-        }),
-        _ => None,
-    }
+    op.def().for_rank(shape)
 }
 
 /// The distinct types of `g`'s values, in first-use order.
@@ -235,7 +223,7 @@ pub fn lower_shapes(
                 .map(|o| TensorType::new(g.ty(*o).dtype, shapes[o].clone()))
                 .collect();
             let refs: Vec<&TensorType> = operand_types.iter().collect();
-            let (_, inferred) = infer(op, &refs).map_err(|e| {
+            let (_, inferred) = infer(op, &refs, node.result).map_err(|e| {
                 Error::Lowering(format!("%{} on rank {rank}: {}", node.name, e.message))
             })?;
             if inferred != shape {

@@ -7,7 +7,7 @@ use tpc_ir::rule::{FactorId, FactorRule};
 use tpc_ir::{Dim, Factor, Graph, Partial, ReduceOp, TensorType};
 
 /// Where a value lies on one mesh axis.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Place {
     /// Dim `dim` seen as `[outer, size, inner]`, its `size` part divided over the axis.
     Split {

@@ -17,6 +17,7 @@
 //! along dim 0. Without the axis size, or with an uneven split, it is left for codegen to pack.
 
 use std::collections::BTreeMap;
+use tpc_ir::ops::{CollectiveOp, Permute, Reshape};
 
 use tpc_ir::{Collective, Dim, DimSharding, Factor, Graph, Node, Op, TensorType, ValueId};
 
@@ -215,6 +216,7 @@ fn node(name: String, op: Op, ty: TensorType, span: tpc_ir::Span) -> Node {
     Node {
         name,
         op,
+        result: 0,
         ty,
         span,
         explicit_type: true,
@@ -229,19 +231,19 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
         .filter(|&v| {
             matches!(
                 g.op(v),
-                Op::Collective {
+                Op::Collective(CollectiveOp {
                     kind: Collective::AllGather
                         | Collective::ReduceScatter(_)
                         | Collective::AllToAll,
                     ..
-                }
+                })
             )
         })
         .collect();
     let mut changed = false;
     let mut names = Names::of(g);
     for c in collectives {
-        let Op::Collective { kind, axis } = g.op(c).clone() else {
+        let Op::Collective(CollectiveOp { kind, axis }) = g.op(c).clone() else {
             continue;
         };
         let Some((x_exp, y_exp, perm)) = plan(g, c, kind, &axis, cx) else {
@@ -261,13 +263,13 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
         let mut src = x;
         if reshaped {
             let name = names.fresh(&format!("{x_name}.split"));
-            let op = Op::Reshape {
+            let op = Op::Reshape(Reshape {
                 shape: x_exp.shape.clone(),
-            };
+            });
             src = g.insert_before(c, node(name, op, x_exp.clone(), span), &[src]);
         }
         let name = names.fresh(&format!("{x_name}.major"));
-        let op = Op::Permute { perm: perm.clone() };
+        let op = Op::Permute(Permute { perm: perm.clone() });
         let major = g.insert_before(c, node(name, op, permuted(&x_exp, &perm), span), &[src]);
         g.set_operand(c, 0, major);
         // The collective itself, on the permuted buffer, under a new name.
@@ -301,13 +303,18 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
         };
         let mut out = add(
             g,
-            node(back_name, Op::Permute { perm: inverse }, back_ty, span),
+            node(
+                back_name,
+                Op::Permute(Permute { perm: inverse }),
+                back_ty,
+                span,
+            ),
             c,
         );
         if reshaped {
-            let op = Op::Reshape {
+            let op = Op::Reshape(Reshape {
                 shape: y_ty.shape.clone(),
-            };
+            });
             out = add(g, node(c_name, op, y_ty, span), out);
         }
         for u in users {

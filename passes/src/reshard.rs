@@ -18,6 +18,7 @@
 //! the reduction, so the bias is added once. Results of the function are never left partial.
 
 use std::collections::BTreeMap;
+use tpc_ir::ops::{Broadcast, CollectiveOp, Linear};
 
 use tpc_ir::rule::{rule_of, FactorKind};
 use tpc_ir::{Collective, Dim, Graph, Node, Op, ReduceOp, Sharding, TensorType, ValueId};
@@ -71,7 +72,7 @@ fn with_place(ty: &TensorType, axis: &str, to: &Target) -> Result<TensorType> {
 struct Resharder {
     axes: Vec<String>,
     /// Conversions already made: (value, axis, target) -> the converted value.
-    made: BTreeMap<(ValueId, String, String), ValueId>,
+    made: BTreeMap<(ValueId, String, Target), ValueId>,
     changed: bool,
     names: Names,
     /// Mesh axis sizes when known, to see that two writings of a split are one layout.
@@ -93,10 +94,11 @@ impl Resharder {
         let name = self.names.fresh(&format!("{}.{}", g.name(x), kind.name()));
         let node = Node {
             name,
-            op: Op::Collective {
+            op: Op::Collective(CollectiveOp {
                 kind,
                 axis: axis.to_string(),
-            },
+            }),
+            result: 0,
             ty,
             span: g.node(x).span,
             explicit_type: true,
@@ -126,7 +128,7 @@ impl Resharder {
         if same || matches!(from, Some(Place::Fixed)) || matches!(to, Some(Place::Fixed)) {
             return Ok(x);
         }
-        let key = (x, axis.to_string(), format!("{to:?}"));
+        let key = (x, axis.to_string(), to.clone());
         if let Some(&done) = self.made.get(&key) {
             return Ok(done);
         }
@@ -222,10 +224,9 @@ impl Resharder {
                     }
                 }
             }
-            Some(Place::Partial(op))
-                if matches!(g.op(v), Op::Reshape { .. } | Op::Permute { .. }) =>
-            {
-                // Moving elements keeps a pending reduction pending: the operand stays partial.
+            Some(Place::Partial(op)) if rule.carries_partial => {
+                // An op that only moves elements keeps a pending reduction pending: the operand
+                // stays partial.
                 vec![Some(Place::Partial(*op))]
             }
             Some(Place::Partial(op)) => {
@@ -280,6 +281,7 @@ impl Resharder {
         let whole = Node {
             name: self.names.fresh(&format!("{}.whole", node.name)),
             op: node.op.clone(),
+            result: node.result,
             ty: with_place(&node.ty, axis, &None)?,
             span: node.span,
             explicit_type: true,
@@ -290,10 +292,11 @@ impl Resharder {
             g.remove_operand_edge(v, i);
         }
         g.set_operand(v, 0, w);
-        g.node_mut(v).op = Op::Collective {
+        g.node_mut(v).op = Op::Collective(CollectiveOp {
             kind: Collective::Shard,
             axis: axis.to_string(),
-        };
+        });
+        g.node_mut(v).result = 0;
         self.changed = true;
         Ok(w)
     }
@@ -322,7 +325,7 @@ impl Resharder {
     fn split_bias(&mut self, g: &mut Graph, v: ValueId) -> Result<Vec<ValueId>> {
         let ops = g.operands(v);
         let partial = !g.ty(v).sharding.partial.is_empty();
-        if !(matches!(g.op(v), Op::Linear) && ops.len() == 3 && partial) {
+        if !(matches!(g.op(v), Op::Linear(_)) && ops.len() == 3 && partial) {
             return Ok(vec![v]);
         }
         let (x, w, b) = (ops[0], ops[1], ops[2]);
@@ -358,7 +361,8 @@ impl Resharder {
             v,
             Node {
                 name,
-                op: Op::Linear,
+                op: Op::Linear(Linear),
+                result: 0,
                 ty: ty.clone(),
                 span,
                 explicit_type: true,
@@ -377,10 +381,11 @@ impl Resharder {
             v,
             Node {
                 name,
-                op: Op::Broadcast {
+                op: Op::Broadcast(Broadcast {
                     shape,
                     implicit: false,
-                },
+                }),
+                result: 0,
                 ty: bty,
                 span,
                 explicit_type: true,

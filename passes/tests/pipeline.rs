@@ -1,6 +1,6 @@
 //! The pass manager on small graphs built in Rust.
 
-use tpc_ir::op::UnaryOp;
+use tpc_ir::ops::UnaryOp;
 use tpc_ir::{DType, Dim, Graph, Mesh, Op, Span, TensorType};
 use tpc_passes::{Error, PassManager, PrintAfter};
 

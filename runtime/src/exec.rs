@@ -3,8 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use tpc_ir::{Graph, Op, ValueId};
+use tpc_ir::ops::{
+    Cast, Concat, CrossEntropy, Dropout, Full, Gelu, Permute, RandLike, Reduce, Slice, Softmax,
+};
+use tpc_ir::{Graph, Op, ReduceKind, ValueId};
 
+use crate::ops::reduce::NormResult;
 use crate::ops::{linalg, lookup, pointwise, random, reduce, shape};
 use crate::tensor::Tensor;
 use crate::{Bindings, Error, Limits, Result};
@@ -84,7 +88,7 @@ pub fn run(
         } else {
             let operands = g.operands(v);
             let args: Vec<&Tensor> = operands.iter().map(|o| &env[o]).collect();
-            eval(g, v, &args, want, bindings)?
+            eval(g, v, &args, want, bindings, &Globals::default())?
         };
         debug_assert_eq!(
             t.shape(),
@@ -112,13 +116,28 @@ pub fn run(
         .collect()
 }
 
+/// What a rank knows beyond its own pieces, filled in as the op's
+/// [`tpc_ir::ops::GlobalContext`] asks; the reference executor, which holds whole values, passes
+/// the default (local indices are global there).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Globals<'a> {
+    /// The global flat index of each element of the result piece.
+    pub offsets: Option<&'a [usize]>,
+    /// The global positions of the piece's queries (sdpa's causal mask).
+    pub positions: Option<&'a [usize]>,
+    /// The global count of the reduced elements (a mean's divisor).
+    pub reduced_count: Option<usize>,
+}
+
 pub(crate) fn eval(
     g: &Graph,
     v: ValueId,
     args: &[&Tensor],
     out_shape: &[usize],
     bindings: &Bindings,
+    globals: &Globals,
 ) -> Result<Tensor> {
+    let offset = |i: usize| globals.offsets.map_or(i, |o| o[i]) as u64;
     let node = g.node(v);
     let dim_value = |d: &tpc_ir::Dim| -> Result<usize> {
         d.eval(bindings)
@@ -131,52 +150,41 @@ pub(crate) fn eval(
     Ok(match &node.op {
         Op::Param { .. } => return Err(Error::Internal("parameters are inputs".into())),
         Op::Unary(u) => pointwise::unary(*u, args[0])?,
-        Op::Gelu { approximate } => pointwise::gelu_op(args[0], *approximate)?,
+        Op::Gelu(Gelu { approximate }) => pointwise::gelu_op(args[0], *approximate)?,
         Op::Binary(b) => pointwise::binary(*b, args[0], args[1])?,
-        Op::Where => pointwise::where_op(args[0], args[1], args[2])?,
-        Op::Cast { to } => pointwise::cast(args[0], *to, &node.name)?,
+        Op::Where(_) => pointwise::where_op(args[0], args[1], args[2])?,
+        Op::Cast(Cast { to }) => pointwise::cast(args[0], *to, &node.name)?,
         Op::Broadcast { .. } => shape::broadcast(args[0], out_shape),
-        Op::Reduce { kind, dims, .. } => reduce::reduce(args[0], *kind, dims, out_shape)?,
-        Op::Softmax { dim } => reduce::softmax(args[0], *dim)?,
-        Op::LayerNorm { eps, normalized } => {
-            let row = args[0].shape()[args[0].shape().len() - normalized..]
-                .iter()
-                .product();
-            reduce::layer_norm(
-                args[0],
-                args.get(1).copied(),
-                args.get(2).copied(),
-                *eps,
-                row,
-            )?
+        Op::Reduce(Reduce { kind, dims, .. }) => match (kind, globals.reduced_count) {
+            (ReduceKind::Mean, Some(count)) => reduce::mean_of(args[0], dims, out_shape, count)?,
+            _ => reduce::reduce(args[0], *kind, dims, out_shape)?,
+        },
+        Op::Softmax(Softmax { dim }) => reduce::softmax(args[0], *dim)?,
+        Op::LayerNorm(n) => {
+            let result = [NormResult::Y, NormResult::Mean, NormResult::Rstd][node.result.min(2)];
+            let (w, b) = (args.get(1).copied(), args.get(2).copied());
+            reduce::layer_norm(args[0], w, b, n.eps, n.normalized, result)?
         }
-        Op::RmsNorm { eps, normalized } => {
-            let row = args[0].shape()[args[0].shape().len() - normalized..]
-                .iter()
-                .product();
-            reduce::rms_norm(args[0], args.get(1).copied(), *eps, row)?
+        Op::RmsNorm(n) => {
+            let result = [NormResult::Y, NormResult::Rstd][node.result.min(1)];
+            let eps = n.eps_for(args[0].dtype());
+            reduce::rms_norm(args[0], args.get(1).copied(), eps, n.normalized, result)?
         }
-        Op::Matmul => linalg::matmul(args[0], args[1], out_shape)?,
-        Op::Linear => linalg::linear(args[0], args[1], args.get(2).copied(), out_shape)?,
+        Op::Matmul(_) => linalg::matmul(args[0], args[1], out_shape)?,
+        Op::Linear(_) => linalg::linear(args[0], args[1], args.get(2).copied(), out_shape)?,
         Op::Reshape { .. } => shape::reshape(args[0], out_shape),
-        Op::Permute { perm } => shape::permute(args[0], perm),
-        Op::Slice {
-            dim,
-            start,
-            end,
-            step,
-        } => {
-            let (s, e, n) = (dim_value(start)?, dim_value(end)?, args[0].shape()[*dim]);
-            if s > e || e > n {
-                return Err(Error::Value(format!(
-                    "%{}: slice {s}..{e} of dim {dim} does not fit its extent {n}",
-                    node.name
-                )));
-            }
-            shape::slice(args[0], *dim, s, *step as usize, out_shape[*dim])
-        }
-        Op::Concat { dim } => shape::concat(args, *dim)?,
-        Op::Embedding => {
+        Op::Permute(Permute { perm }) => shape::permute(args[0], perm),
+        Op::Slice(sl) => slice(args[0], sl, &node.name, out_shape, &dim_value)?,
+        // Result `k` of a split is the slice it covers.
+        Op::Split(sp) => slice(
+            args[0],
+            &sp.piece(node.result),
+            &node.name,
+            out_shape,
+            &dim_value,
+        )?,
+        Op::Concat(Concat { dim }) => shape::concat(args, *dim)?,
+        Op::Embedding(_) => {
             let w_name = g
                 .operands(v)
                 .get(1)
@@ -184,16 +192,39 @@ pub(crate) fn eval(
                 .unwrap_or_default();
             lookup::embedding(args[0], args[1], &w_name, out_shape)?
         }
-        Op::Sdpa { causal, scale } => {
-            linalg::sdpa(args[0], args[1], args[2], *causal, *scale, None, out_shape)?
-        }
-        Op::RandLike { seed } => random::rand_like(args[0], *seed, |i| i as u64)?,
-        Op::Dropout { p, seed } => random::dropout(args[0], *p, *seed, |i| i as u64)?,
-        Op::Full { value, dtype, .. } => shape::full(out_shape, *value, *dtype)?,
+        Op::Sdpa(sdpa) => linalg::sdpa(
+            args[0],
+            args[1],
+            args[2],
+            sdpa,
+            globals.positions,
+            out_shape,
+        )?,
+        Op::RandLike(RandLike { seed }) => random::rand_like(args[0], *seed, offset)?,
+        Op::Dropout(Dropout { p, seed }) => random::dropout(args[0], *p, *seed, offset)?,
+        Op::Full(Full { value, dtype, .. }) => shape::full(out_shape, *value, *dtype)?,
         // Collectives move data between ranks; on the global value they are the identity.
         Op::Collective { .. } => args[0].clone(),
-        Op::CrossEntropy { ignore_index } => {
+        Op::CrossEntropy(CrossEntropy { ignore_index }) => {
             lookup::cross_entropy(args[0], args[1], *ignore_index)?
         }
     })
+}
+
+/// A slice of `x` (the `slice` op, or one result of a `split`).
+fn slice(
+    x: &Tensor,
+    sl: &Slice,
+    name: &str,
+    out_shape: &[usize],
+    dim_value: &dyn Fn(&tpc_ir::Dim) -> Result<usize>,
+) -> Result<Tensor> {
+    let dim = sl.dim;
+    let (s, e, n) = (dim_value(&sl.start)?, dim_value(&sl.end)?, x.shape()[dim]);
+    if s > e || e > n {
+        return Err(Error::Value(format!(
+            "%{name}: slice {s}..{e} of dim {dim} does not fit its extent {n}"
+        )));
+    }
+    Ok(shape::slice(x, dim, s, sl.step as usize, out_shape[dim]))
 }

@@ -70,7 +70,7 @@ fn int_range(g: &Graph, p: tpc_ir::ValueId, bindings: &Bindings) -> i64 {
     for u in g.users(p) {
         let ops = g.operands(u);
         match g.op(u) {
-            Op::Embedding if ops.first() == Some(&p) => {
+            Op::Embedding(_) if ops.first() == Some(&p) => {
                 if let Some(w) = ops.get(1) {
                     return g.ty(*w).shape[0].eval(bindings).unwrap_or(2).max(1);
                 }

@@ -13,15 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tpc_ir::layout::{bound_shape, flat_offsets, piece_indices, rank_coords, MeshCoords};
-use tpc_ir::{Collective, Graph, Op, ReduceKind, ReduceOp, TensorType, ValueId};
+use tpc_ir::ops::CollectiveOp;
+use tpc_ir::{Collective, Graph, Op, ReduceOp, TensorType, ValueId};
 
 use tpc_passes::lower::{axis_group, lower_to_local};
 
 use crate::collective::{run_ranks, Comm};
-use crate::exec::eval;
+use crate::exec::{eval, Globals};
 use crate::layout::{assemble, cut};
-use crate::ops::linalg::sdpa;
-use crate::ops::{random, reduce};
 use crate::tensor::{round_to, Data, Tensor};
 use crate::{Bindings, Error, Result};
 
@@ -110,44 +109,31 @@ impl Rank<'_> {
                         .ok_or_else(|| Error::MissingInput(name.to_string()))?;
                     cut(global, ty, self.bindings, &me)?
                 }
-                Op::Collective { kind, axis } => {
+                Op::Collective(CollectiveOp { kind, axis }) => {
                     let from = g.ty(operands[0]);
                     self.collective(comm, &me, args[0], from, ty, *kind, axis)?
                 }
-                Op::RandLike { seed } => {
-                    let offs = flat_offsets(shape, idx);
-                    random::rand_like(args[0], *seed, |i| offs[i] as u64)?
+                // Everything else computes on the local pieces, told what global context its
+                // op asks for (global element indices, query positions, reduced counts).
+                op => {
+                    let need = op.def().global_context(g.node(v).result);
+                    let offsets = need.element_index.then(|| flat_offsets(shape, idx));
+                    let positions = need.positions.and_then(|(operand, from_end)| {
+                        let ix = &program.values[operands.get(operand)?].indices;
+                        Some(ix[ix.len().checked_sub(from_end)?].as_slice())
+                    });
+                    let reduced_count = if need.reduced_count {
+                        Some(reduced_count(g, v, self.bindings)?)
+                    } else {
+                        None
+                    };
+                    let globals = Globals {
+                        offsets: offsets.as_deref(),
+                        positions,
+                        reduced_count,
+                    };
+                    eval(g, v, &args, &local, self.bindings, &globals)?
                 }
-                Op::Dropout { p, seed } => {
-                    let offs = flat_offsets(shape, idx);
-                    random::dropout(args[0], *p, *seed, |i| offs[i] as u64)?
-                }
-                Op::Sdpa {
-                    causal: true,
-                    scale,
-                } => {
-                    // A rank holding some of the queries masks by their global positions.
-                    let q_idx = &program.values[&operands[0]].indices;
-                    let rows = q_idx.len().checked_sub(2).map(|d| q_idx[d].as_slice());
-                    sdpa(args[0], args[1], args[2], true, *scale, rows, &local)?
-                }
-                Op::Reduce {
-                    kind: ReduceKind::Mean,
-                    dims,
-                    ..
-                } => {
-                    let in_global = global_shape(g.ty(operands[0]), self.bindings)?;
-                    let count: usize = dims.iter().map(|&d| in_global[d]).product();
-                    let sum = reduce::reduce(args[0], ReduceKind::Sum, dims, &local)?;
-                    let dt = sum.dtype();
-                    let v: Vec<f32> = sum
-                        .floats()?
-                        .iter()
-                        .map(|&s| round_to(dt, s / count as f32))
-                        .collect();
-                    Tensor::float(dt, local.clone(), v)
-                }
-                _ => eval(g, v, &args, &local, self.bindings)?,
             };
             if t.shape() != local.as_slice() {
                 return Err(Error::Internal(format!(
@@ -357,4 +343,21 @@ impl Rank<'_> {
             data,
         })
     }
+}
+
+/// The global number of elements that `v`'s op reduces over: the product of its rule's
+/// reduction factors (a mean divides by it, not by the piece's count).
+fn reduced_count(g: &Graph, v: ValueId, bindings: &Bindings) -> Result<usize> {
+    let rule = tpc_ir::rule_of(g, v);
+    let mut count = 1usize;
+    for f in &rule.factors {
+        if matches!(f.kind, tpc_ir::FactorKind::Reduction(_)) {
+            let n = f.extent.eval(bindings).map_err(|e| Error::Dim {
+                value: g.name(v).to_string(),
+                source: e,
+            })?;
+            count = count.saturating_mul(n as usize);
+        }
+    }
+    Ok(count)
 }

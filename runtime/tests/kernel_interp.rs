@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use tpc_codegen::kir::{
     Attention, Copy, CrossEntropy, Embedding, Expr, Fused, Input, Kernel, Output, Scalar, Value,
 };
-use tpc_ir::op::{BinaryOp, GeluApprox, UnaryOp};
+use tpc_ir::ops::{BinaryOp, GeluApprox, UnaryOp};
 use tpc_ir::{parse, DType, ReduceOp, SourceFile};
 use tpc_runtime::kernel::{run_kernel, KArg};
 use tpc_runtime::{bind_symbols, run_reference, Data, Error, Tensor};

@@ -6,7 +6,7 @@
 use tpc::codegen::kir::{
     Attention, Copy, CrossEntropy, Embedding, Expr, Fused, Input, Kernel, Output, Scalar, Value,
 };
-use tpc::ir::op::{BinaryOp, GeluApprox, UnaryOp};
+use tpc::ir::ops::{BinaryOp, GeluApprox, UnaryOp};
 use tpc::ir::{DType, ReduceOp};
 
 /// A fused kernel's body, value by value.

@@ -10,7 +10,7 @@
 
 use std::fmt::Write;
 
-use tpc_ir::op::{BinaryOp, GeluApprox, UnaryOp};
+use tpc_ir::ops::{BinaryOp, GeluApprox, UnaryOp};
 use tpc_ir::{DType, ReduceOp};
 
 use crate::kir::{Expr, Fused, Kernel, Param, ParamKind, Scalar};
@@ -213,6 +213,8 @@ fn unary(op: UnaryOp, a: &str) -> String {
         UnaryOp::Relu => format!("(({a} > 0.0f || {a} != {a}) ? {a} : 0.0f)"),
         UnaryOp::Silu => format!("({a} * tpc_sigmoid({a}))"),
         UnaryOp::Reciprocal => format!("(1.0f / {a})"),
+        UnaryOp::Sin => format!("sinf({a})"),
+        UnaryOp::Cos => format!("cosf({a})"),
         UnaryOp::Not => format!("(!{a})"),
     }
 }

@@ -3,9 +3,9 @@
 
 use crate::dim::Dim;
 use crate::dtype::DType;
-use crate::op::{AttrValue, Collective, GeluApprox, Op, BINARY_OPS, REDUCE_OPS, UNARY_OPS};
+use crate::ops::{AttrValue, Op};
 use crate::span::Span;
-use crate::types::{ReduceOp, TensorType};
+use crate::types::TensorType;
 
 /// An attribute as written: `name = value`.
 #[derive(Clone, Debug)]
@@ -25,15 +25,39 @@ pub struct AttrError {
     pub help: Option<String>,
 }
 
-struct Reader<'a> {
-    op: &'a str,
+/// What an op's constructor reads its attributes through: typed getters that record which
+/// attributes the op takes (so that an unknown one is an error naming the valid ones) and
+/// errors located at the attribute.
+pub struct AttrReader<'a> {
+    op: &'static str,
     attrs: &'a [Attr],
     op_span: Span,
     allowed: Vec<&'static str>,
 }
 
-impl<'a> Reader<'a> {
-    fn err(&self, span: Span, message: String, label: &str, help: Option<String>) -> AttrError {
+impl<'a> AttrReader<'a> {
+    /// The op's name as written.
+    pub(crate) fn op(&self) -> &'static str {
+        self.op
+    }
+
+    /// The error for a name the constructor does not know (a registry entry without its op).
+    pub(crate) fn unknown(&self) -> AttrError {
+        self.err(
+            self.op_span,
+            format!("internal: no op `{}`", self.op),
+            "here",
+            None,
+        )
+    }
+
+    pub(crate) fn err(
+        &self,
+        span: Span,
+        message: String,
+        label: &str,
+        help: Option<String>,
+    ) -> AttrError {
         AttrError {
             message,
             span,
@@ -42,13 +66,13 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn get(&mut self, name: &'static str) -> Option<&'a Attr> {
+    pub(crate) fn get(&mut self, name: &'static str) -> Option<&'a Attr> {
         self.allowed.push(name);
         self.attrs.iter().find(|a| a.name == name)
     }
 
     /// An attribute that `default_attrs` gives a default, so it is always present.
-    fn defaulted(&mut self, name: &'static str) -> Result<&'a Attr, AttrError> {
+    pub(crate) fn defaulted(&mut self, name: &'static str) -> Result<&'a Attr, AttrError> {
         self.get(name).ok_or_else(|| {
             self.err(
                 self.op_span,
@@ -59,7 +83,11 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn required(&mut self, name: &'static str, example: &str) -> Result<&'a Attr, AttrError> {
+    pub(crate) fn required(
+        &mut self,
+        name: &'static str,
+        example: &str,
+    ) -> Result<&'a Attr, AttrError> {
         self.get(name).ok_or_else(|| {
             self.err(
                 self.op_span,
@@ -70,7 +98,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn kind_err(&self, a: &Attr, want: &str) -> AttrError {
+    pub(crate) fn kind_err(&self, a: &Attr, want: &str) -> AttrError {
         self.err(
             a.value_span,
             format!("`{}` must be {want}, not `{}`", a.name, a.value),
@@ -79,14 +107,14 @@ impl<'a> Reader<'a> {
         )
     }
 
-    fn int(&self, a: &Attr) -> Result<i64, AttrError> {
+    pub(crate) fn int(&self, a: &Attr) -> Result<i64, AttrError> {
         match &a.value {
             AttrValue::Int(i) => Ok(*i),
             _ => Err(self.kind_err(a, "an integer")),
         }
     }
 
-    fn float(&self, a: &Attr) -> Result<f64, AttrError> {
+    pub(crate) fn float(&self, a: &Attr) -> Result<f64, AttrError> {
         match &a.value {
             AttrValue::Int(i) => Ok(*i as f64),
             AttrValue::Float(x) => Ok(*x),
@@ -96,19 +124,19 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn bool(&self, a: &Attr) -> Result<bool, AttrError> {
+    pub(crate) fn bool(&self, a: &Attr) -> Result<bool, AttrError> {
         match &a.value {
             AttrValue::Bool(b) => Ok(*b),
             _ => Err(self.kind_err(a, "`true` or `false`")),
         }
     }
 
-    fn seed(&self, a: &Attr) -> Result<u64, AttrError> {
+    pub(crate) fn seed(&self, a: &Attr) -> Result<u64, AttrError> {
         let i = self.int(a)?;
         u64::try_from(i).map_err(|_| self.kind_err(a, "a non-negative integer"))
     }
 
-    fn dim_value(&self, a: &Attr, v: &AttrValue) -> Result<Dim, AttrError> {
+    pub(crate) fn dim_value(&self, a: &Attr, v: &AttrValue) -> Result<Dim, AttrError> {
         match v {
             AttrValue::Int(i) => Ok(Dim::constant(*i)),
             AttrValue::Dim(d) => Ok(d.clone()),
@@ -119,14 +147,14 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn shape(&self, a: &Attr) -> Result<Vec<Dim>, AttrError> {
+    pub(crate) fn shape(&self, a: &Attr) -> Result<Vec<Dim>, AttrError> {
         match &a.value {
             AttrValue::List(items) => items.iter().map(|v| self.dim_value(a, v)).collect(),
             _ => Err(self.kind_err(a, "a list of dims like `[B, S, 768]`")),
         }
     }
 
-    fn dtype(&self, a: &Attr) -> Result<DType, AttrError> {
+    pub(crate) fn dtype(&self, a: &Attr) -> Result<DType, AttrError> {
         match &a.value {
             AttrValue::Ident(s) => DType::from_name(s).ok_or_else(|| {
                 self.err(
@@ -141,7 +169,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A dim index, possibly negative, normalized against `rank`.
-    fn axis(&self, a: &Attr, v: &AttrValue, rank: usize) -> Result<usize, AttrError> {
+    pub(crate) fn axis(&self, a: &Attr, v: &AttrValue, rank: usize) -> Result<usize, AttrError> {
         let i = match v {
             AttrValue::Int(i) => *i,
             _ => return Err(self.kind_err(a, "a dim index")),
@@ -160,7 +188,7 @@ impl<'a> Reader<'a> {
         Ok(if i < 0 { (i + r) as usize } else { i as usize })
     }
 
-    fn axes(&self, a: &Attr, rank: usize) -> Result<Vec<usize>, AttrError> {
+    pub(crate) fn axes(&self, a: &Attr, rank: usize) -> Result<Vec<usize>, AttrError> {
         match &a.value {
             AttrValue::List(items) => items.iter().map(|v| self.axis(a, v, rank)).collect(),
             AttrValue::Int(_) => Ok(vec![self.axis(a, &a.value, rank)?]),
@@ -209,10 +237,11 @@ pub fn build_op(
     attrs: &[Attr],
     operands: &[&TensorType],
 ) -> Option<Result<Op, AttrError>> {
-    // The text's attributes, then the defaults of those it leaves out (one table for the decoder
-    // and the printer).
+    let spec = crate::ops::spec(name)?;
+    // The text's attributes, then the defaults of those it leaves out (one table, the op's, for
+    // the decoder and the printer).
     let mut merged: Vec<Attr> = attrs.to_vec();
-    for (n, value) in default_attrs(name, operands) {
+    for (n, value) in (spec.defaults)(operands) {
         if !attrs.iter().any(|a| a.name == n) {
             merged.push(Attr {
                 name: n.to_string(),
@@ -222,249 +251,22 @@ pub fn build_op(
             });
         }
     }
-    let mut r = Reader {
-        op: name,
+    let mut r = AttrReader {
+        op: spec.name,
         attrs: &merged,
         op_span,
         allowed: Vec::new(),
     };
-    let rank = operands.first().map(|t| t.rank()).unwrap_or(0);
-    let result = (|| -> Result<Op, AttrError> {
-        let op = if let Some((u, _)) = UNARY_OPS.iter().find(|(_, n)| *n == name) {
-            Op::Unary(*u)
-        } else if let Some((b, _)) = BINARY_OPS.iter().find(|(_, n)| *n == name) {
-            Op::Binary(*b)
-        } else if let Some((kind, _)) = REDUCE_OPS.iter().find(|(_, n)| *n == name) {
-            let dims = r.required("dims", "dims = [-1]")?;
-            let dims = r.axes(dims, rank)?;
-            let keepdim = {
-                let a = r.defaulted("keepdim")?;
-                r.bool(a)?
-            };
-            Op::Reduce {
-                kind: *kind,
-                dims,
-                keepdim,
-            }
-        } else {
-            match name {
-                "gelu" => {
-                    let a = r.defaulted("approximate")?;
-                    let approximate = match &a.value {
-                        AttrValue::Ident(s) if s == "none" => GeluApprox::None,
-                        AttrValue::Ident(s) if s == "tanh" => GeluApprox::Tanh,
-                        _ => return Err(r.kind_err(a, "`none` or `tanh`")),
-                    };
-                    Op::Gelu { approximate }
-                }
-                "where" => Op::Where,
-                "matmul" => Op::Matmul,
-                "linear" => Op::Linear,
-                "embedding" => Op::Embedding,
-                "cast" => {
-                    let a = r.required("dtype", "dtype = f32")?;
-                    Op::Cast { to: r.dtype(a)? }
-                }
-                "broadcast" => {
-                    let a = r.required("shape", "shape = [B, S, 768]")?;
-                    Op::Broadcast {
-                        shape: r.shape(a)?,
-                        implicit: false,
-                    }
-                }
-                "reshape" => {
-                    let a = r.required("shape", "shape = [B, S, 16, 48]")?;
-                    Op::Reshape { shape: r.shape(a)? }
-                }
-                "full" => {
-                    let a = r.required("shape", "shape = [B, S], value = 0.0")?;
-                    let shape = r.shape(a)?;
-                    let a = r.required("value", "shape = [B, S], value = 0.0")?;
-                    let value = r.float(a)?;
-                    let dtype = {
-                        let a = r.defaulted("dtype")?;
-                        r.dtype(a)?
-                    };
-                    Op::Full {
-                        shape,
-                        value,
-                        dtype,
-                    }
-                }
-                "softmax" => {
-                    let a = r.required("dim", "dim = -1")?;
-                    Op::Softmax {
-                        dim: r.axis(a, &a.value, rank)?,
-                    }
-                }
-                "layer_norm" | "rms_norm" => {
-                    let eps = match r.get("eps") {
-                        Some(a) => Some(r.float(a)?),
-                        None => None,
-                    };
-                    let normalized = {
-                        let a = r.defaulted("normalized")?;
-                        {
-                            let n = r.int(a)?;
-                            usize::try_from(n)
-                                .map_err(|_| r.kind_err(a, "a positive count of trailing dims"))?
-                        }
-                    };
-                    if name == "layer_norm" {
-                        Op::LayerNorm {
-                            eps: eps.unwrap_or(1e-5),
-                            normalized,
-                        }
-                    } else {
-                        Op::RmsNorm { eps, normalized }
-                    }
-                }
-                "permute" => {
-                    let a = r.required("dims", "dims = [0, 2, 1, 3]")?;
-                    Op::Permute {
-                        perm: r.axes(a, rank)?,
-                    }
-                }
-                "slice" => {
-                    let dim_attr = r.required("dim", "dim = 2, start = 0, end = 1")?;
-                    let dim = r.axis(dim_attr, &dim_attr.value, rank)?;
-                    let extent = operands
-                        .first()
-                        .and_then(|t| t.shape.get(dim).cloned())
-                        .unwrap_or_default();
-                    let start = {
-                        let a = r.defaulted("start")?;
-                        r.dim_value(a, &a.value)?
-                    };
-                    let end = match r.get("end") {
-                        Some(a) => r.dim_value(a, &a.value)?,
-                        None => extent,
-                    };
-                    let step = {
-                        let a = r.defaulted("step")?;
-                        r.int(a)?
-                    };
-                    Op::Slice {
-                        dim,
-                        start,
-                        end,
-                        step,
-                    }
-                }
-                "concat" => {
-                    let a = r.required("dim", "dim = 0")?;
-                    Op::Concat {
-                        dim: r.axis(a, &a.value, rank)?,
-                    }
-                }
-                "sdpa" => {
-                    let causal = {
-                        let a = r.defaulted("causal")?;
-                        r.bool(a)?
-                    };
-                    let scale = match r.get("scale") {
-                        Some(a) => Some(r.float(a)?),
-                        None => None,
-                    };
-                    Op::Sdpa { causal, scale }
-                }
-                "rand_like" => Op::RandLike {
-                    seed: {
-                        let a = r.defaulted("seed")?;
-                        r.seed(a)?
-                    },
-                },
-                "dropout" => {
-                    let p = {
-                        let a = r.defaulted("p")?;
-                        {
-                            let p = r.float(a)?;
-                            if !(0.0..=1.0).contains(&p) {
-                                return Err(r.err(
-                                    a.value_span,
-                                    format!("dropout probability {p} is not in [0, 1]"),
-                                    "out of range",
-                                    None,
-                                ));
-                            }
-                            p
-                        }
-                    };
-                    let seed = {
-                        let a = r.defaulted("seed")?;
-                        r.seed(a)?
-                    };
-                    Op::Dropout { p, seed }
-                }
-                "allreduce" | "reduce_scatter" | "allgather" | "all_to_all" | "shard" => {
-                    let a = r.required("axis", "axis = tp")?;
-                    let AttrValue::Ident(axis) = &a.value else {
-                        return Err(r.kind_err(a, "a mesh axis name"));
-                    };
-                    let reduce = if matches!(name, "allreduce" | "reduce_scatter") {
-                        let o = r.defaulted("op")?;
-                        match &o.value {
-                            AttrValue::Ident(s) if s == "sum" => ReduceOp::Sum,
-                            AttrValue::Ident(s) if s == "max" => ReduceOp::Max,
-                            AttrValue::Ident(s) if s == "min" => ReduceOp::Min,
-                            _ => return Err(r.kind_err(o, "`sum`, `max` or `min`")),
-                        }
-                    } else {
-                        ReduceOp::Sum
-                    };
-                    let kind = match name {
-                        "allreduce" => Collective::AllReduce(reduce),
-                        "reduce_scatter" => Collective::ReduceScatter(reduce),
-                        "allgather" => Collective::AllGather,
-                        "all_to_all" => Collective::AllToAll,
-                        _ => Collective::Shard,
-                    };
-                    Op::Collective {
-                        kind,
-                        axis: axis.clone(),
-                    }
-                }
-                "cross_entropy" => Op::CrossEntropy {
-                    ignore_index: {
-                        let a = r.defaulted("ignore_index")?;
-                        r.int(a)?
-                    },
-                },
-                _ => return Err(r.err(op_span, String::new(), "", None)),
-            }
-        };
+    Some((spec.parse)(&mut r, operands).and_then(|op| {
         r.finish()?;
         Ok(op)
-    })();
-    match result {
-        Err(e) if e.message.is_empty() => None,
-        other => Some(other),
-    }
+    }))
 }
 
 /// The attributes an op takes by default, as `Op::attrs` would write them: the decoder fills
 /// these in when the text leaves them out, and the printer leaves out the ones that match.
 pub fn default_attrs(op: &str, operands: &[&TensorType]) -> Vec<(&'static str, AttrValue)> {
-    let normalized = || AttrValue::Int(operands.get(1).map(|w| w.rank()).unwrap_or(1) as i64);
-    match op {
-        "gelu" => vec![("approximate", AttrValue::Ident("none".into()))],
-        "sum" | "mean" | "max" | "min" => vec![("keepdim", AttrValue::Bool(false))],
-        "layer_norm" => vec![
-            ("eps", AttrValue::Float(1e-5)),
-            ("normalized", normalized()),
-        ],
-        "rms_norm" => vec![("normalized", normalized())],
-        // `end` is always written: a slice reads better with both bounds in sight.
-        "slice" => vec![
-            ("start", AttrValue::Dim(Dim::constant(0))),
-            ("step", AttrValue::Int(1)),
-        ],
-        "sdpa" => vec![("causal", AttrValue::Bool(false))],
-        "rand_like" => vec![("seed", AttrValue::Int(0))],
-        "dropout" => vec![("p", AttrValue::Float(0.5)), ("seed", AttrValue::Int(0))],
-        "full" => vec![("dtype", AttrValue::Ident("f32".into()))],
-        "cross_entropy" => vec![("ignore_index", AttrValue::Int(-100))],
-        "allreduce" | "reduce_scatter" => vec![("op", AttrValue::Ident("sum".into()))],
-        _ => Vec::new(),
-    }
+    crate::ops::spec(op)
+        .map(|s| (s.defaults)(operands))
+        .unwrap_or_default()
 }

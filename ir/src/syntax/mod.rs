@@ -1,6 +1,6 @@
 //! The text form: lexer, parser (with diagnostics) and printer.
 
-mod attrs;
+pub(crate) mod attrs;
 mod lexer;
 mod parser;
 mod printer;

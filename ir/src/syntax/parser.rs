@@ -10,7 +10,8 @@ use crate::dtype::DType;
 use crate::graph::{Graph, ValueId};
 use crate::infer::MAX_ELEMENTS;
 use crate::mesh::{Mesh, MeshAxis};
-use crate::op::{all_op_names, AttrValue};
+use crate::ops::Broadcast;
+use crate::ops::{all_op_names, AttrValue};
 use crate::span::Span;
 use crate::types::{DimSharding, Factor, Partial, ReduceOp, Sharding, TensorType};
 
@@ -101,7 +102,8 @@ fn attach_comments(g: &mut Graph, comments: &[Comment], src: &str, close: Span) 
         .filter(|&v| {
             !matches!(
                 g.op(v),
-                crate::op::Op::Param { .. } | crate::op::Op::Broadcast { implicit: true, .. }
+                crate::ops::Op::Param { .. }
+                    | crate::ops::Op::Broadcast(Broadcast { implicit: true, .. })
             )
         })
         .map(|v| (g.node(v).span, v))
@@ -507,7 +509,8 @@ impl<'s> Parser<'s> {
                         self.recover();
                     }
                 }
-                Tok::Value(_) => {
+                Tok::Value(_) | Tok::Ident(_) if !matches!(self.peek(), Tok::Ident(s) if s != "_") =>
+                {
                     if returned {
                         let s = self.span();
                         self.error(
@@ -648,40 +651,102 @@ impl<'s> Parser<'s> {
     }
 
     fn stmt(&mut self, g: &mut Graph) -> PResult<()> {
-        let t = self.bump();
-        let Tok::Value(name) = t.tok else {
-            return Err(self.expected("a value name"));
-        };
-        let name_span = t.span;
-        // From here on an error poisons the name, so its uses stay silent.
-        let result = self.stmt_rest(g, &name, name_span);
-        let entry = match result {
-            Ok(Some(v)) => Entry::Defined(v),
-            Ok(None) | Err(Reported) => Entry::Poisoned,
-        };
-        if let Some((_, first)) = self.names.get(&name) {
-            let first = *first;
-            self.error(
-                Diagnostic::error(
-                    format!("`%{name}` is defined twice"),
-                    name_span,
-                    "defined again here",
-                )
-                .with_secondary(first, "first defined here")
-                .with_help("every value needs its own name (SSA)"),
-            );
-        } else {
-            self.names.insert(name, (entry, name_span));
+        // The names the statement defines: `%y`, or `%a, _, %c` for an op with several results.
+        let mut names: Vec<Option<(String, Span)>> = Vec::new();
+        loop {
+            let t = self.bump();
+            match t.tok {
+                Tok::Value(name) => names.push(Some((name, t.span))),
+                Tok::Ident(s) if s == "_" => names.push(None),
+                _ => return Err(self.expected("a value name (or `_` for an unused result)")),
+            }
+            if !self.eat(&Tok::Comma) {
+                break;
+            }
+        }
+        // From here on an error poisons the names, so their uses stay silent.
+        let result = self.stmt_rest(g, &names);
+        for (k, (name, name_span)) in names
+            .iter()
+            .enumerate()
+            .filter_map(|(k, n)| n.clone().map(|n| (k, n)))
+        {
+            let entry = match &result {
+                Ok(vs) => match vs.get(k).copied().flatten() {
+                    Some(v) => Entry::Defined(v),
+                    None => Entry::Poisoned,
+                },
+                Err(Reported) => Entry::Poisoned,
+            };
+            if let Some((_, first)) = self.names.get(&name) {
+                let first = *first;
+                self.error(
+                    Diagnostic::error(
+                        format!("`%{name}` is defined twice"),
+                        name_span,
+                        "defined again here",
+                    )
+                    .with_secondary(first, "first defined here")
+                    .with_help("every value needs its own name (SSA)"),
+                );
+            } else {
+                self.names.insert(name, (entry, name_span));
+            }
         }
         result.map(|_| ())
     }
 
+    /// The declared types after `:`: one type, or `(t, …)` with one per named result.
+    fn declared_types(&mut self, g: &Graph, named: usize) -> PResult<Vec<(TensorType, Span)>> {
+        if named == 1 && !self.at(&Tok::LParen) {
+            let s = self.span();
+            return Ok(vec![(self.ty(g)?, s.to(self.prev_end()))]);
+        }
+        self.open(Tok::LParen, "`(` and a type per named result")?;
+        let mut out = Vec::new();
+        loop {
+            let s = self.span();
+            out.push((self.ty(g)?, s.to(self.prev_end())));
+            if !self.eat(&Tok::Comma) {
+                break;
+            }
+        }
+        self.close(Tok::RParen, "`,` or `)` after the type")?;
+        if out.len() != named {
+            let s = out[0].1.to(out[out.len() - 1].1);
+            return Err(self.error(Diagnostic::error(
+                format!(
+                    "{} types are declared for {named} named result{}",
+                    out.len(),
+                    if named == 1 { "" } else { "s" }
+                ),
+                s,
+                "one type per named result",
+            )));
+        }
+        Ok(out)
+    }
+
+    /// The rest of a statement after its names; the value of each name (`None` where the
+    /// statement failed quietly because an operand was poisoned).
     fn stmt_rest(
         &mut self,
         g: &mut Graph,
-        name: &str,
-        name_span: Span,
-    ) -> PResult<Option<ValueId>> {
+        names: &[Option<(String, Span)>],
+    ) -> PResult<Vec<Option<ValueId>>> {
+        let first_span = names
+            .iter()
+            .flatten()
+            .map(|(_, s)| *s)
+            .next()
+            .unwrap_or_else(|| self.prev_end());
+        let named = names.iter().flatten().count();
+        if named == 0 {
+            return Err(self.error(
+                Diagnostic::error("a statement that names no result", first_span, "all `_`")
+                    .with_help("name at least one result: `%a, _ = split(…)`"),
+            ));
+        }
         self.expect(Tok::Equals, "`=`")?;
         let (op_name, op_span) = self.ident("an op name")?;
         self.open(Tok::LParen, "`(` and the operands")?;
@@ -712,17 +777,16 @@ impl<'s> Parser<'s> {
             Vec::new()
         };
         let declared = if self.eat(&Tok::Colon) {
-            let s = self.span();
-            Some((self.ty(g)?, s.to(self.prev_end())))
+            Some(self.declared_types(g, named)?)
         } else {
             None
         };
-        let span = name_span.to(self.prev_end());
+        let span = first_span.to(self.prev_end());
         if lookup_failed {
             return Err(Reported);
         }
         let Some(operands) = operands.into_iter().collect::<Option<Vec<ValueId>>>() else {
-            return Ok(None);
+            return Ok(vec![None; names.len()]);
         };
         let tys: Vec<TensorType> = operands.iter().map(|&o| g.ty(o).clone()).collect();
         let ty_refs: Vec<&TensorType> = tys.iter().collect();
@@ -745,7 +809,11 @@ impl<'s> Parser<'s> {
             }
             Some(Ok(op)) => op,
         };
-        let v = match g.add_op(name, op, &operands, span) {
+        let value_names: Vec<Option<String>> = names
+            .iter()
+            .map(|n| n.as_ref().map(|(n, _)| n.clone()))
+            .collect();
+        let values = match g.add_op_results(&value_names, op, &operands, span) {
             Ok(v) => v,
             Err(e) => {
                 let (at, label) = match e.operand.and_then(|i| operand_spans.get(i)) {
@@ -759,7 +827,11 @@ impl<'s> Parser<'s> {
                 return Err(self.error(d));
             }
         };
-        if let Some((decl, dspan)) = declared {
+        let named_values = names
+            .iter()
+            .zip(&values)
+            .filter_map(|(n, v)| Some((n.as_ref()?.0.clone(), (*v)?)));
+        for ((name, v), (decl, dspan)) in named_values.zip(declared.into_iter().flatten()) {
             let got = g.ty(v).clone();
             if !got.same_value_type(&decl) {
                 return Err(self.error(
@@ -785,7 +857,7 @@ impl<'s> Parser<'s> {
             node.ty.sharding = decl.sharding;
             node.explicit_type = true;
         }
-        Ok(Some(v))
+        Ok(values)
     }
 
     // ---- attributes ----

@@ -2,13 +2,14 @@
 //! implicit broadcasts folded back into their users. `Full` mode shows every node and every
 //! value's type, for IR after passes. Both keep the source's comments (see `Comments`).
 
+use crate::ops::Broadcast;
 use std::fmt::Write;
 
 use super::attrs::default_attrs;
 use crate::dim::Dim;
 use crate::graph::{Graph, ValueId};
 use crate::mesh::Mesh;
-use crate::op::Op;
+use crate::ops::Op;
 use crate::types::{DimSharding, Factor, Partial, TensorType};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +99,7 @@ fn mesh_string(m: &Mesh) -> String {
 
 fn is_folded(g: &Graph, v: ValueId, mode: PrintMode) -> bool {
     mode == PrintMode::Source
-        && matches!(g.op(v), Op::Broadcast { implicit: true, .. })
+        && matches!(g.op(v), Op::Broadcast(Broadcast { implicit: true, .. }))
         && !g.node(v).explicit_type
 }
 
@@ -164,6 +165,12 @@ pub fn print(g: &Graph, mode: PrintMode) -> String {
             continue;
         }
         let node = g.node(v);
+        // An op with several results prints once, at its first kept result, naming every
+        // result (`_` for one no node keeps).
+        let statement = g.statement_of(v);
+        if statement[0] != v {
+            continue;
+        }
         if let Some(lines) = g.comments.before.get(&v) {
             comment_lines(&mut out, lines, "  ");
         }
@@ -172,17 +179,29 @@ pub fn print(g: &Graph, mode: PrintMode) -> String {
             .into_iter()
             .map(|o| operand_name(g, o, mode))
             .collect();
+        let names: Vec<String> = if node.op.num_results() == 1 {
+            vec![format!("%{}", node.name)]
+        } else {
+            (0..node.op.num_results())
+                .map(|k| {
+                    statement
+                        .iter()
+                        .find(|&&x| g.node(x).result == k)
+                        .map_or("_".to_string(), |&x| format!("%{}", g.name(x)))
+                })
+                .collect()
+        };
         let _ = write!(
             out,
-            "  %{} = {}({})",
-            node.name,
+            "  {} = {}({})",
+            names.join(", "),
             node.op.name(),
             operands.join(", ")
         );
         let operand_tys: Vec<&TensorType> = g.operands(v).into_iter().map(|o| g.ty(o)).collect();
         let defaults = default_attrs(node.op.name(), &operand_tys);
         // Attributes equal to their defaults are left out, so `fmt` prints what a person writes.
-        let attrs: Vec<(&str, crate::op::AttrValue)> = node
+        let attrs: Vec<(&str, crate::ops::AttrValue)> = node
             .op
             .attrs()
             .into_iter()
@@ -192,8 +211,13 @@ pub fn print(g: &Graph, mode: PrintMode) -> String {
             let attrs: Vec<String> = attrs.iter().map(|(k, v)| format!("{k} = {v}")).collect();
             let _ = write!(out, " {{{}}}", attrs.join(", "));
         }
-        if mode == PrintMode::Full || node.explicit_type {
-            let _ = write!(out, " : {}", type_string(&node.ty));
+        if mode == PrintMode::Full || statement.iter().any(|&x| g.node(x).explicit_type) {
+            let types: Vec<String> = statement.iter().map(|&x| type_string(g.ty(x))).collect();
+            if node.op.num_results() == 1 {
+                let _ = write!(out, " : {}", types[0]);
+            } else {
+                let _ = write!(out, " : ({})", types.join(", "));
+            }
         }
         if let Some(t) = g.comments.trailing.get(&v) {
             let _ = write!(out, "  #{t}");

@@ -19,12 +19,12 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use tpc_codegen::kir::{Expr, Fused, Value};
-use tpc_ir::op::{BinaryOp, GeluApprox, UnaryOp};
+use tpc_ir::ops::{BinaryOp, GeluApprox, UnaryOp};
 use tpc_ir::{DType, ReduceOp};
 
 use super::lut::{self, Func};
 use super::{draw, Args, View, ViewMut};
-use crate::ops::pointwise::{compare, float_binary, float_unary, gelu};
+use crate::ops::pointwise::{compare, float_binary, gelu};
 use crate::tensor::round_to;
 use crate::{Error, Result};
 
@@ -179,7 +179,7 @@ fn bit(b: bool) -> f32 {
 fn scalar_unary(op: UnaryOp, x: f32) -> f32 {
     match op {
         UnaryOp::Not => bit(x == 0.0),
-        op => float_unary(op, x),
+        op => op.eval_f32(x),
     }
 }
 
@@ -199,19 +199,21 @@ macro_rules! with_unary {
     ($op:expr, $run:ident($($arg:expr),*)) => {
         match $op {
             UnaryOp::Not => $run(|x: f32| bit(x == 0.0), $($arg),*),
-            UnaryOp::Neg => $run(|x: f32| float_unary(UnaryOp::Neg, x), $($arg),*),
-            UnaryOp::Abs => $run(|x: f32| float_unary(UnaryOp::Abs, x), $($arg),*),
-            UnaryOp::Exp => $run(|x: f32| float_unary(UnaryOp::Exp, x), $($arg),*),
-            UnaryOp::Log => $run(|x: f32| float_unary(UnaryOp::Log, x), $($arg),*),
-            UnaryOp::Sqrt => $run(|x: f32| float_unary(UnaryOp::Sqrt, x), $($arg),*),
-            UnaryOp::Rsqrt => $run(|x: f32| float_unary(UnaryOp::Rsqrt, x), $($arg),*),
-            UnaryOp::Tanh => $run(|x: f32| float_unary(UnaryOp::Tanh, x), $($arg),*),
-            UnaryOp::Sigmoid => $run(|x: f32| float_unary(UnaryOp::Sigmoid, x), $($arg),*),
-            UnaryOp::Relu => $run(|x: f32| float_unary(UnaryOp::Relu, x), $($arg),*),
-            UnaryOp::Silu => $run(|x: f32| float_unary(UnaryOp::Silu, x), $($arg),*),
+            UnaryOp::Neg => $run(|x: f32| UnaryOp::Neg.eval_f32(x), $($arg),*),
+            UnaryOp::Abs => $run(|x: f32| UnaryOp::Abs.eval_f32(x), $($arg),*),
+            UnaryOp::Exp => $run(|x: f32| UnaryOp::Exp.eval_f32(x), $($arg),*),
+            UnaryOp::Log => $run(|x: f32| UnaryOp::Log.eval_f32(x), $($arg),*),
+            UnaryOp::Sqrt => $run(|x: f32| UnaryOp::Sqrt.eval_f32(x), $($arg),*),
+            UnaryOp::Rsqrt => $run(|x: f32| UnaryOp::Rsqrt.eval_f32(x), $($arg),*),
+            UnaryOp::Tanh => $run(|x: f32| UnaryOp::Tanh.eval_f32(x), $($arg),*),
+            UnaryOp::Sigmoid => $run(|x: f32| UnaryOp::Sigmoid.eval_f32(x), $($arg),*),
+            UnaryOp::Relu => $run(|x: f32| UnaryOp::Relu.eval_f32(x), $($arg),*),
+            UnaryOp::Silu => $run(|x: f32| UnaryOp::Silu.eval_f32(x), $($arg),*),
             UnaryOp::Reciprocal => {
-                $run(|x: f32| float_unary(UnaryOp::Reciprocal, x), $($arg),*)
+                $run(|x: f32| UnaryOp::Reciprocal.eval_f32(x), $($arg),*)
             }
+            // The rest through the op's own definition (one dispatch per element).
+            other => $run(move |x: f32| other.eval_f32(x), $($arg),*),
         }
     };
 }

@@ -8,10 +8,10 @@
 use std::sync::OnceLock;
 
 use tpc_codegen::kir::Expr;
-use tpc_ir::op::{GeluApprox, UnaryOp};
+use tpc_ir::ops::{GeluApprox, UnaryOp};
 use tpc_ir::DType;
 
-use crate::ops::pointwise::{float_unary, gelu};
+use crate::ops::pointwise::gelu;
 
 /// The functions with tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +40,7 @@ impl Func {
 
     pub(super) fn eval(self, x: f32) -> f32 {
         match self {
-            Func::Unary(op) => float_unary(op, x),
+            Func::Unary(op) => op.eval_f32(x),
             Func::Gelu(approx) => gelu(x, approx),
         }
     }

@@ -182,8 +182,7 @@ pub fn sdpa(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    causal: bool,
-    scale: Option<f64>,
+    op: &tpc_ir::ops::Sdpa,
     query_positions: Option<&[usize]>,
     out_shape: &[usize],
 ) -> Result<Tensor> {
@@ -192,7 +191,7 @@ pub fn sdpa(
     let s = k.shape()[r - 2];
     let ev = v.shape()[r - 1];
     let batch: usize = q.shape()[..r - 2].iter().product();
-    let scale = scale.unwrap_or(1.0 / (e as f64).sqrt()) as f32;
+    let (causal, scale) = (op.causal, op.scale_at(e) as f32);
     let dt = q.dtype();
     let mut out = vec![0f32; batch * l * ev];
     let dims = SdpaDims { batch, l, s, e, ev };

@@ -1,7 +1,7 @@
 //! Elementwise ops: unary, gelu, binary, where, cast. Floats compute in f32 from the rounded
 //! operands and round the result once, as PyTorch's CPU kernels do for bf16/f16.
 
-use tpc_ir::op::{BinaryOp, GeluApprox, UnaryOp};
+use tpc_ir::ops::{BinaryOp, GeluApprox, UnaryOp};
 use tpc_ir::DType;
 
 use crate::tensor::{round_to, Data, Tensor};
@@ -112,10 +112,6 @@ fn gelu_tanh_portable(dtype: DType, v: &mut [f32]) {
     }
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 fn map_float(x: &Tensor, f: impl Fn(f32) -> f32) -> Result<Tensor> {
     let dt = x.dtype();
     let out = x.floats()?.iter().map(|&v| round_to(dt, f(v))).collect();
@@ -135,32 +131,8 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
             x.shape().to_vec(),
             v.iter().map(|a| a.wrapping_abs()).collect(),
         ),
-        (_, Data::Float(_)) => map_float(x, |v| float_unary(op, v)),
+        (_, Data::Float(_)) => map_float(x, |v| op.eval_f32(v)),
         _ => Err(Error::Internal(format!("{op:?} on {}", x.dtype()))),
-    }
-}
-
-/// A unary op on one f32 (before rounding to the storage dtype).
-pub fn float_unary(op: UnaryOp, v: f32) -> f32 {
-    match op {
-        UnaryOp::Neg => -v,
-        UnaryOp::Abs => v.abs(),
-        UnaryOp::Exp => v.exp(),
-        UnaryOp::Log => v.ln(),
-        UnaryOp::Sqrt => v.sqrt(),
-        UnaryOp::Rsqrt => 1.0 / v.sqrt(),
-        UnaryOp::Tanh => v.tanh(),
-        UnaryOp::Sigmoid => sigmoid(v),
-        UnaryOp::Relu => {
-            if v > 0.0 || v.is_nan() {
-                v
-            } else {
-                0.0
-            }
-        }
-        UnaryOp::Silu => v * sigmoid(v),
-        UnaryOp::Reciprocal => 1.0 / v,
-        UnaryOp::Not => f32::NAN,
     }
 }
 

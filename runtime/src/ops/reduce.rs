@@ -1,7 +1,7 @@
 //! Reductions (sum, mean, max, min) and the row-wise normalizations (softmax, layer_norm,
 //! rms_norm). Sums accumulate in f64 and round once to the result dtype.
 
-use tpc_ir::op::ReduceKind;
+use tpc_ir::ops::ReduceKind;
 use tpc_ir::DType;
 
 use crate::tensor::{permute_vec, round_to, Data, Tensor};
@@ -96,6 +96,19 @@ fn for_each_line(shape: &[usize], dim: usize, mut f: impl FnMut(&[usize])) {
     }
 }
 
+/// A mean over `dims` dividing by `count`, the global number of reduced elements (a rank's
+/// piece holds only some of them).
+pub fn mean_of(x: &Tensor, dims: &[usize], out_shape: &[usize], count: usize) -> Result<Tensor> {
+    let sum = reduce(x, ReduceKind::Sum, dims, out_shape)?;
+    let dt = sum.dtype();
+    let v: Vec<f32> = sum
+        .floats()?
+        .iter()
+        .map(|&s| round_to(dt, s / count as f32))
+        .collect();
+    Ok(Tensor::float(dt, out_shape.to_vec(), v))
+}
+
 pub fn softmax(x: &Tensor, dim: usize) -> Result<Tensor> {
     let v = x.floats()?;
     let dt = x.dtype();
@@ -111,27 +124,38 @@ pub fn softmax(x: &Tensor, dim: usize) -> Result<Tensor> {
     Ok(Tensor::float(dt, x.shape().to_vec(), out))
 }
 
-/// layer_norm over rows of `row` trailing elements: biased variance, then weight and bias.
+/// Which result of a norm to compute: the normalized values, or one of the per-row statistics
+/// (in f32, one per row) that the `_stats` variants also return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormResult {
+    Y,
+    Mean,
+    Rstd,
+}
+
+/// layer_norm over the last `normalized` dims: biased variance, then weight and bias.
 pub fn layer_norm(
     x: &Tensor,
     w: Option<&Tensor>,
     b: Option<&Tensor>,
     eps: f64,
-    row: usize,
+    normalized: usize,
+    result: NormResult,
 ) -> Result<Tensor> {
+    let row = row_len(x, normalized);
     let v = x.floats()?;
-    let dt = x.dtype();
     let w = w.map(|t| t.floats()).transpose()?;
     let b = b.map(|t| t.floats()).transpose()?;
-    let mut out = Vec::with_capacity(v.len());
-    if row == 0 {
-        return Ok(Tensor::float(dt, x.shape().to_vec(), Vec::new()));
-    }
-    for r in v.chunks(row) {
-        let mean = r.iter().map(|&a| a as f64).sum::<f64>() / row as f64;
-        let var = r.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / row as f64;
-        let inv = 1.0 / (var + eps).sqrt();
-        for (k, &a) in r.iter().enumerate() {
+    norm_rows(
+        x,
+        normalized,
+        result,
+        |r| {
+            let mean = r.iter().map(|&a| a as f64).sum::<f64>() / row as f64;
+            let var = r.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / row as f64;
+            (mean, 1.0 / (var + eps).sqrt())
+        },
+        |k, a, (mean, inv)| {
             let mut y = ((a as f64 - mean) * inv) as f32;
             if let Some(w) = w {
                 y *= w[k];
@@ -139,40 +163,91 @@ pub fn layer_norm(
             if let Some(b) = b {
                 y += b[k];
             }
-            out.push(round_to(dt, y));
-        }
-    }
-    Ok(Tensor::float(dt, x.shape().to_vec(), out))
+            y
+        },
+        v,
+    )
 }
 
-/// torch.finfo(dtype).eps, rms_norm's default.
-pub fn machine_eps(dt: DType) -> f64 {
-    match dt {
-        DType::BF16 => 0.0078125,
-        DType::F16 => 0.0009765625,
-        _ => f32::EPSILON as f64,
-    }
-}
-
-pub fn rms_norm(x: &Tensor, w: Option<&Tensor>, eps: Option<f64>, row: usize) -> Result<Tensor> {
+/// rms_norm over the last `normalized` dims (`eps` resolved by the op: `RmsNorm::eps_for`).
+pub fn rms_norm(
+    x: &Tensor,
+    w: Option<&Tensor>,
+    eps: f64,
+    normalized: usize,
+    result: NormResult,
+) -> Result<Tensor> {
+    let row = row_len(x, normalized);
     let v = x.floats()?;
-    let dt = x.dtype();
-    let eps = eps.unwrap_or_else(|| machine_eps(dt));
     let w = w.map(|t| t.floats()).transpose()?;
-    let mut out = Vec::with_capacity(v.len());
-    if row == 0 {
-        return Ok(Tensor::float(dt, x.shape().to_vec(), Vec::new()));
-    }
-    for r in v.chunks(row) {
-        let ms = r.iter().map(|&a| (a as f64).powi(2)).sum::<f64>() / row as f64;
-        let inv = 1.0 / (ms + eps).sqrt();
-        for (k, &a) in r.iter().enumerate() {
+    norm_rows(
+        x,
+        normalized,
+        result,
+        |r| {
+            let ms = r.iter().map(|&a| (a as f64).powi(2)).sum::<f64>() / row as f64;
+            (0.0, 1.0 / (ms + eps).sqrt())
+        },
+        |k, a, (_, inv)| {
             let mut y = (a as f64 * inv) as f32;
             if let Some(w) = w {
                 y *= w[k];
             }
-            out.push(round_to(dt, y));
-        }
+            y
+        },
+        v,
+    )
+}
+
+/// The elements in a row of the last `normalized` dims.
+fn row_len(x: &Tensor, normalized: usize) -> usize {
+    let s = x.shape();
+    s[s.len().saturating_sub(normalized)..].iter().product()
+}
+
+/// A norm's `result` over rows of the last `normalized` dims of `x`: `stats` gives a row's
+/// (mean, rstd), `y` an element's normalized value from its index in the row, itself and the
+/// row's stats.
+fn norm_rows(
+    x: &Tensor,
+    normalized: usize,
+    result: NormResult,
+    stats: impl Fn(&[f32]) -> (f64, f64),
+    y: impl Fn(usize, f32, (f64, f64)) -> f32,
+    v: &[f32],
+) -> Result<Tensor> {
+    let dt = x.dtype();
+    let row = row_len(x, normalized);
+    let lead = x.shape().len().saturating_sub(normalized);
+    if result != NormResult::Y {
+        let shape = x.shape()[..lead].to_vec();
+        let out: Vec<f32> = if row == 0 {
+            vec![f32::NAN; shape.iter().product()]
+        } else {
+            v.chunks(row)
+                .map(|r| {
+                    let (mean, rstd) = stats(r);
+                    (if result == NormResult::Mean {
+                        mean
+                    } else {
+                        rstd
+                    }) as f32
+                })
+                .collect()
+        };
+        return Ok(Tensor::float(DType::F32, shape, out));
+    }
+    if row == 0 {
+        return Ok(Tensor::float(dt, x.shape().to_vec(), Vec::new()));
+    }
+    let mut out = Vec::with_capacity(v.len());
+    for r in v.chunks(row) {
+        let st = stats(r);
+        out.extend(
+            r.iter()
+                .enumerate()
+                .map(|(k, &a)| round_to(dt, y(k, a, st))),
+        );
     }
     Ok(Tensor::float(dt, x.shape().to_vec(), out))
 }
