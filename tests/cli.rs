@@ -3,7 +3,33 @@
 mod common;
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
+
+use common::harness;
+
+fn main() {
+    let mut trials = harness::trials![
+        check_with_devices_resolves_the_mesh,
+        errors_are_located_and_exit_1,
+        huge_extents_and_garbage_are_errors_not_crashes,
+        fmt_is_canonical_and_check_mode_detects_drift,
+        run_prints_stats_and_round_trips_safetensors,
+        help_explains_itself_with_examples,
+        bad_usage_is_an_error,
+        compile_propagates_and_reports_passes,
+        run_on_n_devices_checks_against_the_reference,
+        splits_that_would_leave_devices_idle_are_errors,
+        emulated_executor_runs_the_cuda_c_or_says_why_not,
+        emit_host_prints_the_template_for_every_size_or_with_bind_a_ranks_program
+    ];
+    trials.extend(harness::per_file(
+        "check_accepts_every_example",
+        &common::ir_files("examples"),
+        check_accepts_every_example,
+    ));
+    harness::run(trials)
+}
 
 fn tpc(args: &[&str], stdin: Option<&str>) -> Output {
     tpc_with_env(args, stdin, &[])
@@ -32,21 +58,17 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-#[test]
-fn check_accepts_every_example() {
-    for f in common::ir_files("examples") {
-        let rel = f
-            .strip_prefix(common::root())
-            .expect("under root")
-            .display()
-            .to_string();
-        let out = tpc(&["check", &rel], None);
-        assert!(out.status.success(), "{rel}: {}", text(&out.stderr));
-        assert!(text(&out.stdout).contains("ok"), "{}", text(&out.stdout));
-    }
+fn check_accepts_every_example(f: &Path) {
+    let rel = f
+        .strip_prefix(common::root())
+        .expect("under root")
+        .display()
+        .to_string();
+    let out = tpc(&["check", &rel], None);
+    assert!(out.status.success(), "{rel}: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok"), "{}", text(&out.stdout));
 }
 
-#[test]
 fn check_with_devices_resolves_the_mesh() {
     let out = tpc(&["check", "examples/mlp.ir", "--devices", "8"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -65,7 +87,6 @@ fn check_with_devices_resolves_the_mesh() {
     );
 }
 
-#[test]
 fn errors_are_located_and_exit_1() {
     let src =
         "func @f(%x: f32[4]) -> f32[4] {\n  %y = exp(%z)\n  %w = frobnicate(%x)\n  return %y\n}\n";
@@ -80,7 +101,6 @@ fn errors_are_located_and_exit_1() {
     assert!(err.contains('^'), "{err}");
 }
 
-#[test]
 fn huge_extents_and_garbage_are_errors_not_crashes() {
     for src in [
         "func @f(%x: f32[1000000000000000000]) -> f32[1] {\n  return %x\n}\n",
@@ -103,7 +123,6 @@ fn huge_extents_and_garbage_are_errors_not_crashes() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }
 
-#[test]
 fn fmt_is_canonical_and_check_mode_detects_drift() {
     let messy = "func @f(%x:f32[4],%y :f32[4])->f32[4]{\n%z=add(%x,%y)\n  return %z\n}\n";
     let out = tpc(&["fmt", "-"], Some(messy));
@@ -124,7 +143,6 @@ fn fmt_is_canonical_and_check_mode_detects_drift() {
     );
 }
 
-#[test]
 fn run_prints_stats_and_round_trips_safetensors() {
     let dir = std::env::temp_dir().join(format!("tpc-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -172,7 +190,6 @@ fn run_prints_stats_and_round_trips_safetensors() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
 fn help_explains_itself_with_examples() {
     for args in [
         vec!["--help"],
@@ -190,7 +207,6 @@ fn help_explains_itself_with_examples() {
     }
 }
 
-#[test]
 fn bad_usage_is_an_error() {
     let out = tpc(&["run", "examples/mlp.ir", "--bind", "B=two"], None);
     assert_eq!(out.status.code(), Some(1));
@@ -215,7 +231,6 @@ fn bad_usage_is_an_error() {
     assert!(text(&out.stderr).contains("no/such/file.ir"));
 }
 
-#[test]
 fn compile_propagates_and_reports_passes() {
     let out = tpc(
         &[
@@ -263,7 +278,6 @@ fn compile_propagates_and_reports_passes() {
     assert_eq!(out.status.code(), Some(1));
 }
 
-#[test]
 fn run_on_n_devices_checks_against_the_reference() {
     let out = tpc(
         &[
@@ -317,7 +331,6 @@ fn run_on_n_devices_checks_against_the_reference() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[test]
 fn splits_that_would_leave_devices_idle_are_errors() {
     let src = "mesh tp\n\nfunc @f(%w: f32[(3, 4@tp, 8), 16]) {\n  %y = exp(%w)\n  return %y\n}\n";
     for cmd in ["check", "compile"] {
@@ -339,7 +352,6 @@ fn splits_that_would_leave_devices_idle_are_errors() {
     );
 }
 
-#[test]
 fn emulated_executor_runs_the_cuda_c_or_says_why_not() {
     let args = [
         "run",
@@ -387,7 +399,6 @@ fn emulated_executor_runs_the_cuda_c_or_says_why_not() {
     );
 }
 
-#[test]
 fn emit_host_prints_the_template_for_every_size_or_with_bind_a_ranks_program() {
     let out = tpc(
         &[

@@ -9,24 +9,46 @@
 mod common;
 mod kinds;
 
+use std::path::{Path, PathBuf};
+
+use common::harness;
 use tpc::codegen::cuda::{kernel_source, module_source};
 use tpc::codegen::kir::{CrossEntropy, Embedding, Kernel};
 use tpc::ir::DType;
 
 use kinds::*;
 
-/// Every kernel segmentation makes of the examples and the kernel test cases, of every kind.
-fn example_kernels() -> Vec<(String, Vec<Kernel>)> {
+fn main() {
+    let mut trials = harness::trials![
+        nvrtc_compiles_every_kind,
+        every_kernel_is_written,
+        attention_head_dim_limit,
+        cuda_source_snapshots,
+        the_examples_make_at_least_3_kinds
+    ];
+    trials.extend(harness::per_file_needing(
+        "nvrtc_compiles_every_example_kernel",
+        &example_files(),
+        common::nvrtc_missing,
+        "TPC_REQUIRE_NVRTC",
+        nvrtc_compiles_every_example_kernel,
+    ));
+    harness::run(trials)
+}
+
+/// The examples and the kernel test cases.
+fn example_files() -> Vec<PathBuf> {
     let mut files = common::ir_files("examples");
     files.extend(common::ir_files("tests/kernels"));
     files
-        .iter()
-        .map(|path| {
-            let g = common::load(path);
-            let plan = tpc::codegen::fuse::segment(&g).expect("segmentation");
-            (path.display().to_string(), plan.kernels)
-        })
-        .collect()
+}
+
+/// Every kernel segmentation makes of a file, of every kind.
+fn kernels_of(path: &Path) -> Vec<Kernel> {
+    let g = common::load(path);
+    tpc::codegen::fuse::segment(&g)
+        .expect("segmentation")
+        .kernels
 }
 
 fn assert_compiles(what: &str, kernels: &[Kernel]) {
@@ -49,7 +71,6 @@ fn assert_compiles(what: &str, kernels: &[Kernel]) {
     }
 }
 
-#[test]
 fn nvrtc_compiles_every_kind() {
     if !common::present_or_skip(common::nvrtc_missing(), "TPC_REQUIRE_NVRTC") {
         return;
@@ -57,18 +78,17 @@ fn nvrtc_compiles_every_kind() {
     assert_compiles("hand-built kernels", &all_kernels());
 }
 
-#[test]
-fn nvrtc_compiles_every_example_kernel() {
-    if !common::present_or_skip(common::nvrtc_missing(), "TPC_REQUIRE_NVRTC") {
-        return;
-    }
-    let mut kinds = std::collections::HashSet::new();
-    for (path, kernels) in example_kernels() {
-        for k in &kernels {
-            kinds.insert(std::mem::discriminant(k));
-        }
-        assert_compiles(&path, &kernels);
-    }
+fn nvrtc_compiles_every_example_kernel(path: &Path) {
+    assert_compiles(&path.display().to_string(), &kernels_of(path));
+}
+
+/// The examples make kernels of several kinds, so that the check above covers more than one.
+fn the_examples_make_at_least_3_kinds() {
+    let kinds: std::collections::HashSet<_> = example_files()
+        .iter()
+        .flat_map(|p| kernels_of(p))
+        .map(|k| std::mem::discriminant(&k))
+        .collect();
     assert!(
         kinds.len() >= 3,
         "the examples make only {} kinds",
@@ -76,7 +96,6 @@ fn nvrtc_compiles_every_example_kernel() {
     );
 }
 
-#[test]
 fn every_kernel_is_written() {
     for k in all_kernels() {
         let src = kernel_source(&k);
@@ -90,7 +109,6 @@ fn every_kernel_is_written() {
 }
 
 /// The host can check the attention kernel's head-dim limit, which the kernel checks too.
-#[test]
 fn attention_head_dim_limit() {
     let max = tpc::codegen::cuda::ATTENTION_MAX_HEAD_DIM;
     assert!(max >= 128, "common head dims are 64 and 128");
@@ -107,7 +125,6 @@ fn snapshot_of(k: &Kernel) -> String {
     format!("{k}\n\n{}", kernel_source(k))
 }
 
-#[test]
 fn cuda_source_snapshots() {
     insta::assert_snapshot!("cuda_pointwise_bf16", snapshot_of(&pointwise_bf16()));
     insta::assert_snapshot!("cuda_pointwise_dropout", snapshot_of(&pointwise_dropout()));

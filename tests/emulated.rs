@@ -6,15 +6,19 @@
 //! CUDA source computes what the kernel IR means: its index arithmetic, vector paths, tiling and
 //! reductions.
 //!
+//! Each example is a trial, `every_example_runs_its_cuda_c_like_the_interpreter::<example>`.
 //! Needs a C++ compiler (g++ 12 or clang++ 15 and later; `TPC_CXX` picks one). Without one the
-//! tests say so and pass; CI sets TPC_REQUIRE_CXX=1, which makes that a failure.
+//! example trials are reported ignored and the kernel-kind test says so and passes; CI sets
+//! TPC_REQUIRE_CXX=1, which makes that a failure.
 
 mod common;
 mod kinds;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
+use common::harness;
 use tpc::codegen::kir::{Kernel, ParamKind};
 use tpc::ir::DType;
 use tpc::runtime::emulate::{run_kernel_emulated, Emulator};
@@ -29,6 +33,18 @@ fn compiler_or_skip() -> bool {
 }
 
 use common::relative_error;
+
+fn main() {
+    let mut trials = harness::trials![every_kernel_kind_runs_its_cuda_c_like_the_interpreter];
+    trials.extend(harness::per_file_needing(
+        "every_example_runs_its_cuda_c_like_the_interpreter",
+        &common::ir_files("examples"),
+        common::cxx_missing,
+        "TPC_REQUIRE_CXX",
+        every_example_runs_its_cuda_c_like_the_interpreter,
+    ));
+    harness::run(trials)
+}
 
 /// Two programs that differ only in how their kernels are run (the sum order of a reduction, a
 /// libm function) differ by a few roundings of the dtype.
@@ -55,53 +71,47 @@ fn run(a: &tpc::Artifacts, kernels: Kernels<'_>, inputs: &BTreeMap<String, Tenso
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-#[test]
-fn every_example_runs_its_cuda_c_like_the_interpreter() {
-    if !compiler_or_skip() {
-        return;
-    }
+fn every_example_runs_its_cuda_c_like_the_interpreter(path: &Path) {
     let bindings = tpc::parse_bindings("B=2,S=24").expect("bindings");
-    for path in common::ir_files("examples") {
-        let g = common::load(&path);
-        let text = std::fs::read_to_string(&path).expect("readable");
-        let fixed: i64 = g.mesh.axes.iter().filter_map(|a| a.size).product();
-        let device_counts: Vec<i64> = if fixed > 1 { vec![fixed] } else { vec![1, 3] };
-        let inputs = tpc::runtime::random_inputs(&g, &bindings, 5).expect("inputs");
-        let reference = tpc::runtime::run_reference(&g, &inputs, &bindings).expect("reference");
-        for devices in device_counts {
-            let what = format!("{} on {devices} devices", path.display());
-            let options = tpc::CompileOptions {
-                devices: Some(devices),
-                bindings: bindings.clone(),
-                ..tpc::CompileOptions::default()
-            };
-            let a = tpc::compile(&common::stem(&path), &text, &options)
-                .unwrap_or_else(|e| panic!("{what}: {}", e.render()));
-            let emulator =
-                Emulator::build(&a.compiled.kernels).unwrap_or_else(|e| panic!("{what}: {e}"));
-            let interpreted = run(&a, Kernels::Interpret, &inputs);
-            let emulated = run(&a, Kernels::Emulate(&emulator), &inputs);
-            for (((&v, want), interp), got) in g
-                .outputs()
-                .iter()
-                .zip(&reference)
-                .zip(&interpreted)
-                .zip(&emulated)
-            {
-                let d = want.dtype();
-                let vs_interp = relative_error(interp, got);
-                assert!(
-                    vs_interp <= kernel_tolerance(d),
-                    "{what}: %{} from the CUDA C is {vs_interp:.3e} from the interpreter's",
-                    g.name(v)
-                );
-                let vs_ref = relative_error(want, got);
-                assert!(
-                    vs_ref <= 1.0 / 16.0,
-                    "{what}: %{} from the CUDA C is {vs_ref:.3e} from the reference",
-                    g.name(v)
-                );
-            }
+    let g = common::load(path);
+    let text = std::fs::read_to_string(path).expect("readable");
+    let fixed: i64 = g.mesh.axes.iter().filter_map(|a| a.size).product();
+    let device_counts: Vec<i64> = if fixed > 1 { vec![fixed] } else { vec![1, 3] };
+    let inputs = tpc::runtime::random_inputs(&g, &bindings, 5).expect("inputs");
+    let reference = tpc::runtime::run_reference(&g, &inputs, &bindings).expect("reference");
+    for devices in device_counts {
+        let what = format!("{} on {devices} devices", path.display());
+        let options = tpc::CompileOptions {
+            devices: Some(devices),
+            bindings: bindings.clone(),
+            ..tpc::CompileOptions::default()
+        };
+        let a = tpc::compile(&common::stem(path), &text, &options)
+            .unwrap_or_else(|e| panic!("{what}: {}", e.render()));
+        let emulator =
+            Emulator::build(&a.compiled.kernels).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let interpreted = run(&a, Kernels::Interpret, &inputs);
+        let emulated = run(&a, Kernels::Emulate(&emulator), &inputs);
+        for (((&v, want), interp), got) in g
+            .outputs()
+            .iter()
+            .zip(&reference)
+            .zip(&interpreted)
+            .zip(&emulated)
+        {
+            let d = want.dtype();
+            let vs_interp = relative_error(interp, got);
+            assert!(
+                vs_interp <= kernel_tolerance(d),
+                "{what}: %{} from the CUDA C is {vs_interp:.3e} from the interpreter's",
+                g.name(v)
+            );
+            let vs_ref = relative_error(want, got);
+            assert!(
+                vs_ref <= 1.0 / 16.0,
+                "{what}: %{} from the CUDA C is {vs_ref:.3e} from the reference",
+                g.name(v)
+            );
         }
     }
 }
@@ -359,7 +369,6 @@ fn assert_close(what: &str, d: DType, want: &Data, got: &Data) {
     }
 }
 
-#[test]
 fn every_kernel_kind_runs_its_cuda_c_like_the_interpreter() {
     if !compiler_or_skip() {
         return;

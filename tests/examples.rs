@@ -1,12 +1,56 @@
 //! The examples: their printed forms (snapshots), fmt idempotence, runs on the reference
 //! executor, determinism, and that sharding annotations never change what a program computes.
+//! Each check of each example is a trial, `<check>::<example>`: `cargo test --test examples --
+//! attention_glm` runs every check of examples/attention_glm.ir.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
+use common::harness;
 use tpc::ir::{print, PrintMode};
 use tpc::runtime::{random_inputs, run_reference, Tensor};
+
+fn main() {
+    let examples = common::ir_files("examples");
+    let mut trials = vec![
+        harness::trial("examples_exist", examples_exist),
+        harness::trial(
+            "examples_have_the_signatures_other_issues_rely_on",
+            examples_have_the_signatures_other_issues_rely_on,
+        ),
+        harness::trial(
+            "the_fused_qkv_reshape_makes_the_heads_a_factor",
+            the_fused_qkv_reshape_makes_the_heads_a_factor,
+        ),
+        harness::trial(
+            "generated_gpt_stacks_are_valid_programs",
+            generated_gpt_stacks_are_valid_programs,
+        ),
+    ];
+    trials.extend(harness::per_file(
+        "examples_print_canonically_and_idempotently",
+        &examples,
+        examples_print_canonically_and_idempotently,
+    ));
+    trials.extend(harness::per_file(
+        "examples_run_and_are_deterministic",
+        &examples,
+        examples_run_and_are_deterministic,
+    ));
+    trials.extend(harness::per_file(
+        "annotations_never_change_results",
+        &examples,
+        annotations_never_change_results,
+    ));
+    trials.extend(harness::per_file(
+        "factor_rules_fit_every_example",
+        &examples,
+        factor_rules_fit_every_example,
+    ));
+    harness::run(trials)
+}
 
 fn small() -> BTreeMap<String, i64> {
     [("B".to_string(), 2), ("S".to_string(), 8)]
@@ -25,7 +69,6 @@ fn bits(ts: &[Tensor]) -> Vec<Vec<u32>> {
         .collect()
 }
 
-#[test]
 fn examples_exist() {
     let names: Vec<String> = common::ir_files("examples")
         .iter()
@@ -39,26 +82,22 @@ fn examples_exist() {
     }
 }
 
-#[test]
-fn examples_print_canonically_and_idempotently() {
-    for path in common::ir_files("examples") {
-        let name = common::stem(&path);
-        let g = common::load(&path);
-        for (mode, tag) in [(PrintMode::Source, "source"), (PrintMode::Full, "full")] {
-            let printed = print(&g, mode);
-            let again = tpc::load("printed.ir", &printed)
-                .unwrap_or_else(|e| panic!("{}\n{}", printed, e.render()));
-            assert_eq!(
-                print(&again, mode),
-                printed,
-                "{name}: printing is not idempotent ({tag})"
-            );
-            insta::assert_snapshot!(format!("{name}_{tag}"), printed);
-        }
+fn examples_print_canonically_and_idempotently(path: &Path) {
+    let name = common::stem(path);
+    let g = common::load(path);
+    for (mode, tag) in [(PrintMode::Source, "source"), (PrintMode::Full, "full")] {
+        let printed = print(&g, mode);
+        let again = tpc::load("printed.ir", &printed)
+            .unwrap_or_else(|e| panic!("{}\n{}", printed, e.render()));
+        assert_eq!(
+            print(&again, mode),
+            printed,
+            "{name}: printing is not idempotent ({tag})"
+        );
+        insta::assert_snapshot!(format!("{name}_{tag}"), printed);
     }
 }
 
-#[test]
 fn examples_have_the_signatures_other_issues_rely_on() {
     let sig = |file: &str| {
         let g = common::load(&common::root().join("examples").join(file));
@@ -96,74 +135,67 @@ fn examples_have_the_signatures_other_issues_rely_on() {
     );
 }
 
-#[test]
-fn examples_run_and_are_deterministic() {
-    for path in common::ir_files("examples") {
-        let g = common::load(&path);
-        let first = run(&g, 1);
-        let second = run(&g, 1);
-        assert_eq!(
-            bits(&first),
-            bits(&second),
-            "{}: two runs differ",
+fn examples_run_and_are_deterministic(path: &Path) {
+    let g = common::load(path);
+    let first = run(&g, 1);
+    let second = run(&g, 1);
+    assert_eq!(
+        bits(&first),
+        bits(&second),
+        "{}: two runs differ",
+        path.display()
+    );
+    for t in &first {
+        assert!(
+            t.to_f32_vec().iter().all(|x| x.is_finite()),
+            "{}: non-finite output",
             path.display()
         );
-        for t in &first {
-            assert!(
-                t.to_f32_vec().iter().all(|x| x.is_finite()),
-                "{}: non-finite output",
-                path.display()
-            );
-            assert!(t.max_abs() > 0.0, "{}: all-zero output", path.display());
-        }
-        let other_seed = run(&g, 2);
-        assert_ne!(
-            bits(&first),
-            bits(&other_seed),
-            "{}: the seed changes nothing",
-            path.display()
-        );
+        assert!(t.max_abs() > 0.0, "{}: all-zero output", path.display());
     }
+    let other_seed = run(&g, 2);
+    assert_ne!(
+        bits(&first),
+        bits(&other_seed),
+        "{}: the seed changes nothing",
+        path.display()
+    );
 }
 
 /// Removing every sharding annotation must not change any output bit.
-#[test]
-fn annotations_never_change_results() {
-    for path in common::ir_files("examples") {
-        let text = std::fs::read_to_string(&path).expect("readable");
-        let plain_text = text.replace("@tp", "").replace("@dp", "");
-        assert_ne!(
-            text,
-            plain_text,
-            "{} carries no annotation to strip",
-            path.display()
-        );
-        let sharded = tpc::load("sharded.ir", &text).expect("valid");
-        let plain = tpc::load("plain.ir", &plain_text).unwrap_or_else(|e| panic!("{}", e.render()));
-        assert_eq!(
-            bits(&run(&sharded, 5)),
-            bits(&run(&plain, 5)),
-            "{}",
-            path.display()
-        );
+fn annotations_never_change_results(path: &Path) {
+    let text = std::fs::read_to_string(path).expect("readable");
+    let plain_text = text.replace("@tp", "").replace("@dp", "");
+    assert_ne!(
+        text,
+        plain_text,
+        "{} carries no annotation to strip",
+        path.display()
+    );
+    let sharded = tpc::load("sharded.ir", &text).expect("valid");
+    let plain = tpc::load("plain.ir", &plain_text).unwrap_or_else(|e| panic!("{}", e.render()));
+    assert_eq!(
+        bits(&run(&sharded, 5)),
+        bits(&run(&plain, 5)),
+        "{}",
+        path.display()
+    );
+}
+
+/// Every op of every example has a factor rule that fits its shapes.
+fn factor_rules_fit_every_example(path: &Path) {
+    let g = common::load(path);
+    for &v in g.values() {
+        let tys: Vec<&tpc::ir::TensorType> = g.operands(v).into_iter().map(|o| g.ty(o)).collect();
+        let rule = tpc::ir::rule_of(&g, v);
+        if let Err(e) = tpc::ir::check_rule(&rule, &tys, &g.ty(v).shape) {
+            panic!("{} %{}: {e}", path.display(), g.name(v));
+        }
     }
 }
 
-/// Every op of every example has a factor rule that fits its shapes, and the fused QKV reshape
-/// makes the heads a factor of the fused dim.
-#[test]
-fn factor_rules_fit_every_example() {
-    for path in common::ir_files("examples") {
-        let g = common::load(&path);
-        for &v in g.values() {
-            let tys: Vec<&tpc::ir::TensorType> =
-                g.operands(v).into_iter().map(|o| g.ty(o)).collect();
-            let rule = tpc::ir::rule_of(&g, v);
-            if let Err(e) = tpc::ir::check_rule(&rule, &tys, &g.ty(v).shape) {
-                panic!("{} %{}: {e}", path.display(), g.name(v));
-            }
-        }
-    }
+/// The fused QKV reshape makes the heads a factor of the fused dim.
+fn the_fused_qkv_reshape_makes_the_heads_a_factor() {
     let g = common::load(&common::root().join("examples/attention_glm.ir"));
     let heads = g.find("qkv.heads").expect("the reshape");
     let rule = tpc::ir::rule_of(&g, heads);
@@ -176,7 +208,6 @@ fn factor_rules_fit_every_example() {
 }
 
 /// The generated GPT stacks parse, verify, round-trip, have fitting factor rules, and run.
-#[test]
 fn generated_gpt_stacks_are_valid_programs() {
     use tpc::gen::{gpt_stack, Annotate};
     for (layers, annotate) in [(1, Annotate::Megatron), (3, Annotate::None)] {

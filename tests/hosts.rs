@@ -1,18 +1,40 @@
 //! Host programs: snapshots of every example's kernels (CUDA C) and rank 0's host program at 8
 //! devices; the memory plan never places two live buffers over each other; every launch passes
-//! what its kernel's parameters ask for; `tpc compile -o` writes every artifact.
+//! what its kernel's parameters ask for; `tpc compile -o` writes every artifact. Each check of
+//! each example is a trial, `<check>::<example>` (`cargo test --test hosts -- mlp_dp_tp`).
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
+use common::harness;
 use tpc::codegen::host::{HostProgram, Step};
+
+fn main() {
+    let examples = common::ir_files("examples");
+    let mut trials = harness::per_file(
+        "kernels_and_host_program_snapshots",
+        &examples,
+        kernels_and_host_program_snapshots,
+    );
+    trials.extend(harness::per_file(
+        "memory_plans_never_overlap_and_launches_match_their_kernels",
+        &examples,
+        memory_plans_never_overlap_and_launches_match_their_kernels,
+    ));
+    trials.push(harness::trial(
+        "compile_with_out_dir_writes_every_artifact",
+        compile_with_out_dir_writes_every_artifact,
+    ));
+    harness::run(trials)
+}
 
 fn bindings() -> BTreeMap<String, i64> {
     tpc::parse_bindings("B=2,S=128").expect("bindings")
 }
 
-fn artifacts(path: &std::path::Path, devices: i64) -> tpc::Artifacts {
+fn artifacts(path: &Path, devices: i64) -> tpc::Artifacts {
     let text = std::fs::read_to_string(path).expect("readable");
     let options = tpc::CompileOptions {
         devices: Some(devices),
@@ -32,25 +54,22 @@ fn devices_for(g: &tpc::Graph) -> i64 {
     }
 }
 
-#[test]
-fn kernels_and_host_program_snapshots() {
-    for path in common::ir_files("examples") {
-        let devices = devices_for(&common::load(&path));
-        let a = artifacts(&path, devices);
-        insta::assert_snapshot!(format!("cuda_{}", common::stem(&path)), a.cuda);
-        let mut text = String::new();
-        for k in a.kernels() {
-            text.push_str(&format!("{k}\n"));
-        }
-        text.push('\n');
-        text.push_str(&a.host_text(0).expect("rank 0"));
-        insta::assert_snapshot!(format!("host_{}", common::stem(&path)), text);
-        // The template rank 0 runs, for every binding.
-        insta::assert_snapshot!(
-            format!("template_{}", common::stem(&path)),
-            a.template_text(0).expect("rank 0")
-        );
+fn kernels_and_host_program_snapshots(path: &Path) {
+    let devices = devices_for(&common::load(path));
+    let a = artifacts(path, devices);
+    insta::assert_snapshot!(format!("cuda_{}", common::stem(path)), a.cuda);
+    let mut text = String::new();
+    for k in a.kernels() {
+        text.push_str(&format!("{k}\n"));
     }
+    text.push('\n');
+    text.push_str(&a.host_text(0).expect("rank 0"));
+    insta::assert_snapshot!(format!("host_{}", common::stem(path)), text);
+    // The template rank 0 runs, for every binding.
+    insta::assert_snapshot!(
+        format!("template_{}", common::stem(path)),
+        a.template_text(0).expect("rank 0")
+    );
 }
 
 /// Replays the plan: a buffer's bytes are in use from its allocation (or input, or table) to
@@ -85,42 +104,39 @@ fn check_plan(h: &HostProgram, what: &str) {
     }
 }
 
-#[test]
-fn memory_plans_never_overlap_and_launches_match_their_kernels() {
-    for path in common::ir_files("examples") {
-        let devices = devices_for(&common::load(&path));
-        let a = artifacts(&path, devices);
-        for h in a.hosts() {
-            let what = format!("{} rank {}", path.display(), h.rank);
-            check_plan(h, &what);
-            for s in &h.steps {
-                if let Step::Launch { kernel, args, .. } = s {
-                    let k = &a.kernels()[*kernel];
-                    assert!(
-                        tpc::codegen::build::args_match(k, args, &h.buffers),
-                        "{what}: launch of {} does not match its parameters",
-                        k.name()
-                    );
-                }
+fn memory_plans_never_overlap_and_launches_match_their_kernels(path: &Path) {
+    let devices = devices_for(&common::load(path));
+    let a = artifacts(path, devices);
+    for h in a.hosts() {
+        let what = format!("{} rank {}", path.display(), h.rank);
+        check_plan(h, &what);
+        for s in &h.steps {
+            if let Step::Launch { kernel, args, .. } = s {
+                let k = &a.kernels()[*kernel];
+                assert!(
+                    tpc::codegen::build::args_match(k, args, &h.buffers),
+                    "{what}: launch of {} does not match its parameters",
+                    k.name()
+                );
             }
-            assert!(h.peak_bytes > 0, "{what}");
         }
-        // Never more than every buffer side by side; reuse keeps big programs well below.
-        let h = &a.hosts()[0];
-        let align = tpc::codegen::host::ALIGN;
-        let total: u64 = h
-            .buffers
-            .iter()
-            .map(|b| b.bytes().max(1).div_ceil(align) * align)
-            .sum();
-        assert!(h.peak_bytes <= total, "{}", path.display());
-        if common::stem(&path) == "block" {
-            assert!(
-                h.peak_bytes * 2 < total,
-                "block: arena {} of {total} bytes in all",
-                h.peak_bytes
-            );
-        }
+        assert!(h.peak_bytes > 0, "{what}");
+    }
+    // Never more than every buffer side by side; reuse keeps big programs well below.
+    let h = &a.hosts()[0];
+    let align = tpc::codegen::host::ALIGN;
+    let total: u64 = h
+        .buffers
+        .iter()
+        .map(|b| b.bytes().max(1).div_ceil(align) * align)
+        .sum();
+    assert!(h.peak_bytes <= total, "{}", path.display());
+    if common::stem(path) == "block" {
+        assert!(
+            h.peak_bytes * 2 < total,
+            "block: arena {} of {total} bytes in all",
+            h.peak_bytes
+        );
     }
 }
 
@@ -163,7 +179,6 @@ fn assert_written(dir: &std::path::Path, names: &[String]) {
     tpc::load("sharded.ir", &ir).unwrap_or_else(|e| panic!("{}", e.render()));
 }
 
-#[test]
 fn compile_with_out_dir_writes_every_artifact() {
     // Without --bind: one host program for every rank and every binding.
     let (dir, report) = compile_to_dir("symbolic", &[]);

@@ -4,8 +4,32 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
+use common::harness;
 use tpc::passes::PassManager;
+
+fn main() {
+    let mut trials = harness::trials![
+        megatron_mlp_needs_one_allreduce_whether_annotated_fully_or_once,
+        attention_in_every_fused_layout_needs_one_allreduce_and_nothing_else,
+        block_needs_two_allreduces,
+        sequence_parallel_block_scatters_and_gathers_instead_of_allreducing,
+        sequence_parallel_block_gathers_weights_when_activations_are_larger,
+        dp_tp_mlp_reduces_over_tp_only,
+        dropout_on_a_broadcast_needs_no_collective
+    ];
+    let mut files = common::ir_files("examples");
+    for dir in common::PASS_DIRS {
+        files.extend(common::ir_files(dir));
+    }
+    trials.extend(harness::per_file(
+        "compiled_programs_compile_to_themselves",
+        &files,
+        compiled_programs_compile_to_themselves,
+    ));
+    harness::run(trials)
+}
 
 /// (kind, axis) -> count, and the report itself.
 fn plan(file: &str) -> (BTreeMap<(String, String), usize>, serde_json::Value) {
@@ -35,7 +59,6 @@ fn only(kind: &str, axis: &str, n: usize) -> BTreeMap<(String, String), usize> {
         .collect()
 }
 
-#[test]
 fn megatron_mlp_needs_one_allreduce_whether_annotated_fully_or_once() {
     for file in ["mlp.ir", "mlp_auto.ir"] {
         let (counts, report) = plan(file);
@@ -50,7 +73,6 @@ fn megatron_mlp_needs_one_allreduce_whether_annotated_fully_or_once() {
     }
 }
 
-#[test]
 fn attention_in_every_fused_layout_needs_one_allreduce_and_nothing_else() {
     for file in [
         "attention_glm.ir",
@@ -63,12 +85,10 @@ fn attention_in_every_fused_layout_needs_one_allreduce_and_nothing_else() {
     }
 }
 
-#[test]
 fn block_needs_two_allreduces() {
     assert_eq!(plan("block.ir").0, only("allreduce", "tp", 2));
 }
 
-#[test]
 fn sequence_parallel_block_scatters_and_gathers_instead_of_allreducing() {
     let (counts, report) = plan("block_seqpar.ir");
     let want: BTreeMap<(String, String), usize> = [
@@ -90,7 +110,6 @@ fn sequence_parallel_block_scatters_and_gathers_instead_of_allreducing() {
 /// With a batch of 64 sequences of 1024 the activations outweigh the weights, and the same
 /// annotations make propagation gather the weights instead (the FSDP-like plan): the choice is
 /// by bytes at the bound sizes, not by a fixed preference.
-#[test]
 fn sequence_parallel_block_gathers_weights_when_activations_are_larger() {
     let mut g = common::load(&common::root().join("examples/block_seqpar.ir"));
     let mut pm = PassManager::parse(tpc::passes::DEFAULT_PIPELINE).expect("pipeline");
@@ -108,7 +127,6 @@ fn sequence_parallel_block_gathers_weights_when_activations_are_larger() {
     }
 }
 
-#[test]
 fn dp_tp_mlp_reduces_over_tp_only() {
     let (counts, report) = plan("mlp_dp_tp.ir");
     assert_eq!(counts, only("allreduce", "tp", 1));
@@ -119,7 +137,6 @@ fn dp_tp_mlp_reduces_over_tp_only() {
     );
 }
 
-#[test]
 fn dropout_on_a_broadcast_needs_no_collective() {
     let (counts, _) = plan("dropout_broadcast.ir");
     assert!(counts.is_empty(), "{counts:?}");
@@ -145,8 +162,7 @@ fn dropout_on_a_broadcast_needs_no_collective() {
 /// may pass through the permutes around a reduce_scatter, `(4@tp, 32)` after a reshape is seen
 /// to be the `128@tp` it came from). Every example at 8 devices, every pass case at 4 (8 on a
 /// dp × tp mesh).
-#[test]
-fn compiled_programs_compile_to_themselves() {
+fn compiled_programs_compile_to_themselves(path: &Path) {
     let b = tpc::parse_bindings("B=2,S=128").expect("bindings");
     let compile = |g: &mut tpc::Graph, devices: i64| {
         let mut pm = PassManager::parse(tpc::passes::DEFAULT_PIPELINE).expect("pipeline");
@@ -161,23 +177,16 @@ fn compiled_programs_compile_to_themselves() {
         pm.run(g).expect("passes");
         tpc::ir::print(g, tpc::ir::PrintMode::Full)
     };
-    let mut cases: Vec<(std::path::PathBuf, i64)> = common::ir_files("examples")
-        .into_iter()
-        .map(|p| (p, 8))
-        .collect();
-    for dir in common::PASS_DIRS {
-        for p in common::ir_files(dir) {
-            let devices = common::case_devices(&common::load(&p));
-            cases.push((p, devices));
-        }
-    }
-    for (path, devices) in cases {
-        let mut g = common::load(&path);
-        let once = compile(&mut g, devices);
-        let mut again = tpc::load("once.ir", &once)
-            .unwrap_or_else(|e| panic!("{}\n{}", path.display(), e.render()));
-        tpc::resolve_devices(&again, devices, &tpc::SourceFile::new("once.ir", &once))
-            .unwrap_or_else(|e| panic!("{}\n{}", path.display(), e.render()));
-        assert_eq!(compile(&mut again, devices), once, "{}", path.display());
-    }
+    let mut g = common::load(path);
+    let devices = if path.starts_with(common::root().join("examples")) {
+        8
+    } else {
+        common::case_devices(&g)
+    };
+    let once = compile(&mut g, devices);
+    let mut again = tpc::load("once.ir", &once)
+        .unwrap_or_else(|e| panic!("{}\n{}", path.display(), e.render()));
+    tpc::resolve_devices(&again, devices, &tpc::SourceFile::new("once.ir", &once))
+        .unwrap_or_else(|e| panic!("{}\n{}", path.display(), e.render()));
+    assert_eq!(compile(&mut again, devices), once, "{}", path.display());
 }

@@ -1,15 +1,40 @@
 //! Sharded programs on N CPU rank threads equal the unsharded reference: every example, on
-//! several device counts including ones that split heads unevenly.
+//! several device counts including ones that split heads unevenly, and every pass filetest. Each
+//! file is a trial: `cargo test --test sharded -- insert-resharding::mlp_auto` runs one.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
+use common::harness;
 use tpc::passes::PassManager;
 use tpc::runtime::host::run_host_programs;
 use tpc::runtime::ranks::{run_sharded, MeshSizes};
 use tpc::runtime::{random_inputs, run_reference, Tensor};
+
+fn main() {
+    let mut trials = harness::per_file(
+        "examples_on_n_ranks_equal_the_reference",
+        &common::ir_files("examples"),
+        examples_on_n_ranks_equal_the_reference,
+    );
+    let cases: Vec<_> = common::PASS_DIRS
+        .iter()
+        .flat_map(|d| common::ir_files(d))
+        .collect();
+    trials.extend(harness::per_file(
+        "pass_cases_on_n_ranks_equal_the_reference",
+        &cases,
+        pass_cases_on_n_ranks_equal_the_reference,
+    ));
+    trials.push(harness::trial(
+        "sharded_dropout_is_bit_identical",
+        sharded_dropout_is_bit_identical,
+    ));
+    harness::run(trials)
+}
 
 fn bindings() -> BTreeMap<String, i64> {
     [
@@ -34,7 +59,7 @@ fn rel_err(want: &Tensor, got: &Tensor) -> f64 {
 
 /// Runs `path` sharded over `devices` against the reference; the passes weigh layouts at
 /// `cost_symbols` (which may choose another plan than the run's own sizes would).
-fn check(path: &std::path::Path, devices: i64, cost_symbols: &BTreeMap<String, i64>) {
+fn check(path: &Path, devices: i64, cost_symbols: &BTreeMap<String, i64>) {
     let original = common::load(path);
     let mut g = original.clone();
     let mut pm = PassManager::parse(tpc::passes::DEFAULT_PIPELINE).expect("pipeline");
@@ -79,39 +104,30 @@ fn check(path: &std::path::Path, devices: i64, cost_symbols: &BTreeMap<String, i
     }
 }
 
-#[test]
-fn examples_on_n_ranks_equal_the_reference() {
-    for path in common::ir_files("examples") {
-        let g = common::load(&path);
-        // A mesh with every size fixed runs on exactly that many devices.
-        let fixed: Vec<i64> = g.mesh.axes.iter().filter_map(|a| a.size).collect();
-        let counts: Vec<i64> = if !fixed.is_empty() && fixed.len() == g.mesh.axes.len() {
-            vec![fixed.iter().product()]
-        } else {
-            vec![1, 2, 3, 8]
-        };
-        // The plans chosen at the CLI's default sizes and at large ones (where sequence
-        // parallelism turns into gathering weights) both compute the same thing.
-        let large = tpc::parse_bindings("B=64,S=1024").expect("bindings");
-        for devices in counts {
-            check(&path, devices, &bindings());
-            check(&path, devices, &large);
-        }
+fn examples_on_n_ranks_equal_the_reference(path: &Path) {
+    let g = common::load(path);
+    // A mesh with every size fixed runs on exactly that many devices.
+    let fixed: Vec<i64> = g.mesh.axes.iter().filter_map(|a| a.size).collect();
+    let counts: Vec<i64> = if !fixed.is_empty() && fixed.len() == g.mesh.axes.len() {
+        vec![fixed.iter().product()]
+    } else {
+        vec![1, 2, 3, 8]
+    };
+    // The plans chosen at the CLI's default sizes and at large ones (where sequence
+    // parallelism turns into gathering weights) both compute the same thing.
+    let large = tpc::parse_bindings("B=64,S=1024").expect("bindings");
+    for devices in counts {
+        check(path, devices, &bindings());
+        check(path, devices, &large);
     }
 }
 
-#[test]
-fn pass_cases_on_n_ranks_equal_the_reference() {
-    for dir in common::PASS_DIRS {
-        for path in common::ir_files(dir) {
-            let devices = common::case_devices(&common::load(&path));
-            check(&path, devices, &bindings());
-        }
-    }
+fn pass_cases_on_n_ranks_equal_the_reference(path: &Path) {
+    let devices = common::case_devices(&common::load(path));
+    check(path, devices, &bindings());
 }
 
 /// Dropout on a sharded activation equals the unsharded dropout bit for bit.
-#[test]
 fn sharded_dropout_is_bit_identical() {
     let path = common::root().join("examples/dropout_broadcast.ir");
     let original = common::load(&path);

@@ -7,7 +7,9 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
+use common::harness;
 use tpc::ir::DType;
 
 fn bindings(text: &str) -> BTreeMap<String, i64> {
@@ -15,6 +17,24 @@ fn bindings(text: &str) -> BTreeMap<String, i64> {
 }
 
 use common::relative_error as rel_err;
+
+fn main() {
+    let mut trials = harness::trials![
+        the_emulated_cuda_c_runs_one_compile_at_two_sizes,
+        even_splits_share_one_template_and_uneven_ones_do_not,
+        sizes_are_expressions_and_binding_gives_the_plan_at_that_size,
+        a_binding_that_breaks_a_split_is_an_error_naming_the_symbol,
+        a_stack_of_identical_layers_generates_each_kernel_once,
+        a_symbol_without_a_value_still_compiles_to_templates_and_binds_later,
+        the_blocks_of_the_examples_collectives_are_one_nccl_call_each
+    ];
+    trials.extend(harness::per_file(
+        "every_example_compiled_once_runs_at_several_sizes",
+        &common::ir_files("examples"),
+        every_example_compiled_once_runs_at_several_sizes,
+    ));
+    harness::run(trials)
+}
 
 /// A few roundings of the loosest dtype the program computes in.
 fn tolerance(g: &tpc::Graph) -> f64 {
@@ -26,7 +46,7 @@ fn tolerance(g: &tpc::Graph) -> f64 {
     }
 }
 
-fn compile_once(path: &std::path::Path) -> (tpc::Graph, tpc::Artifacts) {
+fn compile_once(path: &Path) -> (tpc::Graph, tpc::Artifacts) {
     let g = common::load(path);
     let text = std::fs::read_to_string(path).expect("readable");
     let devices = common::case_devices(&g).max(8);
@@ -41,46 +61,42 @@ fn compile_once(path: &std::path::Path) -> (tpc::Graph, tpc::Artifacts) {
     (g, a)
 }
 
-#[test]
-fn every_example_compiled_once_runs_at_several_sizes() {
-    for path in common::ir_files("examples") {
-        let (g, a) = compile_once(&path);
-        assert!(!a.specialized);
-        let steps: Vec<usize> = a.templates.programs.iter().map(|t| t.steps.len()).collect();
-        for b in ["B=2,S=8", "B=4,S=24", "B=2,S=64"] {
-            let b = bindings(b);
-            let at = a
-                .bind(&b)
-                .unwrap_or_else(|e| panic!("{} at {b:?}: {e}", path.display()));
-            // The same templates, bound: as many steps, sized anew.
-            let bound: Vec<usize> = at
-                .templates
-                .programs
-                .iter()
-                .map(|t| t.steps.len())
-                .collect();
-            assert_eq!(bound, steps);
-            for (r, h) in at.hosts().iter().enumerate() {
-                let t = at.templates.program_of(r).expect("a template");
-                assert_eq!(h.steps.len(), t.steps.len(), "{} rank {r}", path.display());
-            }
-            let inputs = tpc::runtime::random_inputs(&g, &b, 11).expect("inputs");
-            let want = tpc::runtime::run_reference(&g, &inputs, &b).expect("reference");
-            let got = tpc::run_on_cpu(&at, &inputs)
-                .unwrap_or_else(|e| panic!("{} at {b:?}: {e}", path.display()));
-            for (w, x) in want.iter().zip(&got) {
-                let err = rel_err(w, x);
-                assert!(
-                    err <= tolerance(&g),
-                    "{} at {b:?}: error {err:e}",
-                    path.display()
-                );
-            }
+fn every_example_compiled_once_runs_at_several_sizes(path: &Path) {
+    let (g, a) = compile_once(path);
+    assert!(!a.specialized);
+    let steps: Vec<usize> = a.templates.programs.iter().map(|t| t.steps.len()).collect();
+    for b in ["B=2,S=8", "B=4,S=24", "B=2,S=64"] {
+        let b = bindings(b);
+        let at = a
+            .bind(&b)
+            .unwrap_or_else(|e| panic!("{} at {b:?}: {e}", path.display()));
+        // The same templates, bound: as many steps, sized anew.
+        let bound: Vec<usize> = at
+            .templates
+            .programs
+            .iter()
+            .map(|t| t.steps.len())
+            .collect();
+        assert_eq!(bound, steps);
+        for (r, h) in at.hosts().iter().enumerate() {
+            let t = at.templates.program_of(r).expect("a template");
+            assert_eq!(h.steps.len(), t.steps.len(), "{} rank {r}", path.display());
+        }
+        let inputs = tpc::runtime::random_inputs(&g, &b, 11).expect("inputs");
+        let want = tpc::runtime::run_reference(&g, &inputs, &b).expect("reference");
+        let got = tpc::run_on_cpu(&at, &inputs)
+            .unwrap_or_else(|e| panic!("{} at {b:?}: {e}", path.display()));
+        for (w, x) in want.iter().zip(&got) {
+            let err = rel_err(w, x);
+            assert!(
+                err <= tolerance(&g),
+                "{} at {b:?}: error {err:e}",
+                path.display()
+            );
         }
     }
 }
 
-#[test]
 fn the_emulated_cuda_c_runs_one_compile_at_two_sizes() {
     if !common::present_or_skip(common::cxx_missing(), "TPC_REQUIRE_CXX") {
         return;
@@ -105,7 +121,6 @@ fn the_emulated_cuda_c_runs_one_compile_at_two_sizes() {
     }
 }
 
-#[test]
 fn even_splits_share_one_template_and_uneven_ones_do_not() {
     let (_, a) = compile_once(&common::root().join("examples/block.ir"));
     assert_eq!(a.templates.programs.len(), 1);
@@ -124,7 +139,6 @@ fn even_splits_share_one_template_and_uneven_ones_do_not() {
     assert_eq!(of_rank, serde_json::json!([0, 0, 0, 0, 1, 1, 1, 1]));
 }
 
-#[test]
 fn sizes_are_expressions_and_binding_gives_the_plan_at_that_size() {
     let (_, a) = compile_once(&common::root().join("examples/block_seqpar.ir"));
     let text = a.template_text(0).expect("rank 0");
@@ -148,7 +162,6 @@ fn sizes_are_expressions_and_binding_gives_the_plan_at_that_size() {
     );
 }
 
-#[test]
 fn a_binding_that_breaks_a_split_is_an_error_naming_the_symbol() {
     let (_, a) = compile_once(&common::root().join("examples/block_seqpar.ir"));
     let e = a
@@ -181,7 +194,6 @@ fn a_binding_that_breaks_a_split_is_an_error_naming_the_symbol() {
     assert!(rel_err(&want[0], &got[0]) <= tolerance(&g));
 }
 
-#[test]
 fn a_stack_of_identical_layers_generates_each_kernel_once() {
     let kernels = |layers: usize| {
         let config = tpc::gen::Llama {
@@ -204,7 +216,6 @@ fn a_stack_of_identical_layers_generates_each_kernel_once() {
     assert_eq!(two, four, "kernels (count, CUDA bytes) at 2 and 4 layers");
 }
 
-#[test]
 fn a_symbol_without_a_value_still_compiles_to_templates_and_binds_later() {
     let text = "mesh tp\nfunc @f(%x: f32[T, 64], %w0: f32[96@tp, 64], %w1: f32[64, 96@tp]) -> f32[T, 64] {\n  %h = linear(%x, %w0)\n  %y = linear(%h, %w1)\n  return %y\n}\n";
     let a = tpc::compile("t.ir", text, &tpc::CompileOptions::devices(4)).expect("compiles");
@@ -234,7 +245,6 @@ fn nccl_calls(a: &tpc::Artifacts) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[test]
 fn the_blocks_of_the_examples_collectives_are_one_nccl_call_each() {
     // Sequence parallelism: allgathers and reduce-scatters of the outer (sequence) dim.
     let (_, a) = compile_once(&common::root().join("examples/block_seqpar.ir"));

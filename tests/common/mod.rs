@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod harness;
 pub mod program_gen;
 
 /// The repository root.
