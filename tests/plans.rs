@@ -13,6 +13,7 @@ fn main() {
     let mut trials = harness::trials![
         megatron_mlp_needs_one_allreduce_whether_annotated_fully_or_once,
         attention_in_every_fused_layout_needs_one_allreduce_and_nothing_else,
+        split_qkv_of_unequal_widths_needs_one_allreduce_and_no_gather,
         block_needs_two_allreduces,
         sequence_parallel_block_scatters_and_gathers_instead_of_allreducing,
         sequence_parallel_block_gathers_weights_when_activations_are_larger,
@@ -40,6 +41,12 @@ fn plan(file: &str) -> (BTreeMap<(String, String), usize>, serde_json::Value) {
     let mut pm = PassManager::parse(tpc::passes::DEFAULT_PIPELINE).expect("pipeline");
     pm.verify_each = true;
     pm.context.symbols = b.clone();
+    // As `tpc compile --devices 8` runs the passes.
+    pm.context.axis_sizes = g
+        .mesh
+        .resolve(Some(8))
+        .map(|s| s.into_iter().collect())
+        .unwrap_or_default();
     pm.run(&mut g).expect("passes");
     let report = tpc::report::report(&g, 8, &b).expect("report");
     let mut counts = BTreeMap::new();
@@ -83,6 +90,25 @@ fn attention_in_every_fused_layout_needs_one_allreduce_and_nothing_else() {
         let (counts, _) = plan(file);
         assert_eq!(counts, only("allreduce", "tp", 1), "{file}");
     }
+}
+
+/// Qwen's fused QKV weight has parts of unequal widths (q 1024 rows, k and v 512): `split` cuts
+/// it, each part is sharded on its heads where it is cut (a `shard`: each rank keeps its rows,
+/// no traffic), and with grouped-query heads and rotary embeddings the attention still needs one
+/// allreduce and no gather.
+fn split_qkv_of_unequal_widths_needs_one_allreduce_and_no_gather() {
+    let (counts, report) = plan("attention_qwen.ir");
+    let want: BTreeMap<(String, String), usize> = [
+        (("allreduce".to_string(), "tp".to_string()), 1),
+        (("shard".to_string(), "tp".to_string()), 6),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(counts, want);
+    assert_eq!(
+        report["totals"]["allreduce"]["bytes_per_device"],
+        2 * 128 * 1024 * 2
+    );
 }
 
 fn block_needs_two_allreduces() {

@@ -167,3 +167,68 @@ fn collectives_round_trip_and_check_their_types() {
     let r = errors("mesh tp\n\nfunc @f(%y: f32[4] partial(tp)) {\n  %m = allreduce(%y) {axis = tp, op = max} : f32[4]\n  return %m\n}\n");
     assert!(r.contains("needs a partial (max) operand"), "{r}");
 }
+
+#[test]
+fn ops_with_several_results_name_each_and_round_trip() {
+    // Unequal widths (Qwen's q, k, v), a result left unused (`_`), declared types per result.
+    let src = "func @f(%w: f32[2048, 64], %x: f32[4, 8]) {\n  %q, _, %v = split(%w) {dim = 0, sizes = [1024, 512, 512]}\n  %y, %mean, %rstd = layer_norm_stats(%x) : (f32[4, 8], f32[4], f32[4])\n  %z, %r = rms_norm_stats(%x)\n  %s = sin(%x)\n  %c = cos(%x)\n  return %q, %v, %y, %mean, %rstd, %z, %r, %s, %c\n}\n";
+    let out = roundtrip(src);
+    assert!(
+        out.contains("%q, _, %v = split(%w) {dim = 0, sizes = [1024, 512, 512]}\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("%y, %mean, %rstd = layer_norm_stats(%x) : (f32[4, 8], f32[4], f32[4])"),
+        "{out}"
+    );
+    let g = parse(&SourceFile::new("t.ir", src)).expect("parses");
+    let v = g.find("v").expect("v");
+    assert_eq!(g.node(v).result, 2);
+    assert_eq!(g.ty(v).shape_string(), "[512, 64]");
+    assert_eq!(g.statement_of(v).len(), 2, "%q and %v are one statement");
+    let full = print(&g, PrintMode::Full);
+    assert!(
+        full.contains("%q, _, %v = split(%w) {dim = 0, sizes = [1024, 512, 512]} : (f32[1024, 64], f32[512, 64])"),
+        "{full}"
+    );
+}
+
+#[test]
+fn several_results_are_checked() {
+    let e = errors("func @f(%w: f32[6, 2]) {\n  %a, %b = split(%w) {dim = 0, sizes = [2, 2, 2]}\n  return %a\n}\n");
+    assert!(
+        e.contains("`split` gives 3 results, but 2 names are written"),
+        "{e}"
+    );
+    let e = errors("func @f(%w: f32[6, 2]) {\n  %a, %b = split(%w) {dim = 0, sizes = [2, 3]}\n  return %a\n}\n");
+    assert!(
+        e.contains("`split` sizes add up to 5, but dim 0 of [6, 2] is 6"),
+        "{e}"
+    );
+    let e = errors("func @f(%w: f32[6, 2]) {\n  %a, %b = split(%w) {dim = 0, sizes = [3, 3]} : (f32[3, 2])\n  return %a\n}\n");
+    assert!(
+        e.contains("1 types are declared for 2 named results"),
+        "{e}"
+    );
+    let e = errors(
+        "func @f(%w: f32[6, 2]) {\n  _, _ = split(%w) {dim = 0, sizes = [3, 3]}\n  return %w\n}\n",
+    );
+    assert!(e.contains("a statement that names no result"), "{e}");
+    let e = errors("func @f(%w: f32[6, 2]) {\n  %a, %a = split(%w) {dim = 0, sizes = [3, 3]}\n  return %a\n}\n");
+    assert!(e.contains("`%a` is defined twice"), "{e}");
+    let e = errors("func @f(%w: f32[6, 2]) {\n  %a = split(%w) {dim = 0}\n  return %a\n}\n");
+    assert!(e.contains("`split` needs the attribute `sizes`"), "{e}");
+}
+
+#[test]
+fn ops_are_hashable_keys() {
+    use std::collections::{BTreeSet, HashSet};
+    let src = "func @f(%x: f32[4, 8]) {\n  %a = layer_norm(%x) {eps = 0.00001}\n  %b = layer_norm(%x) {eps = 0.00001}\n  %c = layer_norm(%x) {eps = 0.001}\n  %d = sdpa(%x, %x, %x) {scale = 0.5}\n  %e = sdpa(%x, %x, %x) {scale = 0.5}\n  return %a, %b, %c, %d, %e\n}\n";
+    let g = parse(&SourceFile::new("t.ir", src)).expect("parses");
+    let ops: Vec<tpc_ir::Op> = g.values().iter().map(|&v| g.op(v).clone()).collect();
+    let hashed: HashSet<&tpc_ir::Op> = ops.iter().collect();
+    let ordered: BTreeSet<&tpc_ir::Op> = ops.iter().collect();
+    // The parameter, two distinct layer norms, one sdpa.
+    assert_eq!(hashed.len(), 4);
+    assert_eq!(ordered.len(), 4);
+}

@@ -23,7 +23,9 @@ use tpc_ir::ops::{Broadcast, CollectiveOp, Linear};
 use tpc_ir::rule::{rule_of, FactorKind};
 use tpc_ir::{Collective, Dim, Graph, Node, Op, ReduceOp, Sharding, TensorType, ValueId};
 
-use crate::place::{locate, place_in, places_of, same_layout, split_factors, Names, Place};
+use crate::place::{
+    locate, locate_even, place_in, places_of, same_layout, split_factors, Names, Place,
+};
 use crate::{Error, Result};
 
 /// A layout change on one axis: whole (`None`) or a place.
@@ -203,7 +205,12 @@ impl Resharder {
                 let split = rule
                     .result
                     .get(*dim)
-                    .and_then(|fs| locate(&rule, fs, outer, size, inner));
+                    // Either writing of an even split (`16@tp` of a (8, 2) dim on 8 ranks is its
+                    // 8 split) is the op's.
+                    .and_then(|fs| {
+                        let n = self.axis_sizes.get(axis).copied();
+                        locate_even(&rule, fs, outer, size, inner, n)
+                    });
                 match split {
                     Some(s)
                         if matches!(

@@ -529,3 +529,44 @@ fn cross_entropy_means_over_kept_targets() {
     );
     close(&y, &[(2f64.ln() + 4f64.ln()) / 2.0], 1e-6);
 }
+
+#[test]
+fn split_gives_each_piece_and_unequal_widths() {
+    let src = "func @f(%x: f32[2, 5]) {\n  %a, %b, %c = split(%x) {dim = 1, sizes = [1, 3, 1]}\n  return %a, %b, %c\n}\n";
+    let x: Vec<f32> = (0..10).map(|i| i as f32).collect();
+    let out = try_run(src, vec![("x", f32s(&[2, 5], &x))]).expect("runs");
+    assert_eq!(out[0].shape(), [2, 1]);
+    assert_eq!(out[0].to_f32_vec(), [0., 5.]);
+    assert_eq!(out[1].to_f32_vec(), [1., 2., 3., 6., 7., 8.]);
+    assert_eq!(out[2].to_f32_vec(), [4., 9.]);
+}
+
+#[test]
+fn sin_and_cos() {
+    let x = [0.0f32, 0.5, -1.0, 3.0];
+    let s = unary("sin", &x);
+    close(&s, &x.map(|v| (v as f64).sin()), 1e-6);
+    let c = unary("cos", &x);
+    close(&c, &x.map(|v| (v as f64).cos()), 1e-6);
+}
+
+#[test]
+fn norm_statistics_are_per_row_in_f32() {
+    let src = "func @f(%x: bf16[2, 4], %w: bf16[4]) {\n  %y, %mean, %rstd = layer_norm_stats(%x, %w) {eps = 0.0}\n  %z, %r = rms_norm_stats(%x) {eps = 0.0}\n  %y1 = layer_norm(%x, %w) {eps = 0.0}\n  return %y, %mean, %rstd, %z, %r, %y1\n}\n";
+    let x = Tensor::from_f32(
+        DType::BF16,
+        vec![2, 4],
+        vec![1., 2., 3., 4., -2., 0., 2., 4.],
+    )
+    .expect("tensor");
+    let w = Tensor::from_f32(DType::BF16, vec![4], vec![1., 2., 1., 1.]).expect("tensor");
+    let out = try_run(src, vec![("x", x), ("w", w)]).expect("runs");
+    assert_eq!(out[1].dtype(), DType::F32);
+    assert_eq!(out[1].shape(), [2]);
+    close(&out[1], &[2.5, 1.0], 1e-6);
+    close(&out[2], &[1.0 / 1.25f64.sqrt(), 1.0 / 5f64.sqrt()], 1e-6);
+    close(&out[4], &[1.0 / 7.5f64.sqrt(), 1.0 / 6f64.sqrt()], 1e-6);
+    // The first result is layer_norm's.
+    assert_eq!(out[0].to_f32_vec(), out[5].to_f32_vec());
+    assert_eq!(out[0].dtype(), DType::BF16);
+}
