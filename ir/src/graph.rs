@@ -354,7 +354,6 @@ impl Graph {
             ))
             .hint("write one name per result, `_` for a result you do not use"));
         }
-        let base = names.iter().flatten().next().cloned().unwrap_or_default();
         let mut operands = operands.to_vec();
         if op.broadcasts_operands() {
             let shapes: Vec<&[crate::dim::Dim]> = operands
@@ -362,6 +361,7 @@ impl Graph {
                 .map(|&o| self.ty(o).shape.as_slice())
                 .collect();
             let target = broadcast_shapes(&shapes).map_err(InferError::new)?;
+            let base = names.iter().flatten().next().cloned().unwrap_or_default();
             for (i, o) in operands.iter_mut().enumerate() {
                 if self.ty(*o).shape != target {
                     let b = Op::Broadcast(crate::ops::Broadcast {
@@ -375,14 +375,25 @@ impl Graph {
         let tys: Vec<&TensorType> = operands.iter().map(|&o| self.ty(o)).collect();
         let results = infer_results(&op, &tys)?;
         let mut out = Vec::with_capacity(n);
+        // The op moves into the last node that keeps a result (one-result ops are not cloned).
+        let last = names.iter().rposition(Option::is_some);
+        let mut op = Some(op);
         for (k, (name, (dtype, shape))) in names.iter().zip(results).enumerate() {
             let Some(name) = name else {
                 out.push(None);
                 continue;
             };
+            let op = if Some(k) == last {
+                op.take()
+            } else {
+                op.clone()
+            };
+            let Some(op) = op else {
+                break;
+            };
             let node = Node {
                 name: name.clone(),
-                op: op.clone(),
+                op,
                 result: k,
                 ty: TensorType::new(dtype, shape),
                 span,
