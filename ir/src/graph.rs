@@ -58,9 +58,12 @@ pub struct Graph {
     graph: StableDiGraph<Node, u32>,
     /// Program order: parameters first, then ops, each after its operands.
     order: Vec<ValueId>,
-    /// Each node's position in `order`, by node index (built when first asked for after a
-    /// change of order), so that `users` is not a scan of the program per user.
-    positions: std::sync::OnceLock<Vec<usize>>,
+    /// Each node's sequence number, by node index: increasing along `order`, with gaps so that
+    /// inserting a node before another takes one between its neighbours (renumbering only when
+    /// a gap runs out). Comparing two values' order is O(1); a position is a binary search.
+    seq: Vec<u64>,
+    /// Each node's operands in order, by node index (the edges carry the same for `users`).
+    operand_lists: Vec<Vec<ValueId>>,
     params: Vec<ValueId>,
     outputs: Vec<ValueId>,
     /// The declared result types, when the source gave them (`-> bf16[B, S, 768]`).
@@ -94,7 +97,8 @@ impl Graph {
             span: Span::DUMMY,
             graph: StableDiGraph::default(),
             order: Vec::new(),
-            positions: std::sync::OnceLock::new(),
+            seq: Vec::new(),
+            operand_lists: Vec::new(),
             params: Vec::new(),
             outputs: Vec::new(),
             result_types: Vec::new(),
@@ -155,13 +159,15 @@ impl Graph {
 
     /// The operands of `v`, in order.
     pub fn operands(&self, v: ValueId) -> Vec<ValueId> {
-        let mut edges: Vec<(u32, ValueId)> = self
-            .graph
-            .edges_directed(v.0, Direction::Incoming)
-            .map(|e| (*e.weight(), ValueId(e.source())))
-            .collect();
-        edges.sort();
-        edges.into_iter().map(|(_, v)| v).collect()
+        self.operand_slice(v).to_vec()
+    }
+
+    /// The operands of `v`, in order, without a copy.
+    pub fn operand_slice(&self, v: ValueId) -> &[ValueId] {
+        self.operand_lists
+            .get(v.index())
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// The values that use `v`, in program order, once each.
@@ -171,21 +177,52 @@ impl Graph {
             .edges_directed(v.0, Direction::Outgoing)
             .map(|e| ValueId(e.target()))
             .collect();
-        users.sort_by_key(|u| self.position(*u));
+        users.sort_by_key(|u| self.seq_of(*u));
         users.dedup();
         users
     }
 
+    fn seq_of(&self, v: ValueId) -> u64 {
+        self.seq.get(v.index()).copied().unwrap_or(u64::MAX)
+    }
+
+    /// `v`'s index in program order (`usize::MAX` when it is not in the graph).
     fn position(&self, v: ValueId) -> usize {
-        let positions = self.positions.get_or_init(|| {
-            use petgraph::visit::NodeIndexable;
-            let mut p = vec![usize::MAX; self.graph.node_bound()];
-            for (i, x) in self.order.iter().enumerate() {
-                p[x.0.index()] = i;
-            }
-            p
-        });
-        positions.get(v.0.index()).copied().unwrap_or(usize::MAX)
+        let key = self.seq_of(v);
+        match self.order.binary_search_by_key(&key, |&x| self.seq_of(x)) {
+            Ok(i) if self.order[i] == v => i,
+            _ => usize::MAX,
+        }
+    }
+
+    /// Gap between consecutive sequence numbers when they are (re)assigned.
+    const SEQ_GAP: u64 = 1 << 16;
+
+    /// Registers a new node's operand list and sequence number `seq`.
+    fn register(&mut self, v: ValueId, operands: &[ValueId], seq: u64) {
+        let i = v.index();
+        if self.seq.len() <= i {
+            self.seq.resize(i + 1, u64::MAX);
+            self.operand_lists.resize(i + 1, Vec::new());
+        }
+        self.seq[i] = seq;
+        self.operand_lists[i] = operands.to_vec();
+        for (k, &o) in operands.iter().enumerate() {
+            self.graph.add_edge(o.0, v.0, k as u32);
+        }
+    }
+
+    /// The sequence number after the last value's.
+    fn next_seq(&self) -> u64 {
+        self.order
+            .last()
+            .map_or(Self::SEQ_GAP, |&l| self.seq_of(l) + Self::SEQ_GAP)
+    }
+
+    fn renumber(&mut self) {
+        for (k, &v) in self.order.iter().enumerate() {
+            self.seq[v.index()] = (k as u64 + 1) * Self::SEQ_GAP;
+        }
     }
 
     /// Removes a value that nothing uses and that is not a parameter or an output.
@@ -203,44 +240,35 @@ impl Graph {
         {
             return false;
         }
+        let at = self.position(v);
         self.graph.remove_node(v.0);
-        self.order.retain(|&x| x != v);
-        self.positions = std::sync::OnceLock::new();
+        if at < self.order.len() {
+            self.order.remove(at);
+        }
+        self.seq[v.index()] = u64::MAX;
+        self.operand_lists[v.index()].clear();
         true
     }
 
     /// Inserts a node just before `before` in program order (its operands must come earlier).
     pub fn insert_before(&mut self, before: ValueId, node: Node, operands: &[ValueId]) -> ValueId {
+        let at = self.position(before).min(self.order.len());
+        let prev = match at {
+            0 => 0,
+            _ => self.seq_of(self.order[at - 1]),
+        };
+        let next = self
+            .order
+            .get(at)
+            .map_or(prev.saturating_add(2 * Self::SEQ_GAP), |&x| self.seq_of(x));
         let v = ValueId(self.graph.add_node(node));
-        for (i, &o) in operands.iter().enumerate() {
-            self.graph.add_edge(o.0, v.0, i as u32);
-        }
-        // Keep the position cache where there is one (shifting what follows), else find the
-        // place by a scan: passes insert many nodes in a row, and rebuilding the cache after
-        // every one would cost the program's size each time.
-        let cached = self.positions.get().is_some();
-        let at = if cached {
-            self.position(before)
-        } else {
-            self.order
-                .iter()
-                .position(|&x| x == before)
-                .unwrap_or(usize::MAX)
-        }
-        .min(self.order.len());
         self.order.insert(at, v);
-        match self.positions.get_mut() {
-            Some(p) => {
-                p.iter_mut()
-                    .filter(|x| **x != usize::MAX && **x >= at)
-                    .for_each(|x| *x += 1);
-                let i = v.0.index();
-                if p.len() <= i {
-                    p.resize(i + 1, usize::MAX);
-                }
-                p[i] = at;
-            }
-            None => self.positions = std::sync::OnceLock::new(),
+        if next - prev >= 2 {
+            self.register(v, operands, prev + (next - prev) / 2);
+        } else {
+            // The gap ran out: renumber the program (rare: a gap halves 16 times first).
+            self.register(v, operands, 0);
+            self.renumber();
         }
         v
     }
@@ -249,6 +277,13 @@ impl Graph {
     pub fn set_operand(&mut self, user: ValueId, index: usize, new: ValueId) {
         self.remove_operand_edge(user, index);
         self.graph.add_edge(new.0, user.0, index as u32);
+        let list = &mut self.operand_lists[user.index()];
+        if index < list.len() {
+            list[index] = new;
+        } else {
+            // After its operands were removed from the end, `user` gets them anew in order.
+            list.push(new);
+        }
     }
 
     /// Removes the edge that feeds operand `index` of `user` (which must be its last operand).
@@ -261,6 +296,11 @@ impl Graph {
             .collect();
         for e in old {
             self.graph.remove_edge(e);
+        }
+        if let Some(list) = self.operand_lists.get_mut(user.index()) {
+            if index + 1 == list.len() {
+                list.pop();
+            }
         }
     }
 
@@ -294,9 +334,10 @@ impl Graph {
             span,
             explicit_type: true,
         };
+        let seq = self.next_seq();
         let v = ValueId(self.graph.add_node(node));
+        self.register(v, &[], seq);
         self.order.push(v);
-        self.positions = std::sync::OnceLock::new();
         self.params.push(v);
         v
     }
@@ -304,12 +345,10 @@ impl Graph {
     /// Adds an op with a type given by the caller (no inference, no broadcasting): for passes
     /// and the parser. The verifier checks the type later.
     pub fn add_node(&mut self, node: Node, operands: &[ValueId]) -> ValueId {
+        let seq = self.next_seq();
         let v = ValueId(self.graph.add_node(node));
-        for (i, &o) in operands.iter().enumerate() {
-            self.graph.add_edge(o.0, v.0, i as u32);
-        }
+        self.register(v, operands, seq);
         self.order.push(v);
-        self.positions = std::sync::OnceLock::new();
         v
     }
 
@@ -436,5 +475,58 @@ impl Graph {
             }
         }
         self.order[start..end].to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dim::Dim;
+    use crate::dtype::DType;
+    use crate::ops::UnaryOp;
+
+    fn exp_node(name: &str) -> Node {
+        Node {
+            name: name.into(),
+            op: Op::Unary(UnaryOp::Exp),
+            result: 0,
+            ty: TensorType::new(DType::F32, vec![Dim::constant(4)]),
+            span: Span::DUMMY,
+            explicit_type: false,
+        }
+    }
+
+    #[test]
+    fn many_inserts_before_one_value_keep_program_order_and_operands() {
+        let mut g = Graph::new("f", Mesh::default());
+        let x = g.add_param(
+            "x",
+            TensorType::new(DType::F32, vec![Dim::constant(4)]),
+            Span::DUMMY,
+        );
+        let last = g.add_node(exp_node("last"), &[x]);
+        // Each insert lands between the previous insert and `last`: the gap halves every time,
+        // so 40 inserts run it out and renumber.
+        let mut prev = x;
+        let mut inserted = Vec::new();
+        for i in 0..40 {
+            let v = g.insert_before(last, exp_node(&format!("n{i}")), &[prev]);
+            inserted.push(v);
+            prev = v;
+        }
+        g.set_operand(last, 0, prev);
+        let mut want = vec![x];
+        want.extend(&inserted);
+        want.push(last);
+        assert_eq!(g.values(), want.as_slice());
+        assert_eq!(g.operands(last), [prev]);
+        assert_eq!(g.operands(inserted[0]), [x]);
+        // Users come in program order.
+        let early = g.insert_before(inserted[0], exp_node("early"), &[x]);
+        assert_eq!(g.users(x), [early, inserted[0]]);
+        assert_eq!(g.position(early), 1);
+        assert!(g.remove_unused(early));
+        assert_eq!(g.users(x), [inserted[0]]);
+        assert_eq!(g.position(inserted[0]), 1);
     }
 }
