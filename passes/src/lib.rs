@@ -8,12 +8,15 @@
 
 pub mod cost;
 mod dce;
-pub mod lower;
+mod insert_resharding;
+pub mod lower_to_local;
 mod manager;
 mod place;
-mod propagate;
-mod reorder;
-mod reshard;
+mod propagate_sharding;
+mod reorder_sharded_axis;
+
+/// The per-rank lowering under its former name.
+pub use lower_to_local as lower;
 
 pub use manager::{registry, PassInfo, PassManager, PassRecord, PrintAfter};
 

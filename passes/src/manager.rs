@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use tpc_ir::verify::verify;
 use tpc_ir::Graph;
 
-use crate::{dce, propagate, reorder, reshard, Error, PassContext, PassFn, Result};
+use crate::{
+    dce, insert_resharding, propagate_sharding, reorder_sharded_axis, Error, PassContext, PassFn,
+    Result,
+};
 
 /// A registered pass.
 #[derive(Clone, Copy, Debug)]
@@ -22,17 +25,17 @@ pub fn registry() -> &'static [PassInfo] {
         PassInfo {
             name: "propagate-sharding",
             description: "spread the user's shardings to every value through the ops' factor rules",
-            run: propagate::run,
+            run: propagate_sharding::run,
         },
         PassInfo {
             name: "insert-resharding",
             description: "insert the cheapest collective wherever an op needs an operand laid out differently",
-            run: reshard::run,
+            run: insert_resharding::run,
         },
         PassInfo {
             name: "reorder-sharded-axis",
             description: "move the split factor of every gather and scatter to the outermost dim, with local permutes around it",
-            run: reorder::run,
+            run: reorder_sharded_axis::run,
         },
         PassInfo {
             name: "dce",
