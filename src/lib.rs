@@ -98,7 +98,8 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A pass error, with a graph left invalid by a pass shown as located diagnostics in `file`
-/// (a bug in tpc, but one a person can then read and report).
+/// (a bug in tpc, but one a person can then read and report), and an input that breaks the
+/// invariants of the phase the pipeline starts at likewise (the program's error).
 pub fn pass_error(e: tpc_passes::Error, file: &SourceFile) -> Error {
     match e {
         tpc_passes::Error::InvalidAfter { pass, diagnostics } => Error::Program {
@@ -107,6 +108,16 @@ pub fn pass_error(e: tpc_passes::Error, file: &SourceFile) -> Error {
                 .into_iter()
                 .map(|mut d| {
                     d.message = format!("after pass `{pass}` (a bug in tpc): {}", d.message);
+                    d
+                })
+                .collect(),
+        },
+        tpc_passes::Error::InvalidInput { phase, diagnostics } => Error::Program {
+            file: file.clone(),
+            diagnostics: diagnostics
+                .into_iter()
+                .map(|mut d| {
+                    d.message = format!("at the {phase} phase: {}", d.message);
                     d
                 })
                 .collect(),

@@ -2,7 +2,8 @@
 
 use tpc_ir::Graph;
 
-use crate::Result;
+use crate::pass::{Outcome, Pass, Phase};
+use crate::{PassContext, Result};
 
 pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
     let mut changed = false;
@@ -14,4 +15,30 @@ pub fn run(g: &mut Graph, _cx: &crate::PassContext) -> Result<bool> {
         }
     }
     Ok(changed)
+}
+
+/// `dce` as a [`Pass`]: runs at any phase and keeps it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Dce;
+
+impl Pass for Dce {
+    fn name(&self) -> &'static str {
+        "dce"
+    }
+
+    fn description(&self) -> &'static str {
+        "remove values that no result depends on"
+    }
+
+    fn requires(&self) -> Phase {
+        Phase::Global
+    }
+
+    fn produces(&self) -> Option<Phase> {
+        None
+    }
+
+    fn run(&self, g: &mut Graph, cx: &PassContext) -> Result<Outcome> {
+        run(g, cx).map(Outcome::changed)
+    }
 }

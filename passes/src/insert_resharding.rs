@@ -474,3 +474,199 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
     }
     Ok(r.changed)
 }
+
+use tpc_ir::Diagnostic;
+
+use crate::pass::{Outcome, Pass, Phase};
+use crate::PassContext;
+
+/// `insert-resharding` as a [`Pass`]: from the sharded phase to the resharded one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InsertResharding;
+
+impl Pass for InsertResharding {
+    fn name(&self) -> &'static str {
+        "insert-resharding"
+    }
+
+    fn description(&self) -> &'static str {
+        "insert the cheapest collective wherever an op needs an operand laid out differently"
+    }
+
+    fn requires(&self) -> Phase {
+        Phase::Sharded
+    }
+
+    fn produces(&self) -> Option<Phase> {
+        Some(Phase::Resharded)
+    }
+
+    fn run(&self, g: &mut Graph, cx: &PassContext) -> Result<Outcome> {
+        run(g, cx).map(Outcome::changed)
+    }
+}
+
+/// A value's layout on one axis, in words: `whole`, `split in dim 2 as (3, 16@tp, 48)`,
+/// `partial (sum)`.
+fn describe(p: Option<&Place>, axis: &str) -> String {
+    match p {
+        None => "whole".into(),
+        Some(Place::Split {
+            dim,
+            outer,
+            size,
+            inner,
+        }) => {
+            let factors: Vec<String> = split_factors(outer, size, inner, axis)
+                .iter()
+                .map(|f| match f.axes.as_slice() {
+                    [] => f.extent.to_string(),
+                    axes => format!("{}@{}", f.extent, axes.join("")),
+                })
+                .collect();
+            let factors = match factors.as_slice() {
+                [one] => one.clone(),
+                many => format!("({})", many.join(", ")),
+            };
+            format!("split in dim {dim} as {factors}")
+        }
+        Some(Place::Partial(op)) => format!("partial ({})", op.name()),
+        Some(Place::Fixed) => "split with other axes".into(),
+    }
+}
+
+/// The resharded phase's invariant: every op of `g` other than a collective computes its
+/// result from its operands' layouts without communication, on every mesh axis: the test
+/// insert-resharding makes before it inserts a collective (what the op needs of each operand,
+/// from its result's layout and its factor rule; a layout the op cannot make at all is
+/// [`Error::NotLocal`]). A `linear` with a bias is never partial (each rank would add the
+/// bias), and a result is partial only where its declared type is. `axis_sizes` (when known)
+/// tell two writings of one even split from two layouts. One diagnostic per problem, located
+/// at the value and naming it.
+pub fn check_local(g: &Graph, axis_sizes: &BTreeMap<String, i64>) -> Vec<Diagnostic> {
+    let axes: Vec<String> = g.mesh.axes.iter().map(|a| a.name.clone()).collect();
+    let mut diags = Vec::new();
+    if axes.is_empty() {
+        return diags;
+    }
+    let r = Resharder {
+        axes: axes.clone(),
+        made: BTreeMap::new(),
+        changed: false,
+        names: Names::default(),
+        axis_sizes: axis_sizes.clone(),
+    };
+    for &v in g.values() {
+        if matches!(g.op(v), Op::Param { .. } | Op::Collective { .. }) {
+            continue;
+        }
+        let node = g.node(v);
+        let op = g.op(v).name();
+        let operands = g.operands(v);
+        if op == "linear" && operands.len() == 3 && !node.ty.sharding.partial.is_empty() {
+            diags.push(
+                Diagnostic::error(
+                    format!(
+                        "`%{}` = linear with a bias is partial: every rank would add the bias",
+                        node.name
+                    ),
+                    node.span,
+                    "bias added before the reduction",
+                )
+                .with_help(
+                    "take the partial product without the bias, reduce it, then add the bias \
+                     (insert-resharding does)",
+                ),
+            );
+            continue;
+        }
+        for axis in &axes {
+            let needs = match r.needs(g, v, axis) {
+                Ok(Some(needs)) => needs,
+                Ok(None) => continue,
+                Err(Error::NotLocal { .. }) => {
+                    let have = places_of(&node.ty);
+                    diags.push(
+                        Diagnostic::error(
+                            format!(
+                                "`%{}` is {} on `{axis}`, which its `{op}` cannot produce from local pieces",
+                                node.name,
+                                describe(have.get(axis), axis)
+                            ),
+                            node.span,
+                            format!("not computable locally on `{axis}`"),
+                        )
+                        .with_help(format!(
+                            "compute it whole on `{axis}` and `shard` it after (insert-resharding does)"
+                        )),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    diags.push(Diagnostic::error(
+                        format!("`%{}`: {e}", node.name),
+                        node.span,
+                        format!("not computable locally on `{axis}`"),
+                    ));
+                    continue;
+                }
+            };
+            let n = axis_sizes.get(axis).copied();
+            for (&o, need) in operands.iter().zip(&needs) {
+                let have = places_of(g.ty(o)).get(axis).cloned();
+                let same = match (&have, need) {
+                    (Some(a), Some(b)) => same_layout(a, b, n),
+                    (a, b) => a == b,
+                };
+                if same || matches!(have, Some(Place::Fixed)) || matches!(need, Some(Place::Fixed))
+                {
+                    continue;
+                }
+                diags.push(
+                    Diagnostic::error(
+                        format!(
+                            "`%{}` (`{op}`) is not computed locally on `{axis}`: it needs `%{}` {} there, but `%{}` is {}",
+                            node.name,
+                            g.name(o),
+                            describe(need.as_ref(), axis),
+                            g.name(o),
+                            describe(have.as_ref(), axis)
+                        ),
+                        node.span,
+                        format!("not computable locally on `{axis}`"),
+                    )
+                    .with_secondary(g.node(o).span, format!("`%{}` is laid out here", g.name(o)))
+                    .with_help(format!(
+                        "convert `%{}` with a collective over `{axis}` first (insert-resharding inserts it)",
+                        g.name(o)
+                    )),
+                );
+            }
+        }
+    }
+    for (i, &o) in g.outputs().iter().enumerate() {
+        let declared = g.result_types.get(i).map(|(t, _)| &t.sharding.partial);
+        for p in &g.ty(o).sharding.partial {
+            if declared.is_some_and(|d| d.contains(p)) {
+                continue;
+            }
+            diags.push(
+                Diagnostic::error(
+                    format!(
+                        "`%{}` is returned partial over `{}`, which its declared result type is not",
+                        g.name(o),
+                        p.axis
+                    ),
+                    g.node(o).span,
+                    "returned before its reduction",
+                )
+                .with_secondary(g.return_span, "returned here")
+                .with_help(format!(
+                    "reduce it with an allreduce over `{}` before returning it",
+                    p.axis
+                )),
+            );
+        }
+    }
+    diags
+}

@@ -1,16 +1,20 @@
 //! tpc-passes: the pass manager and the passes.
 //!
-//! A pass has a kebab-case name, runs on a [`Graph`], and reports whether it changed it. The
-//! manager runs a pipeline given as a string (`dce`), verifies the graph after every pass when
-//! asked (always in tests and debug builds), and can print the IR after a pass and time passes.
-//! The sharding passes of DESIGN.md (propagate-sharding, insert-resharding, …) join the registry
-//! as they land.
+//! A pass ([`Pass`]) has a kebab-case name, typed options, the [`Phase`] it needs the graph in
+//! and the phase it leaves it in; it runs on a [`Graph`](tpc_ir::Graph) and reports whether it changed it. The
+//! manager runs a pipeline given as a string (`propagate-sharding{cost=bytes},insert-resharding`),
+//! checks that every pass finds the graph in a phase it can run at, verifies the input and the
+//! graph after every pass (the IR's verifier and the phase's invariants, [`verify_phase`]) when
+//! asked (always in tests and debug builds), and can print the IR before and after a pass and
+//! time passes. docs/passes.md has the phases, the options syntax and how to add a pass.
 
 pub mod cost;
 mod dce;
 mod insert_resharding;
 pub mod lower_to_local;
 mod manager;
+mod pass;
+mod phase;
 mod place;
 mod propagate_sharding;
 mod reorder_sharded_axis;
@@ -18,11 +22,14 @@ mod reorder_sharded_axis;
 /// The per-rank lowering under its former name.
 pub use lower_to_local as lower;
 
-pub use manager::{registry, PassInfo, PassManager, PassRecord, PrintAfter};
+pub use insert_resharding::check_local;
+pub use manager::{registry, Dump, PassManager, PassRecord, PrintAfter, PrintIr};
+pub use pass::{OptionKind, OptionSpec, OptionValue, Options, Outcome, Pass, Phase};
+pub use phase::verify_phase;
 
 use std::collections::BTreeMap;
 
-use tpc_ir::{Diagnostic, Graph};
+use tpc_ir::Diagnostic;
 
 /// Errors of the pass crate.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +38,44 @@ pub enum Error {
     UnknownPass { name: String, valid: String },
     #[error("the pipeline is empty; name at least one pass, like `dce`")]
     EmptyPipeline,
+    #[error("bad pipeline: {0}")]
+    Pipeline(String),
+    #[error("pass `{pass}` has no option `{option}`; {valid}")]
+    UnknownOption {
+        pass: String,
+        option: String,
+        valid: String,
+    },
+    #[error("`{value}` is not a value of option `{option}` of pass `{pass}`: it takes {expected}")]
+    BadOptionValue {
+        pass: String,
+        option: String,
+        value: String,
+        expected: String,
+    },
+    #[error("unknown phase `{name}`; the phases are: {valid}")]
+    UnknownPhase { name: String, valid: String },
+    #[error("pass `{pass}` needs the graph at the {requires} phase, but it is at the {current} phase{hint}")]
+    PhaseTooEarly {
+        pass: String,
+        requires: Phase,
+        current: Phase,
+        /// Which pass brings the graph to the required phase, as `; `x` brings it there`.
+        hint: String,
+    },
+    #[error(
+        "pass `{pass}` makes the {produces} phase, but the graph is already at the {current} phase"
+    )]
+    PhasePassed {
+        pass: String,
+        produces: Phase,
+        current: Phase,
+    },
+    #[error("the input is not a valid program at the {phase} phase ({} error(s))", .diagnostics.len())]
+    InvalidInput {
+        phase: Phase,
+        diagnostics: Vec<Diagnostic>,
+    },
     #[error("cannot lower to a rank: {0}")]
     Lowering(String),
     /// Internal to insert-resharding, which handles it: `value`'s op cannot make its layout on
@@ -52,10 +97,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// unless told otherwise.
 pub const DEFAULT_PIPELINE: &str = "propagate-sharding,insert-resharding,reorder-sharded-axis";
 
-/// Runs one pass function: the signature every pass has.
-pub type PassFn = fn(&mut Graph, &PassContext) -> Result<bool>;
-
-/// What passes may read besides the graph.
+/// What passes (and the phase verifier) may read besides the graph: the manager's context, the
+/// same for every pass of a pipeline.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PassContext {
     /// Symbol values at which the cost model sizes tensors (`--bind`); a symbol left out counts
@@ -63,6 +106,7 @@ pub struct PassContext {
     pub symbols: BTreeMap<String, i64>,
     /// Mesh axis sizes, when the device count is known (`--devices`): what a pass that must
     /// count ranks (reorder-sharded-axis for `all_to_all`) needs; without them it leaves such
-    /// collectives as they are.
+    /// collectives as they are. `lower-to-local` takes the mesh from them (and binds the
+    /// program's symbols with `symbols`).
     pub axis_sizes: BTreeMap<String, i64>,
 }

@@ -244,3 +244,120 @@ pub fn lower_shapes(
         shapes,
     })
 }
+
+use tpc_ir::Diagnostic;
+
+use crate::pass::{OptionKind, OptionSpec, Options, Outcome, Pass, Phase};
+use crate::PassContext;
+
+/// The mesh's axes with their sizes, in mesh order (first axis major): from the context's axis
+/// sizes, else the sizes the mesh declares.
+pub fn mesh_sizes(g: &Graph, cx: &PassContext) -> Result<Vec<(String, usize)>> {
+    g.mesh
+        .axes
+        .iter()
+        .map(|a| {
+            let size = cx.axis_sizes.get(&a.name).copied().or(a.size);
+            match size {
+                Some(n) if n >= 1 => Ok((a.name.clone(), n as usize)),
+                _ => Err(Error::Lowering(format!(
+                    "the size of mesh axis `{}` is not known; give the device count (--devices)",
+                    a.name
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// `lower-to-local` as a [`Pass`]: from the resharded phase to the local one. The graph stays
+/// as it is (the global program every rank's pieces are cut from); the outcome carries the
+/// program as rank `rank` runs it ([`lower_to_local`]), with the context's symbols as the
+/// bindings and its axis sizes as the mesh.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LowerToLocal {
+    rank: usize,
+}
+
+impl Pass for LowerToLocal {
+    fn name(&self) -> &'static str {
+        "lower-to-local"
+    }
+
+    fn description(&self) -> &'static str {
+        "the program as one rank runs it: every value's piece and index maps, each collective's group"
+    }
+
+    fn requires(&self) -> Phase {
+        Phase::Resharded
+    }
+
+    fn produces(&self) -> Option<Phase> {
+        Some(Phase::Local)
+    }
+
+    fn options(&self) -> &'static [OptionSpec] {
+        &[OptionSpec {
+            name: "rank",
+            kind: OptionKind::Count,
+            default: "0",
+            help: "the rank to lower for (ranks are numbered with the first mesh axis major)",
+        }]
+    }
+
+    fn configure(&mut self, options: &Options) -> Result<()> {
+        self.rank = options.count("rank")?;
+        Ok(())
+    }
+
+    fn run(&self, g: &mut Graph, cx: &PassContext) -> Result<Outcome> {
+        let sizes = mesh_sizes(g, cx)?;
+        let program = lower_to_local(g, &sizes, &cx.symbols, self.rank)?;
+        Ok(Outcome {
+            changed: false,
+            local: Some(program),
+        })
+    }
+}
+
+/// The local phase's own invariant: on every class of ranks ([`rank_classes`]), every op's shape
+/// rule applied to the rank's local operands gives the piece it holds ([`lower_shapes`]), at the
+/// context's symbol values when they bind every symbol, else symbolically.
+pub(crate) fn check_lowers(g: &Graph, cx: &PassContext) -> Vec<Diagnostic> {
+    let located = |message: String| {
+        let span = message
+            .strip_prefix('%')
+            .and_then(|rest| rest.split([' ', ':']).next())
+            .and_then(|name| g.find(name))
+            .map(|v| g.node(v).span)
+            .unwrap_or(g.span);
+        Diagnostic::error(message, span, "does not lower to the ranks' pieces")
+    };
+    let sizes = match mesh_sizes(g, cx) {
+        Ok(s) => s,
+        Err(e) => return vec![located(lowering_message(e))],
+    };
+    let bound = g.values().iter().all(|&v| {
+        g.ty(v)
+            .shape
+            .iter()
+            .all(|d| d.symbols().iter().all(|s| cx.symbols.contains_key(s)))
+    });
+    let specialize = bound.then_some(&cx.symbols);
+    let classes = match rank_classes(g, &sizes, specialize) {
+        Ok(c) => c,
+        Err(e) => return vec![located(lowering_message(e))],
+    };
+    classes
+        .iter()
+        .filter_map(|ranks| ranks.first())
+        .filter_map(|&rank| lower_shapes(g, &sizes, rank, specialize).err())
+        .map(|e| located(lowering_message(e)))
+        .collect()
+}
+
+fn lowering_message(e: Error) -> String {
+    match e {
+        Error::Lowering(m) => m,
+        other => other.to_string(),
+    }
+}

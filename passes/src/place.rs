@@ -192,6 +192,7 @@ pub(crate) fn write_back(ty: &mut TensorType, before: &Places, after: &Places) {
 }
 
 /// The names a graph's values have, for making new ones without scanning the graph each time.
+#[derive(Default)]
 pub(crate) struct Names(std::collections::BTreeSet<String>);
 
 impl Names {

@@ -20,8 +20,11 @@ use tpc_ir::rule::{rule_of, FactorId, FactorKind, FactorRule};
 use tpc_ir::{Graph, Op, ValueId};
 
 use crate::cost::global_bytes;
+use crate::pass::{OptionKind, OptionSpec, Options, Outcome, Pass, Phase};
 use crate::place::{locate_even, place_in, places_of, write_back, FactorSplit, Place, Places};
-use crate::Result;
+use crate::{PassContext, Result};
+use tpc_ir::syntax::type_string;
+use tpc_ir::Diagnostic;
 
 struct State {
     places: BTreeMap<ValueId, Places>,
@@ -282,4 +285,102 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
         }
     }
     Ok(changed)
+}
+
+/// What decides between conflicting splits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Cost {
+    /// The global bytes insert-resharding would move (docs/sharding.md, "Conflicts").
+    #[default]
+    Bytes,
+}
+
+/// `propagate-sharding` as a [`Pass`]: from the global phase to the sharded one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PropagateSharding {
+    cost: Cost,
+}
+
+impl Pass for PropagateSharding {
+    fn name(&self) -> &'static str {
+        "propagate-sharding"
+    }
+
+    fn description(&self) -> &'static str {
+        "spread the user's shardings to every value through the ops' factor rules"
+    }
+
+    fn requires(&self) -> Phase {
+        Phase::Global
+    }
+
+    fn produces(&self) -> Option<Phase> {
+        Some(Phase::Sharded)
+    }
+
+    fn options(&self) -> &'static [OptionSpec] {
+        &[OptionSpec {
+            name: "cost",
+            kind: OptionKind::Choice(&["bytes"]),
+            default: "bytes",
+            help: "what decides between conflicting splits: `bytes`, the global bytes \
+                   insert-resharding would move, at the context's symbol values",
+        }]
+    }
+
+    fn configure(&mut self, options: &Options) -> Result<()> {
+        self.cost = match options.choice("cost")? {
+            "bytes" => Cost::Bytes,
+            other => {
+                return Err(crate::Error::BadOptionValue {
+                    pass: self.name().into(),
+                    option: "cost".into(),
+                    value: other.into(),
+                    expected: OptionKind::Choice(&["bytes"]).expected(),
+                })
+            }
+        };
+        Ok(())
+    }
+
+    fn run(&self, g: &mut Graph, cx: &PassContext) -> Result<Outcome> {
+        match self.cost {
+            Cost::Bytes => run(g, cx).map(Outcome::changed),
+        }
+    }
+}
+
+/// The sharded phase's completeness: every value whose layout propagation (at `cx`) would
+/// still extend, with the type it would get, located at the value.
+pub(crate) fn check_complete(g: &Graph, cx: &PassContext) -> Vec<Diagnostic> {
+    let mut after = g.clone();
+    match run(&mut after, cx) {
+        Ok(false) => Vec::new(),
+        Ok(true) => g
+            .values()
+            .iter()
+            .filter(|&&v| after.ty(v) != g.ty(v))
+            .map(|&v| {
+                Diagnostic::error(
+                    format!(
+                        "`%{}` is laid out as {}, but its ops' factor rules give it {}",
+                        g.name(v),
+                        type_string(g.ty(v)),
+                        type_string(after.ty(v))
+                    ),
+                    g.node(v).span,
+                    "layout not propagated",
+                )
+                .with_help(
+                    "at the sharded phase every value has the layout propagation gives it: \
+                     write that type, or run propagate-sharding first",
+                )
+            })
+            .collect(),
+        Err(e) => vec![Diagnostic::error(
+            format!("propagate-sharding cannot run on the program: {e}"),
+            g.span,
+            "in this function",
+        )],
+    }
 }

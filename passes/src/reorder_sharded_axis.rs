@@ -331,3 +331,64 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
     }
     Ok(changed)
 }
+
+use crate::pass::{OptionKind, OptionSpec, Options, Outcome, Pass, Phase};
+use crate::PassContext;
+
+/// `reorder-sharded-axis` as a [`Pass`]: runs on the resharded phase and keeps it.
+#[derive(Clone, Copy, Debug)]
+pub struct ReorderShardedAxis {
+    /// Whether `all_to_all`s are reordered too (they need the axis sizes).
+    all_to_all: bool,
+}
+
+impl Default for ReorderShardedAxis {
+    fn default() -> ReorderShardedAxis {
+        ReorderShardedAxis { all_to_all: true }
+    }
+}
+
+impl Pass for ReorderShardedAxis {
+    fn name(&self) -> &'static str {
+        "reorder-sharded-axis"
+    }
+
+    fn description(&self) -> &'static str {
+        "move the split factor of every gather and scatter to the outermost dim, with local permutes around it"
+    }
+
+    fn requires(&self) -> Phase {
+        Phase::Resharded
+    }
+
+    fn produces(&self) -> Option<Phase> {
+        Some(Phase::Resharded)
+    }
+
+    fn options(&self) -> &'static [OptionSpec] {
+        &[OptionSpec {
+            name: "all-to-all",
+            kind: OptionKind::Bool,
+            default: "true",
+            help: "also cut and reorder every `all_to_all` (with the mesh's axis sizes known); \
+                   `false` leaves them for codegen to pack per peer",
+        }]
+    }
+
+    fn configure(&mut self, options: &Options) -> Result<()> {
+        self.all_to_all = options.bool("all-to-all")?;
+        Ok(())
+    }
+
+    fn run(&self, g: &mut Graph, cx: &PassContext) -> Result<Outcome> {
+        if self.all_to_all {
+            return run(g, cx).map(Outcome::changed);
+        }
+        // The axis sizes serve only the all_to_alls: without them those are left as they are.
+        let cx = PassContext {
+            axis_sizes: BTreeMap::new(),
+            ..cx.clone()
+        };
+        run(g, &cx).map(Outcome::changed)
+    }
+}
