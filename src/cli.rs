@@ -23,7 +23,7 @@ pub struct Cli {
 pub enum Command {
     /// Parse and verify a program; report every error with its location.
     #[command(
-        after_help = "Example:\n  tpc check examples/mlp.ir\n\nExits 0 when the program is valid, 1 otherwise."
+        after_help = "Examples:\n  tpc check examples/mlp.ir\n  tpc check --phase resharded --devices 8 sharded.ir\n\nExits 0 when the program is valid (at the phase, with --phase), 1 otherwise."
     )]
     Check(CheckArgs),
     /// Print a program in canonical form on standard output.
@@ -57,6 +57,16 @@ pub struct CheckArgs {
     /// Number of devices, to check the mesh against (`mesh tp` takes them all).
     #[arg(long)]
     pub devices: Option<i64>,
+    /// Also check the invariants of this phase: `global` (no collectives), `sharded` (every
+    /// layout propagation gives, no collectives), `resharded` (every op but a collective
+    /// computes locally from its operands' layouts) or `local` (every rank's pieces check;
+    /// needs --devices for a mesh without sizes).
+    #[arg(long, value_name = "PHASE")]
+    pub phase: Option<String>,
+    /// With --phase: the symbol values the sharded phase weighs layouts at and the local phase
+    /// lowers at (default B=2,S=128, as `compile`).
+    #[arg(long, value_name = "SYM=N,...", requires = "phase")]
+    pub bind: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -127,10 +137,14 @@ pub struct CompileArgs {
     /// Number of devices (`mesh tp` takes them all; `mesh dp = 2, tp = 4` needs 8).
     #[arg(long)]
     pub devices: Option<i64>,
-    /// Comma-separated passes to run, in order.
+    /// Comma-separated passes to run, in order, each with its options in braces
+    /// (`reorder-sharded-axis{all-to-all=false}`).
     #[arg(long, default_value = tpc::passes::DEFAULT_PIPELINE)]
     pub pipeline: String,
-    /// Print the IR after this pass (or `all`) on standard error.
+    /// Print the IR before this pass (or these, comma-separated, or `all`) on standard error.
+    #[arg(long, value_name = "PASS|all")]
+    pub print_ir_before: Option<String>,
+    /// Print the IR after this pass (or these, comma-separated, or `all`) on standard error.
     #[arg(long, value_name = "PASS|all")]
     pub print_ir_after: Option<String>,
     /// Print each pass's wall time on standard error.

@@ -39,17 +39,40 @@ fn count(n: usize, noun: &str) -> String {
 pub fn check(args: CheckArgs) -> Result<ExitCode> {
     let (name, text) = read_source(&args.file)?;
     let graph = tpc::load(&name, &text)?;
+    let file = tpc::SourceFile::new(&name, &text);
+    let mut axis_sizes = Vec::new();
     let mesh = match args.devices {
         Some(d) => {
-            let axes = tpc::resolve_devices(&graph, d, &tpc::SourceFile::new(&name, &text))?;
-            let axes: Vec<String> = axes.iter().map(|(n, s)| format!("{n} = {s}")).collect();
+            axis_sizes = tpc::resolve_devices(&graph, d, &file)?;
+            let axes: Vec<String> = axis_sizes
+                .iter()
+                .map(|(n, s)| format!("{n} = {s}"))
+                .collect();
             format!(", mesh {}", axes.join(", "))
+        }
+        None => String::new(),
+    };
+    let phase = match &args.phase {
+        Some(p) => {
+            let phase: tpc::passes::Phase = p.parse()?;
+            let context = tpc::passes::PassContext {
+                symbols: tpc::parse_bindings(args.bind.as_deref().unwrap_or(DEFAULT_BINDINGS))?,
+                axis_sizes: axis_sizes.into_iter().collect(),
+            };
+            let diagnostics = tpc::passes::verify_phase(&graph, phase, &context);
+            if !diagnostics.is_empty() {
+                return Err(tpc::pass_error(
+                    tpc::passes::Error::InvalidInput { phase, diagnostics },
+                    &file,
+                ));
+            }
+            format!(", {phase} phase")
         }
         None => String::new(),
     };
     let ops = graph.len() - graph.params().len();
     println!(
-        "{name}: ok (@{}: {}, {}, {}{mesh})",
+        "{name}: ok (@{}: {}, {}, {}{mesh}{phase})",
         graph.name,
         count(graph.params().len(), "parameter"),
         count(ops, "op"),
@@ -240,6 +263,31 @@ fn tolerance(dt: tpc::ir::DType) -> f64 {
     }
 }
 
+/// Which passes `flag` (`--print-ir-before`, `--print-ir-after`) asks to print the IR around:
+/// `all`, or names of passes the pipeline runs.
+fn print_ir(
+    flag: &str,
+    value: Option<&str>,
+    pm: &tpc::passes::PassManager,
+) -> Result<tpc::passes::PrintIr> {
+    Ok(match value {
+        None => tpc::passes::PrintIr::None,
+        Some("all") => tpc::passes::PrintIr::All,
+        Some(list) => {
+            let names: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+            for n in &names {
+                if !pm.pass_names().contains(&n.as_str()) {
+                    return Err(Error::Usage(format!(
+                        "{flag} names `{n}`, which the pipeline does not run (it runs {})",
+                        pm.pass_names().join(", ")
+                    )));
+                }
+            }
+            tpc::passes::PrintIr::Passes(names)
+        }
+    })
+}
+
 /// The symbol values `tpc compile` weighs layouts and counts bytes at without --bind.
 const DEFAULT_BINDINGS: &str = "B=2,S=128";
 
@@ -259,34 +307,39 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
     };
     let specialize = args.bind.is_some();
     let bindings = tpc::parse_bindings(args.bind.as_deref().unwrap_or(DEFAULT_BINDINGS))?;
-    let mut pm = tpc::passes::PassManager::parse(&args.pipeline)?;
+    let needs_codegen =
+        args.out_dir.is_some() || matches!(args.emit, Emit::Cuda | Emit::Ptx | Emit::Host);
+    // `--emit local` prints what lower-to-local gives at the end of the pipeline.
+    let lower = args.emit == Emit::Local && !needs_codegen && args.report.is_none();
+    if lower && args.devices.is_none() {
+        return Err(Error::Usage(
+            "--emit local needs --devices, to size every piece".into(),
+        ));
+    }
+    let mut pipeline = args.pipeline.clone();
+    let lowered_by_pipeline = tpc::passes::PassManager::parse(&pipeline)?
+        .pass_names()
+        .contains(&"lower-to-local");
+    if lower && !lowered_by_pipeline {
+        pipeline = format!("{pipeline},lower-to-local{{rank={}}}", args.rank);
+    }
+    let mut pm = tpc::passes::PassManager::parse(&pipeline)?;
     pm.verify_each = true;
     pm.context.symbols = bindings.clone();
     pm.context.axis_sizes = axis_sizes.into_iter().collect();
-    pm.print_after = match args.print_ir_after.as_deref() {
-        None => tpc::passes::PrintAfter::None,
-        Some("all") => tpc::passes::PrintAfter::All,
-        Some(list) => {
-            let names: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
-            for n in &names {
-                if !pm.pass_names().contains(&n.as_str()) {
-                    return Err(Error::Usage(format!(
-                        "--print-ir-after names `{n}`, which the pipeline does not run (it runs {})",
-                        pm.pass_names().join(", ")
-                    )));
-                }
-            }
-            tpc::passes::PrintAfter::Passes(names)
-        }
-    };
+    pm.print_before = print_ir("--print-ir-before", args.print_ir_before.as_deref(), &pm)?;
+    pm.print_after = print_ir("--print-ir-after", args.print_ir_after.as_deref(), &pm)?;
+    let file = tpc::SourceFile::new(&name, &text);
     let records = pm
-        .run(&mut graph)
-        .map_err(|e| tpc::pass_error(e, &tpc::SourceFile::new(&name, &text)))?;
-    for r in &records {
-        if let Some(ir) = &r.ir_after {
-            eprintln!("# IR after {}\n{ir}", r.pass);
-        }
-    }
+        .run_dumping(&mut graph, &mut |when, pass, ir| match when {
+            tpc::passes::Dump::Before => eprintln!("# IR before {pass}\n{ir}"),
+            tpc::passes::Dump::After => eprintln!("# IR after {pass}\n{ir}"),
+        })
+        .map_err(|e| match e {
+            // As `tpc::local::local_program` reports them.
+            tpc::passes::Error::Lowering(m) => Error::Usage(m),
+            e => tpc::pass_error(e, &file),
+        })?;
     if args.time_passes {
         for r in &records {
             eprintln!(
@@ -297,8 +350,6 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
             );
         }
     }
-    let needs_codegen =
-        args.out_dir.is_some() || matches!(args.emit, Emit::Cuda | Emit::Ptx | Emit::Host);
     if needs_codegen {
         let artifacts =
             tpc::compile::codegen_with(graph, args.devices.unwrap_or(1), &bindings, specialize)?;
@@ -388,13 +439,15 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
     match args.emit {
         Emit::Ir => print!("{}", print(&graph, PrintMode::Full)),
         Emit::Local => {
-            let devices = args.devices.ok_or_else(|| {
-                Error::Usage("--emit local needs --devices, to size every piece".into())
-            })?;
-            let sizes = graph.mesh.resolve(Some(devices))?;
+            let program = records
+                .iter()
+                .rev()
+                .find_map(|r| r.local.as_ref())
+                .ok_or_else(|| Error::Usage("the pipeline lowered nothing".into()))?;
+            let sizes = graph.mesh.resolve(args.devices)?;
             print!(
                 "{}",
-                tpc::local::local_program(&graph, &sizes, &bindings, args.rank)?
+                tpc::local::format_local(&graph, program, &sizes, &bindings)
             );
         }
         Emit::Cuda | Emit::Ptx | Emit::Host => {}

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use tpc_ir::{Graph, Op};
-use tpc_passes::lower::lower_to_local;
+use tpc_passes::lower_to_local::{lower_to_local, LocalProgram};
 
 use crate::{Error, Result};
 
@@ -32,6 +32,18 @@ pub fn local_program(
         tpc_passes::Error::Lowering(m) => Error::Usage(m),
         other => Error::Pass(other),
     })?;
+    Ok(format_local(g, &program, sizes, bindings))
+}
+
+/// `program` (what `lower-to-local` gave for one rank of `g` on a mesh with `sizes`, at
+/// `bindings`) as text: a header naming the rank, then every value with its local type.
+pub fn format_local(
+    g: &Graph,
+    program: &LocalProgram,
+    sizes: &[(String, i64)],
+    bindings: &BTreeMap<String, i64>,
+) -> String {
+    let rank = program.rank;
     let coords = &program.coords;
     let mut out = String::new();
     let place: Vec<String> = sizes
@@ -88,5 +100,5 @@ pub fn local_program(
         .map(|&o| format!("%{}", g.name(o)))
         .collect();
     let _ = writeln!(out, "return {}", outs.join(", "));
-    Ok(out)
+    out
 }

@@ -439,3 +439,183 @@ fn emit_host_prints_the_template_for_every_size_or_with_bind_a_ranks_program() {
     assert!(bound.starts_with("host rank 7 of 8 (arena "), "{bound}");
     assert!(bound.contains("%x: bf16[2, 1, 768]"), "{bound}");
 }
+
+/// A hand-written program claimed to be resharded whose `linear` would need its input
+/// gathered, with no collective to do it.
+const NON_LOCAL: &str = "mesh tp
+
+func @f(%x: bf16[B, S, 768@tp], %w: bf16[3072@tp, 768]) -> bf16[B, S, 3072] {
+  %h = linear(%x, %w) : bf16[B, S, 3072@tp]
+  %g = allgather(%h) {axis = tp} : bf16[B, S, 3072]
+  return %g
+}
+";
+
+#[test]
+fn check_verifies_a_program_at_a_phase() {
+    // Valid as a program, so plain `check` accepts it.
+    let out = tpc(&["check", "-"], Some(NON_LOCAL));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = tpc(
+        &["check", "-", "--phase", "resharded", "--devices", "8"],
+        Some(NON_LOCAL),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(
+            "error: at the resharded phase: `%h` (`linear`) is not computed locally on `tp`: \
+             it needs `%x` whole there, but `%x` is split in dim 2 as 768@tp"
+        ) && err.contains("<stdin>:4:3")
+            && err.contains("`%x` is laid out here"),
+        "{err}"
+    );
+    // What `tpc compile` prints is at the resharded phase.
+    let compiled = tpc(&["compile", "examples/block.ir", "--devices", "8"], None);
+    assert!(compiled.status.success(), "{}", text(&compiled.stderr));
+    let compiled = text(&compiled.stdout);
+    for phase in ["resharded", "local"] {
+        let out = tpc(
+            &["check", "-", "--phase", phase, "--devices", "8"],
+            Some(&compiled),
+        );
+        assert!(out.status.success(), "{phase}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains(&format!("mesh tp = 8, {phase} phase)")),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+    // The user's program is not at the sharded phase: propagation would add layouts.
+    let out = tpc(
+        &["check", "examples/mlp_auto.ir", "--phase", "sharded"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("`%h` is laid out as bf16[B, S, 3072], but its ops' factor rules give it bf16[B, S, 3072@tp]"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = tpc(&["check", "examples/mlp.ir", "--phase", "lowered"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains("unknown phase `lowered`; the phases are: global, sharded, resharded, local"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn compile_prints_the_ir_before_passes_and_takes_pass_options() {
+    let out = tpc(
+        &[
+            "compile",
+            "examples/mlp_auto.ir",
+            "--devices",
+            "8",
+            "--print-ir-before",
+            "insert-resharding",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    let before = err
+        .strip_prefix("# IR before insert-resharding\n")
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        before.contains("bf16[B, S, 3072@tp]") && !before.contains("= allreduce("),
+        "{err}"
+    );
+    assert!(!err.contains("# IR before propagate-sharding"), "{err}");
+    let out = tpc(
+        &["compile", "examples/mlp.ir", "--print-ir-before", "dce"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--print-ir-before names `dce`"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Options in braces; a bad value says what the option takes.
+    let out = tpc(
+        &[
+            "compile",
+            "examples/mlp.ir",
+            "--devices",
+            "8",
+            "--pipeline",
+            "propagate-sharding{cost=bytes},insert-resharding,reorder-sharded-axis{all-to-all=false}",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = tpc(
+        &[
+            "compile",
+            "examples/mlp.ir",
+            "--pipeline",
+            "propagate-sharding{cost=flops}",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(
+            "`flops` is not a value of option `cost` of pass `propagate-sharding`: it takes one of bytes"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    // A pass before its phase names both.
+    let out = tpc(
+        &[
+            "compile",
+            "examples/mlp.ir",
+            "--pipeline",
+            "dce,insert-resharding",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(
+            "pass `insert-resharding` needs the graph at the sharded phase, but it is at the global phase"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    // `--emit local` is lower-to-local at the end of the pipeline: the same as naming it.
+    let emit = tpc(
+        &[
+            "compile",
+            "examples/mlp.ir",
+            "--devices",
+            "8",
+            "--emit",
+            "local",
+            "--rank",
+            "3",
+        ],
+        None,
+    );
+    let named = tpc(
+        &[
+            "compile",
+            "examples/mlp.ir",
+            "--devices",
+            "8",
+            "--emit",
+            "local",
+            "--pipeline",
+            "propagate-sharding,insert-resharding,reorder-sharded-axis,lower-to-local{rank=3}",
+        ],
+        None,
+    );
+    assert!(emit.status.success(), "{}", text(&emit.stderr));
+    assert!(text(&emit.stdout).starts_with("# @mlp on rank 3 (tp 3 of 8)"));
+    assert_eq!(text(&emit.stdout), text(&named.stdout));
+}
