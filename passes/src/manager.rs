@@ -91,9 +91,14 @@ struct Scheduled {
 #[derive(Clone, Debug)]
 pub struct PassManager {
     passes: Vec<Scheduled>,
-    /// Verify the input and the graph after every pass, the IR's verifier and the phase's
-    /// invariants (on by default in debug builds and tests).
+    /// Verify the input (the IR's verifier and the invariants of the phase the pipeline starts
+    /// at) and, with the IR's verifier, the graph after every pass (on by default in debug
+    /// builds and tests).
     pub verify_each: bool,
+    /// With `verify_each`, also check the graph after every pass against the invariants of the
+    /// phase the pass leaves it in (on by default in debug builds and tests; in a release build
+    /// they cost about as much as the passes, since the sharded phase's check propagates again).
+    pub verify_phases: bool,
     pub print_before: PrintIr,
     pub print_after: PrintIr,
     /// The phase the input is in; `None` takes the first pass's required phase.
@@ -226,6 +231,7 @@ impl PassManager {
         Ok(PassManager {
             passes,
             verify_each: cfg!(debug_assertions),
+            verify_phases: cfg!(debug_assertions),
             print_before: PrintIr::None,
             print_after: PrintIr::None,
             input_phase: None,
@@ -249,10 +255,10 @@ impl PassManager {
             .unwrap_or(Phase::Global)
     }
 
-    /// The IR verifier's and `phase`'s diagnostics for `g`.
-    fn check(&self, g: &Graph, phase: Phase) -> Vec<Diagnostic> {
+    /// The IR verifier's diagnostics for `g`, then (when it has none and `phases`) `phase`'s.
+    fn check(&self, g: &Graph, phase: Phase, phases: bool) -> Vec<Diagnostic> {
         let mut diagnostics = verify(g);
-        if diagnostics.is_empty() {
+        if diagnostics.is_empty() && phases {
             diagnostics = verify_phase(g, phase, &self.context);
         }
         diagnostics
@@ -265,8 +271,8 @@ impl PassManager {
 
     /// Runs the pipeline in order: first checks that every pass finds the graph in a phase it
     /// can run at, then (with `verify_each`) verifies the input at its phase, then runs each
-    /// pass and verifies the graph at the phase the pass leaves it in, stopping at the first
-    /// error. `dump(when, pass, ir)` gets each IR that `print_before` and `print_after` ask for
+    /// pass and verifies the graph (with `verify_phases`, at the phase the pass leaves it in),
+    /// stopping at the first error. `dump(when, pass, ir)` gets each IR that `print_before` and `print_after` ask for
     /// as soon as it is printed, so that the IR before a failing pass is seen.
     pub fn run_dumping(
         &self,
@@ -276,7 +282,7 @@ impl PassManager {
         let input = self.start_phase();
         let after = phases(&self.passes, input)?;
         if self.verify_each {
-            let diagnostics = self.check(g, input);
+            let diagnostics = self.check(g, input, true);
             if !diagnostics.is_empty() {
                 return Err(Error::InvalidInput {
                     phase: input,
@@ -298,7 +304,7 @@ impl PassManager {
             let outcome = s.pass.run(g, &self.context)?;
             let time = start.elapsed();
             if self.verify_each {
-                let diagnostics = self.check(g, phase);
+                let diagnostics = self.check(g, phase, self.verify_phases);
                 if !diagnostics.is_empty() {
                     return Err(Error::InvalidAfter {
                         pass: name.to_string(),
