@@ -21,7 +21,9 @@ fn main() {
         run_on_n_devices_checks_against_the_reference,
         splits_that_would_leave_devices_idle_are_errors,
         emulated_executor_runs_the_cuda_c_or_says_why_not,
-        emit_host_prints_the_template_for_every_size_or_with_bind_a_ranks_program
+        emit_host_prints_the_template_for_every_size_or_with_bind_a_ranks_program,
+        check_verifies_a_program_at_a_phase,
+        compile_prints_the_ir_before_passes_and_takes_pass_options
     ];
     trials.extend(harness::per_file(
         "check_accepts_every_example",
@@ -451,7 +453,6 @@ func @f(%x: bf16[B, S, 768@tp], %w: bf16[3072@tp, 768]) -> bf16[B, S, 3072] {
 }
 ";
 
-#[test]
 fn check_verifies_a_program_at_a_phase() {
     // Valid as a program, so plain `check` accepts it.
     let out = tpc(&["check", "-"], Some(NON_LOCAL));
@@ -507,7 +508,6 @@ fn check_verifies_a_program_at_a_phase() {
     );
 }
 
-#[test]
 fn compile_prints_the_ir_before_passes_and_takes_pass_options() {
     let out = tpc(
         &[
