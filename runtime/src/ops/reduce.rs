@@ -142,6 +142,32 @@ pub fn layer_norm(
     normalized: usize,
     result: NormResult,
 ) -> Result<Tensor> {
+    norm(x, w, b, eps, normalized, true, result)
+}
+
+/// rms_norm over the last `normalized` dims (`eps` resolved by the op: `RmsNorm::eps_for`):
+/// layer_norm without centering and without a bias.
+pub fn rms_norm(
+    x: &Tensor,
+    w: Option<&Tensor>,
+    eps: f64,
+    normalized: usize,
+    result: NormResult,
+) -> Result<Tensor> {
+    norm(x, w, None, eps, normalized, false, result)
+}
+
+/// `(x - mean) / sqrt(mean((x - mean)²) + eps) * w + b` by rows, with `mean = 0` unless
+/// `centered`; all in f64, rounded once.
+fn norm(
+    x: &Tensor,
+    w: Option<&Tensor>,
+    b: Option<&Tensor>,
+    eps: f64,
+    normalized: usize,
+    centered: bool,
+    result: NormResult,
+) -> Result<Tensor> {
     let row = row_len(x, normalized);
     let v = x.floats()?;
     let w = w.map(|t| t.floats()).transpose()?;
@@ -151,7 +177,11 @@ pub fn layer_norm(
         normalized,
         result,
         |r| {
-            let mean = r.iter().map(|&a| a as f64).sum::<f64>() / row as f64;
+            let mean = if centered {
+                r.iter().map(|&a| a as f64).sum::<f64>() / row as f64
+            } else {
+                0.0
+            };
             let var = r.iter().map(|&a| (a as f64 - mean).powi(2)).sum::<f64>() / row as f64;
             (mean, 1.0 / (var + eps).sqrt())
         },
@@ -162,36 +192,6 @@ pub fn layer_norm(
             }
             if let Some(b) = b {
                 y += b[k];
-            }
-            y
-        },
-        v,
-    )
-}
-
-/// rms_norm over the last `normalized` dims (`eps` resolved by the op: `RmsNorm::eps_for`).
-pub fn rms_norm(
-    x: &Tensor,
-    w: Option<&Tensor>,
-    eps: f64,
-    normalized: usize,
-    result: NormResult,
-) -> Result<Tensor> {
-    let row = row_len(x, normalized);
-    let v = x.floats()?;
-    let w = w.map(|t| t.floats()).transpose()?;
-    norm_rows(
-        x,
-        normalized,
-        result,
-        |r| {
-            let ms = r.iter().map(|&a| (a as f64).powi(2)).sum::<f64>() / row as f64;
-            (0.0, 1.0 / (ms + eps).sqrt())
-        },
-        |k, a, (_, inv)| {
-            let mut y = (a as f64 * inv) as f32;
-            if let Some(w) = w {
-                y *= w[k];
             }
             y
         },
