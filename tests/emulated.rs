@@ -243,11 +243,11 @@ fn case(k: &Kernel, ext: &[i64], draw: &mut Draw) -> Vec<Value> {
             for n in [batch * sq * d, batch * sk * d, batch * sk * dv] {
                 out.push(Value::Buffer(floats(draw, a.dtype, n as usize)));
             }
-            out.push(Value::Buffer(floats(
-                draw,
-                a.dtype,
-                (batch * sq * dv) as usize,
-            )));
+            out.push(Value::Buffer(if a.lse {
+                floats(draw, DType::F32, (batch * sq) as usize)
+            } else {
+                floats(draw, a.dtype, (batch * sq * dv) as usize)
+            }));
             out.extend([batch, sq, sk, d, dv].map(Value::Int));
             out.push(Value::Float(1.0 / (d as f32).sqrt()));
             // The queries of the last shard of the sequence: positions sk - sq .. sk.

@@ -426,10 +426,13 @@ pub fn segment(g: &Graph) -> Result<Plan> {
                 }
             }
             Op::Sdpa(Sdpa { causal, .. }) => {
+                // `sdpa_stats`' second result is its own launch, writing the log-sum-exp.
+                let lse = g.node(v).result == 1;
                 let k = Kernel::Attention(kir::Attention {
-                    name: name("attention"),
-                    dtype,
+                    name: name(if lse { "attention_lse" } else { "attention" }),
+                    dtype: g.ty(g.operand_slice(v)[0]).dtype,
                     causal: *causal,
+                    lse,
                 });
                 Segment::Attention {
                     kernel: add(&mut kernels, k),

@@ -170,6 +170,9 @@ pub struct Attention {
     pub name: String,
     pub dtype: DType,
     pub causal: bool,
+    /// Writes each query's log-sum-exp of its scaled, masked scores (`out` is then f32
+    /// `[batch, sq]`) instead of the attention's output: `sdpa_stats`' second result.
+    pub lse: bool,
 }
 
 /// Mean over non-ignored targets of `logsumexp(logits[o, :, i]) - logits[o, t, i]`, logits laid
@@ -287,7 +290,8 @@ impl Kernel {
     /// - Copy: `in`, `out`, `n<d>` per dim, `in_base`, `is<d>` per dim, `out_base`, `os<d>` per
     ///   dim.
     /// - Embedding: `ids` (i64 input), `table`, `out`, `rows`, `width`, `vocab`.
-    /// - Attention: `q`, `k`, `v`, `out`, `batch`, `sq`, `sk`, `d`, `dv`, `scale` (float),
+    /// - Attention: `q`, `k`, `v`, `out` (f32 `[batch, sq]` for the log-sum-exp), `batch`, `sq`,
+    ///   `sk`, `d`, `dv`, `scale` (float),
     ///   `qpos` (table of `sq` global query positions).
     /// - CrossEntropy: `logits`, `target` (i64 input), `out`, `partials` (i64 scratch),
     ///   `outer`, `classes`, `inner`.
@@ -336,7 +340,7 @@ impl Kernel {
                 param("q", Input(k.dtype)),
                 param("k", Input(k.dtype)),
                 param("v", Input(k.dtype)),
-                param("out", Output(k.dtype)),
+                param("out", Output(if k.lse { DType::F32 } else { k.dtype })),
                 param("batch", Int),
                 param("sq", Int),
                 param("sk", Int),
@@ -526,10 +530,11 @@ impl fmt::Display for Kernel {
             Kernel::Embedding(k) => write!(f, "kernel @{} embedding {}", k.name, k.dtype),
             Kernel::Attention(k) => write!(
                 f,
-                "kernel @{} attention {}{} (tiles of {ATTENTION_TILE} queries, online softmax, f32 accumulation)",
+                "kernel @{} attention {}{}{} (tiles of {ATTENTION_TILE} queries, online softmax, f32 accumulation)",
                 k.name,
                 k.dtype,
-                if k.causal { " causal" } else { "" }
+                if k.causal { " causal" } else { "" },
+                if k.lse { " log-sum-exp" } else { "" }
             ),
             Kernel::CrossEntropy(k) => write!(
                 f,

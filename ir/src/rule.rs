@@ -436,6 +436,7 @@ mod tests {
             &Op::Sdpa(Sdpa {
                 causal: true,
                 scale: None,
+                stats: false,
             }),
             &[&q, &q, &q],
             &q.shape,

@@ -197,6 +197,7 @@ pub(crate) fn eval(
             args[1],
             args[2],
             sdpa,
+            node.result,
             globals.positions,
             out_shape,
         )?,

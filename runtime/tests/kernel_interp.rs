@@ -990,6 +990,7 @@ fn attention_equals_sdpa() {
                 name: "k_attn".into(),
                 dtype,
                 causal,
+                lse: false,
             });
             let scale = (1.0 / (d as f64).sqrt()) as f32;
             let got = launch(
@@ -1004,6 +1005,69 @@ fn attention_equals_sdpa() {
                 ),
             );
             assert_bits(&got[0], &want[0], &format!("sdpa {dtype} causal={causal}"));
+        }
+    }
+}
+
+/// The log-sum-exp variant writes `sdpa_stats`' second result, bit for bit.
+#[test]
+fn attention_lse_equals_sdpa_stats() {
+    for dtype in [DType::F32, DType::BF16] {
+        for causal in [true, false] {
+            let (b, h, s, d) = (2, 3, 9, 8);
+            let q = values(dtype, &[b, h, s, d], 28, 1.0);
+            let kk = values(dtype, &[b, h, s, d], 29, 1.0);
+            let v = values(dtype, &[b, h, s, d], 30, 1.0);
+            let dt = dtype_name(dtype);
+            let ty = format!("{dt}[{b}, {h}, {s}, {d}]");
+            let src = format!(
+                "func @f(%q: {ty}, %k: {ty}, %v: {ty}) {{\n  %y, %lse = sdpa_stats(%q, %k, %v) {{causal = {causal}}}\n  return %y, %lse\n}}\n"
+            );
+            let want = reference(&src, &[("q", &q), ("k", &kk), ("v", &v)]);
+            assert_eq!(want[1].shape(), [b, h, s]);
+            assert_eq!(want[1].dtype(), DType::F32);
+            let kernel = Kernel::Attention(Attention {
+                name: "k_attn_lse".into(),
+                dtype,
+                causal,
+                lse: true,
+            });
+            let mut args = attention_args(
+                &q,
+                &kk,
+                &v,
+                [b * h, s, s, d, d],
+                (1.0 / (d as f64).sqrt()) as f32,
+                (0..s as i64).collect(),
+            );
+            args[3] = A::Out(DType::F32, b * h * s);
+            let got = launch(&kernel, args);
+            assert_bits(&got[0], &want[1], &format!("lse {dtype} causal={causal}"));
+            // As a closed form: log Σ exp of the scaled scores, row 0 of slice 0.
+            let qf = q.to_f32_vec();
+            let kf = kk.to_f32_vec();
+            let scores: Vec<f64> = (0..if causal { 1 } else { s })
+                .map(|j| {
+                    (0..d)
+                        .map(|x| qf[x] as f64 * kf[j * d + x] as f64)
+                        .sum::<f64>()
+                        / (d as f64).sqrt()
+                })
+                .collect();
+            let lse0 = scores.iter().map(|x| x.exp()).sum::<f64>().ln();
+            let got0 = want[1].to_f32_vec()[0] as f64;
+            assert!(
+                (got0 - lse0).abs() < 1e-4 * (1.0 + lse0.abs()),
+                "{got0} vs {lse0}"
+            );
+            // The first result is sdpa's.
+            let plain = reference(
+                &format!(
+                    "func @f(%q: {ty}, %k: {ty}, %v: {ty}) {{\n  %y = sdpa(%q, %k, %v) {{causal = {causal}}}\n  return %y\n}}\n"
+                ),
+                &[("q", &q), ("k", &kk), ("v", &v)],
+            );
+            assert_eq!(want[0].to_f32_vec(), plain[0].to_f32_vec());
         }
     }
 }
@@ -1035,6 +1099,7 @@ fn causal_attention_masks_by_global_query_positions() {
             name: "k_attn".into(),
             dtype,
             causal: true,
+            lse: false,
         });
         let got = launch(
             &kernel,
@@ -1246,6 +1311,7 @@ fn argument_mismatches_are_internal_errors() {
         name: "k_attn".into(),
         dtype: DType::F32,
         causal: true,
+        lse: false,
     });
     let q = values(DType::F32, &[1, 2, 4], 1, 1.0);
     internal(

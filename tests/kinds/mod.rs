@@ -311,6 +311,17 @@ pub fn attention(dtype: DType, causal: bool) -> Kernel {
         name: format!("attn_{dtype}{}", if causal { "_causal" } else { "" }),
         dtype,
         causal,
+        lse: false,
+    })
+}
+
+/// The attention kernel writing each query's log-sum-exp (`sdpa_stats`' second result).
+pub fn attention_lse(dtype: DType, causal: bool) -> Kernel {
+    Kernel::Attention(Attention {
+        name: format!("attn_lse_{dtype}{}", if causal { "_causal" } else { "" }),
+        dtype,
+        causal,
+        lse: true,
     })
 }
 
@@ -341,6 +352,7 @@ pub fn all_kernels() -> Vec<Kernel> {
     for dtype in [DType::F32, DType::BF16, DType::F16] {
         ks.push(attention(dtype, false));
         ks.push(attention(dtype, true));
+        ks.push(attention_lse(dtype, true));
     }
     for (dtype, ignore) in [(DType::F32, -100), (DType::BF16, i64::MIN)] {
         ks.push(Kernel::CrossEntropy(CrossEntropy {

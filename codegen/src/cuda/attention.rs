@@ -53,9 +53,10 @@ pub(super) fn source(k: &Kernel, at: &Attention) -> String {
 
     let mut c = Code::default();
     c.line(format!(
-        "// {}: attention of {dt}{}, {tile} queries per block of {THREADS} threads, keys in tiles of {tile}, online softmax, f32 accumulation; d, dv <= {max}",
+        "// {}: attention of {dt}{}{}, {tile} queries per block of {THREADS} threads, keys in tiles of {tile}, online softmax, f32 accumulation; d, dv <= {max}",
         at.name,
-        if at.causal { ", causal" } else { "" }
+        if at.causal { ", causal" } else { "" },
+        if at.lse { ", writing each query's log-sum-exp" } else { "" }
     ));
     c.open(super::signature(k));
     c.line(format!(
@@ -80,12 +81,18 @@ pub(super) fn source(k: &Kernel, at: &Attention) -> String {
     c.line(format!(
         "const int nq = (int)(sq - q0 < {tile} ? sq - q0 : {tile});"
     ));
-    c.line(format!("{ty}* ob = out + (bt * sq + q0) * dv;"));
-    c.open("if (!fits)");
-    c.line(format!(
-        "for (long long x = threadIdx.x; x < nq * dv; x += blockDim.x) ob[x] = {};",
-        store(dt, "tpc_nan()")
-    ));
+    if at.lse {
+        c.line("float* ob = out + bt * sq + q0;");
+        c.open("if (!fits)");
+        c.line("for (long long x = threadIdx.x; x < nq; x += blockDim.x) ob[x] = tpc_nan();");
+    } else {
+        c.line(format!("{ty}* ob = out + (bt * sq + q0) * dv;"));
+        c.open("if (!fits)");
+        c.line(format!(
+            "for (long long x = threadIdx.x; x < nq * dv; x += blockDim.x) ob[x] = {};",
+            store(dt, "tpc_nan()")
+        ));
+    }
     c.line("continue;");
     c.close();
     c.line(format!("const {ty}* qb = q + (bt * sq + q0) * d;"));
@@ -231,20 +238,29 @@ pub(super) fn source(k: &Kernel, at: &Attention) -> String {
     c.close();
     c.close(); // key tiles
 
-    c.line("// out = acc / l: NaN (0/0) for a row whose keys are all masked.");
-    c.pragma("unroll");
-    c.open(format!("for (int i = 0; i < {rows}; ++i)"));
-    c.line(format!("const int row = {row_i};"));
-    c.line("if (row >= nq) continue;");
-    c.pragma("unroll");
-    c.open(format!("for (int cc = 0; cc < {cols}; ++cc)"));
-    c.line("const int col = lane + 32 * cc;");
-    c.line(format!(
-        "if (col < dv) ob[row * dv + col] = {};",
-        store(dt, "acc[i][cc] / l[i]")
-    ));
-    c.close();
-    c.close();
+    if at.lse {
+        c.line("// lse = m + log(l): -inf for a row whose keys are all masked.");
+        c.pragma("unroll");
+        c.open(format!("for (int i = 0; i < {rows}; ++i)"));
+        c.line(format!("const int row = {row_i};"));
+        c.line("if (row < nq && lane == 0) ob[row] = m[i] + logf(l[i]);");
+        c.close();
+    } else {
+        c.line("// out = acc / l: NaN (0/0) for a row whose keys are all masked.");
+        c.pragma("unroll");
+        c.open(format!("for (int i = 0; i < {rows}; ++i)"));
+        c.line(format!("const int row = {row_i};"));
+        c.line("if (row >= nq) continue;");
+        c.pragma("unroll");
+        c.open(format!("for (int cc = 0; cc < {cols}; ++cc)"));
+        c.line("const int col = lane + 32 * cc;");
+        c.line(format!(
+            "if (col < dv) ob[row * dv + col] = {};",
+            store(dt, "acc[i][cc] / l[i]")
+        ));
+        c.close();
+        c.close();
+    }
     c.close(); // query tiles
     c.close(); // slices
     c.close();

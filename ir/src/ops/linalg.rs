@@ -2,8 +2,10 @@
 
 use super::{float_key, keyed, one, AttrValue, GlobalContext, Op, OpDef, OpSpec, ResultType};
 use crate::dim::Dim;
+use crate::dtype::DType;
 use crate::infer::{arity, need_float, same_dtype, InferError};
 use crate::rule::{FactorId, FactorKind, FactorRule};
+use crate::syntax::attrs::{AttrError, AttrReader};
 use crate::types::{shape_string, ReduceOp, TensorType};
 
 /// `matmul(a, b)`: `[..., m, k] x [..., k, n]`, or `[..., m, k] x [k, n]`.
@@ -148,13 +150,16 @@ impl OpDef for Linear {
     }
 }
 
-/// `sdpa(q, k, v) {causal, scale}`: softmax(q k^T * scale [+ causal mask]) v.
+/// `sdpa(q, k, v) {causal, scale}`: softmax(q k^T * scale [+ causal mask]) v. With `stats`,
+/// `%out, %lse = sdpa_stats(…)` also returns each query's log-sum-exp of its scaled, masked
+/// scores (f32, `[..., L]`): what a flash-attention backward reuses.
 #[derive(Clone, Copy, Debug)]
 pub struct Sdpa {
     pub causal: bool,
     pub scale: Option<f64>,
+    pub stats: bool,
 }
-keyed!(Sdpa, |s| (s.causal, s.scale.map(float_key)));
+keyed!(Sdpa, |s| (s.causal, s.scale.map(float_key), s.stats));
 
 /// The scale of the scores, as [`Sdpa::scale`] resolves it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -184,7 +189,21 @@ impl Sdpa {
 
 impl OpDef for Sdpa {
     fn name(&self) -> &'static str {
-        "sdpa"
+        if self.stats {
+            "sdpa_stats"
+        } else {
+            "sdpa"
+        }
+    }
+    fn num_results(&self) -> usize {
+        1 + self.stats as usize
+    }
+    fn result_names(&self) -> &'static [&'static str] {
+        if self.stats {
+            &["out", "lse"]
+        } else {
+            &[]
+        }
     }
     fn attrs(&self) -> Vec<(&'static str, AttrValue)> {
         let mut v = vec![("causal", AttrValue::Bool(self.causal))];
@@ -194,9 +213,10 @@ impl OpDef for Sdpa {
         v
     }
     fn infer(&self, xs: &[&TensorType]) -> Result<Vec<ResultType>, InferError> {
-        arity("sdpa", xs, 3, 3)?;
-        let dt = same_dtype("sdpa", xs, &[0, 1, 2])?;
-        need_float("sdpa", xs[0], 0)?;
+        let name = self.name();
+        arity(name, xs, 3, 3)?;
+        let dt = same_dtype(name, xs, &[0, 1, 2])?;
+        need_float(name, xs[0], 0)?;
         let (q, k, v) = (xs[0], xs[1], xs[2]);
         let r = q.rank();
         let bad = r < 2
@@ -208,7 +228,7 @@ impl OpDef for Sdpa {
             || k.shape[r - 2] != v.shape[r - 2];
         if bad {
             return Err(InferError::new(format!(
-                "`sdpa` needs q [..., L, E], k [..., S, E], v [..., S, Ev] with equal batch dims, but got {}, {}, {}",
+                "`{name}` needs q [..., L, E], k [..., S, E], v [..., S, Ev] with equal batch dims, but got {}, {}, {}",
                 q.shape_string(),
                 k.shape_string(),
                 v.shape_string()
@@ -216,9 +236,13 @@ impl OpDef for Sdpa {
         }
         let mut shape = q.shape.clone();
         shape[r - 1] = v.shape[r - 1].clone();
-        one(dt, shape)
+        let mut out = vec![(dt, shape)];
+        if self.stats {
+            out.push((DType::F32, q.shape[..r - 1].to_vec()));
+        }
+        Ok(out)
     }
-    fn rule(&self, xs: &[&TensorType], _: &[Dim], _: usize) -> FactorRule {
+    fn rule(&self, xs: &[&TensorType], _: &[Dim], result: usize) -> FactorRule {
         use FactorKind::*;
         let mut r = FactorRule::default();
         let q = xs[0];
@@ -240,7 +264,14 @@ impl OpDef for Sdpa {
             v
         };
         r.operands = vec![with(&l, &e), with(&s, &e), with(&s, &ev)];
-        r.result = with(&l, &ev);
+        r.result = if result == 1 {
+            // The log-sum-exp: one per query.
+            let mut v = batch.clone();
+            v.push(l.clone());
+            v
+        } else {
+            with(&l, &ev)
+        };
         r
     }
     fn global_context(&self, _: usize) -> GlobalContext {
@@ -251,6 +282,21 @@ impl OpDef for Sdpa {
             ..GlobalContext::default()
         }
     }
+}
+
+fn parse_sdpa(r: &mut AttrReader<'_>, _: &[&TensorType]) -> Result<Op, AttrError> {
+    let a = r.defaulted("causal")?;
+    let causal = r.bool(a)?;
+    let scale = match r.get("scale") {
+        Some(a) => Some(r.float(a)?),
+        None => None,
+    };
+    let stats = r.op() == "sdpa_stats";
+    Ok(Op::Sdpa(Sdpa {
+        causal,
+        scale,
+        stats,
+    }))
 }
 
 pub(super) fn specs() -> Vec<OpSpec> {
@@ -268,15 +314,12 @@ pub(super) fn specs() -> Vec<OpSpec> {
         OpSpec {
             name: "sdpa",
             defaults: |_| vec![("causal", AttrValue::Bool(false))],
-            parse: |r, _| {
-                let a = r.defaulted("causal")?;
-                let causal = r.bool(a)?;
-                let scale = match r.get("scale") {
-                    Some(a) => Some(r.float(a)?),
-                    None => None,
-                };
-                Ok(Op::Sdpa(Sdpa { causal, scale }))
-            },
+            parse: parse_sdpa,
+        },
+        OpSpec {
+            name: "sdpa_stats",
+            defaults: |_| vec![("causal", AttrValue::Bool(false))],
+            parse: parse_sdpa,
         },
     ]
 }

@@ -30,14 +30,13 @@ pub(super) fn run(k: &Attention, args: &mut Args<'_>) -> Result<()> {
     let scale = args.floats[0];
     let position = |i: usize| qpos[i];
     let dims = SdpaDims { batch, l, s, e, ev };
-    let out = args.out_floats(0, o_len)?;
-    sdpa_into(
-        dims,
-        (q, kv, v),
-        scale,
-        k.causal.then_some(&position as &dyn Fn(usize) -> i64),
-        k.dtype,
-        out,
-    );
+    let causal = k.causal.then_some(&position as &dyn Fn(usize) -> i64);
+    if k.lse {
+        let lse = args.out_floats(0, size(&[batch, l])?)?;
+        sdpa_into(dims, (q, kv, v), scale, causal, k.dtype, &mut [], Some(lse));
+    } else {
+        let out = args.out_floats(0, o_len)?;
+        sdpa_into(dims, (q, kv, v), scale, causal, k.dtype, out, None);
+    }
     Ok(())
 }

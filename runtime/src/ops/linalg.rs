@@ -177,12 +177,14 @@ pub fn linear(
     Ok(Tensor::float(dt, out_shape.to_vec(), out))
 }
 
-/// softmax(q kᵀ · scale, causal mask) v per batch, all in f32, rounded once at the end.
+/// softmax(q kᵀ · scale, causal mask) v per batch, all in f32, rounded once at the end; or, for
+/// result 1 of `sdpa_stats`, each query's log-sum-exp (f32).
 pub fn sdpa(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     op: &tpc_ir::ops::Sdpa,
+    result: usize,
     query_positions: Option<&[usize]>,
     out_shape: &[usize],
 ) -> Result<Tensor> {
@@ -193,17 +195,17 @@ pub fn sdpa(
     let batch: usize = q.shape()[..r - 2].iter().product();
     let (causal, scale) = (op.causal, op.scale_at(e) as f32);
     let dt = q.dtype();
-    let mut out = vec![0f32; batch * l * ev];
     let dims = SdpaDims { batch, l, s, e, ev };
     let position = |i: usize| query_positions.map_or(i, |p| p[i]) as i64;
-    sdpa_into(
-        dims,
-        (q.floats()?, k.floats()?, v.floats()?),
-        scale,
-        causal.then_some(&position as &dyn Fn(usize) -> i64),
-        dt,
-        &mut out,
-    );
+    let causal = causal.then_some(&position as &dyn Fn(usize) -> i64);
+    let inputs = (q.floats()?, k.floats()?, v.floats()?);
+    if result == 1 {
+        let mut lse = vec![0f32; batch * l];
+        sdpa_into(dims, inputs, scale, causal, dt, &mut [], Some(&mut lse));
+        return Ok(Tensor::float(tpc_ir::DType::F32, out_shape.to_vec(), lse));
+    }
+    let mut out = vec![0f32; batch * l * ev];
+    sdpa_into(dims, inputs, scale, causal, dt, &mut out, None);
     Ok(Tensor::float(dt, out_shape.to_vec(), out))
 }
 
@@ -221,6 +223,8 @@ pub(crate) struct SdpaDims {
 /// `sdpa` on flat slices (q `[batch, l, e]`, k `[batch, s, e]`, v `[batch, s, ev]`) into `out`
 /// (`[batch, l, ev]`); with `causal`, key `j` is masked out for query `i` when `j > causal(i)`.
 /// The caller checks the slices' lengths.
+/// With `lse`, writes each query's log-sum-exp of its scaled, masked scores there (`[batch, l]`,
+/// `m + ln Σ exp(s - m)`) instead of the output (`out` is then not written).
 pub(crate) fn sdpa_into(
     dims: SdpaDims,
     (qv, kv, vv): (&[f32], &[f32], &[f32]),
@@ -228,6 +232,7 @@ pub(crate) fn sdpa_into(
     causal: Option<&dyn Fn(usize) -> i64>,
     dt: tpc_ir::DType,
     out: &mut [f32],
+    mut lse: Option<&mut [f32]>,
 ) {
     let SdpaDims { batch, l, s, e, ev } = dims;
     let mut scores = vec![0f32; l * s];
@@ -259,9 +264,15 @@ pub(crate) fn sdpa_into(
                 sum += *x;
             }
             sums[i] = sum;
+            if let Some(lse) = lse.as_deref_mut() {
+                lse[b * l + i] = m + sum.ln();
+            }
             // The unnormalized weights meet v in the storage dtype and the row sum divides
             // after, in f32: PyTorch's CPU attention kernel does this for bf16/f16.
             row.iter_mut().for_each(|x| *x = round_to(dt, *x));
+        }
+        if lse.is_some() {
+            continue;
         }
         let ob = &mut out[b * l * ev..(b + 1) * l * ev];
         gemm(l, s, ev, &scores, s, 1, vb, ev, 1, ob);
