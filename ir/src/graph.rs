@@ -313,10 +313,10 @@ impl Graph {
 
     /// For every value that something uses, the program position of its last user: where an
     /// executor can free it.
-    pub fn last_uses(&self) -> BTreeMap<ValueId, usize> {
-        let mut out = BTreeMap::new();
+    pub fn last_uses(&self) -> crate::value_map::ValueMap<usize> {
+        let mut out = crate::value_map::ValueMap::new();
         for (pos, &v) in self.order.iter().enumerate() {
-            for o in self.operands(v) {
+            for &o in self.operand_slice(v) {
                 out.insert(o, pos);
             }
         }

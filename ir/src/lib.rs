@@ -15,6 +15,7 @@ pub mod rule;
 pub mod span;
 pub mod syntax;
 pub mod types;
+pub mod value_map;
 pub mod verify;
 
 pub use diag::{Diagnostic, Severity, SourceFile};
@@ -27,6 +28,7 @@ pub use rule::{check_rule, factor_rule, rule_of, FactorKind, FactorRule};
 pub use span::Span;
 pub use syntax::{parse, print, PrintMode};
 pub use types::{DimSharding, Factor, Partial, ReduceOp, Sharding, TensorType};
+pub use value_map::ValueMap;
 
 /// Errors of the IR crate that are not source diagnostics.
 #[derive(Debug, thiserror::Error)]

@@ -10,13 +10,14 @@ use crate::graph::{Graph, ValueId};
 use crate::infer::{infer, MAX_ELEMENTS};
 use crate::ops::{Collective, Op};
 use crate::types::{ReduceOp, Sharding, TensorType};
+use crate::value_map::ValueMap;
 
 /// Every problem found in `g`, in program order. Empty means the graph is valid.
 pub fn verify(g: &Graph) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
     check_mesh(g, &mut diags);
     let mut defined: BTreeMap<&str, ValueId> = BTreeMap::new();
-    let mut position: BTreeMap<ValueId, usize> = BTreeMap::new();
+    let mut position: ValueMap<usize> = ValueMap::new();
     for (pos, &v) in g.values().iter().enumerate() {
         let node = g.node(v);
         if let Some(&first) = defined.get(node.name.as_str()) {
@@ -344,12 +345,7 @@ fn check_params(g: &Graph, diags: &mut Vec<Diagnostic>) {
     }
 }
 
-fn check_op(
-    g: &Graph,
-    v: ValueId,
-    position: &BTreeMap<ValueId, usize>,
-    diags: &mut Vec<Diagnostic>,
-) {
+fn check_op(g: &Graph, v: ValueId, position: &ValueMap<usize>, diags: &mut Vec<Diagnostic>) {
     let node = g.node(v);
     let operands = g.operands(v);
     if let Op::Param { .. } = node.op {
@@ -672,7 +668,7 @@ pub fn check_type(g: &Graph, v: ValueId, ty: &TensorType, diags: &mut Vec<Diagno
     }
 }
 
-fn check_outputs(g: &Graph, position: &BTreeMap<ValueId, usize>, diags: &mut Vec<Diagnostic>) {
+fn check_outputs(g: &Graph, position: &ValueMap<usize>, diags: &mut Vec<Diagnostic>) {
     if g.outputs().is_empty() {
         diags.push(
             Diagnostic::error(

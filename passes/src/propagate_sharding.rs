@@ -24,12 +24,12 @@ use crate::pass::{OptionKind, OptionSpec, Options, Outcome, Pass, Phase};
 use crate::place::{locate_even, place_in, places_of, write_back, FactorSplit, Place, Places};
 use crate::{PassContext, Result};
 use tpc_ir::syntax::type_string;
-use tpc_ir::Diagnostic;
+use tpc_ir::{Diagnostic, ValueMap};
 
 struct State {
-    places: BTreeMap<ValueId, Places>,
+    places: ValueMap<Places>,
     /// Each value's global size in bytes, for choosing between conflicting splits.
-    bytes: BTreeMap<ValueId, f64>,
+    bytes: ValueMap<f64>,
     /// Mesh axis sizes when known: an even split may then be read as a split of a factor.
     axis_sizes: BTreeMap<String, i64>,
     /// A counter of places gained, and for each value (by index) the count when it last gained
@@ -45,7 +45,7 @@ impl State {
         if matches!(g.op(v), Op::Collective { .. }) {
             return false;
         }
-        let places = self.places.entry(v).or_default();
+        let places = self.places.get_or_default(v);
         if places.contains_key(axis) {
             return false;
         }
@@ -212,8 +212,7 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
         return Ok(false);
     }
     let order: Vec<ValueId> = g.values().to_vec();
-    let initial: BTreeMap<ValueId, Places> =
-        order.iter().map(|&v| (v, places_of(g.ty(v)))).collect();
+    let initial: ValueMap<Places> = order.iter().map(|&v| (v, places_of(g.ty(v)))).collect();
     let mut state = State {
         places: initial.clone(),
         bytes: order
@@ -255,7 +254,7 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
         if !declared_seeded {
             declared_seeded = true;
             for (o, (declared, _)) in g.outputs().iter().zip(&g.result_types) {
-                let places = state.places.entry(*o).or_default();
+                let places = state.places.get_or_default(*o);
                 let mut gained = false;
                 for (axis, p) in places_of(declared) {
                     if let std::collections::btree_map::Entry::Vacant(e) = places.entry(axis) {

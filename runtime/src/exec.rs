@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use tpc_ir::ops::{
     Cast, Concat, CrossEntropy, Dropout, Full, Gelu, Permute, RandLike, Reduce, Slice, Softmax,
 };
-use tpc_ir::{Graph, Op, ReduceKind, ValueId};
+use tpc_ir::{Graph, Op, ReduceKind, ValueId, ValueMap};
 
 use crate::ops::reduce::NormResult;
 use crate::ops::{linalg, lookup, pointwise, random, reduce, shape};
@@ -59,7 +59,7 @@ pub fn run(
 ) -> Result<Vec<Tensor>> {
     let shapes = concrete_shapes(g, bindings, limits)?;
     let last_use = g.last_uses();
-    let mut env: BTreeMap<ValueId, Tensor> = BTreeMap::new();
+    let mut env: ValueMap<Tensor> = ValueMap::new();
     let mut live: u64 = 0;
     for (pos, &v) in g.values().iter().enumerate() {
         let ty = g.ty(v);

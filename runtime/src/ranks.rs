@@ -93,7 +93,7 @@ impl Rank<'_> {
         let program = lower_to_local(g, &self.mesh.0, self.bindings, comm.rank())
             .map_err(|e| Error::Internal(e.to_string()))?;
         let last_use = g.last_uses();
-        let mut env: BTreeMap<ValueId, Tensor> = BTreeMap::new();
+        let mut env: tpc_ir::ValueMap<Tensor> = tpc_ir::ValueMap::new();
         for (pos, &v) in g.values().iter().enumerate() {
             let ty = g.ty(v);
             let piece = &program.values[&v];
