@@ -37,7 +37,7 @@ fn parse_shard_lower(c: &mut Criterion) {
                 pm.verify_each = false;
                 pm.context.symbols = bindings.clone();
                 pm.run(&mut g).expect("passes");
-                tpc::passes::lower::lower_to_local(&g, &sizes, &bindings, 0)
+                tpc::passes::lower_to_local::lower_to_local(&g, &sizes, &bindings, 0)
                     .map(|p| p.values.len())
                     .expect("lowers")
             })

@@ -18,7 +18,7 @@ fn main() {
         pm.context.symbols = bindings.clone();
         let records = pm.run(&mut g).expect("passes");
         let t2 = std::time::Instant::now();
-        tpc::passes::lower::lower_to_local(&g, &sizes, &bindings, 0).expect("lowers");
+        tpc::passes::lower_to_local::lower_to_local(&g, &sizes, &bindings, 0).expect("lowers");
         let t3 = std::time::Instant::now();
         phases[0] += (t1 - t0).as_secs_f64();
         phases[1] += (t2 - t1).as_secs_f64();

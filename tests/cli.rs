@@ -56,6 +56,13 @@ fn tpc_with_env(args: &[&str], stdin: Option<&str>, vars: &[(&str, &str)]) -> Ou
     child.wait_with_output().expect("tpc finishes")
 }
 
+/// Runs `tpc` with `args`, which must fail with status 1 and say `message`.
+fn fails_with(args: &[&str], message: &str) {
+    let out = tpc(args, None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(message), "{}", text(&out.stderr));
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -258,20 +265,14 @@ fn compile_propagates_and_reports_passes() {
         err.contains("# IR after propagate-sharding") && err.contains("ms  propagate-sharding"),
         "{err}"
     );
-    let out = tpc(
+    fails_with(
         &[
             "compile",
             "examples/mlp.ir",
             "--pipeline",
             "propagate-shardin",
         ],
-        None,
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("the passes are: propagate-sharding"),
-        "{}",
-        text(&out.stderr)
+        "the passes are: propagate-sharding",
     );
     let out = tpc(
         &["compile", "examples/mlp.ir", "--print-ir-after", "dce"],
@@ -488,16 +489,7 @@ fn check_verifies_a_program_at_a_phase() {
         );
     }
     // The user's program is not at the sharded phase: propagation would add layouts.
-    let out = tpc(
-        &["check", "examples/mlp_auto.ir", "--phase", "sharded"],
-        None,
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("`%h` is laid out as bf16[B, S, 3072], but its ops' factor rules give it bf16[B, S, 3072@tp]"),
-        "{}",
-        text(&out.stderr)
-    );
+    fails_with(&["check", "examples/mlp_auto.ir", "--phase", "sharded"], "`%h` is laid out as bf16[B, S, 3072], but its ops' factor rules give it bf16[B, S, 3072@tp]");
     let out = tpc(&["check", "examples/mlp.ir", "--phase", "lowered"], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -530,15 +522,9 @@ fn compile_prints_the_ir_before_passes_and_takes_pass_options() {
         "{err}"
     );
     assert!(!err.contains("# IR before propagate-sharding"), "{err}");
-    let out = tpc(
+    fails_with(
         &["compile", "examples/mlp.ir", "--print-ir-before", "dce"],
-        None,
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("--print-ir-before names `dce`"),
-        "{}",
-        text(&out.stderr)
+        "--print-ir-before names `dce`",
     );
     // Options in braces; a bad value says what the option takes.
     let out = tpc(
@@ -553,41 +539,9 @@ fn compile_prints_the_ir_before_passes_and_takes_pass_options() {
         None,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let out = tpc(
-        &[
-            "compile",
-            "examples/mlp.ir",
-            "--pipeline",
-            "propagate-sharding{cost=flops}",
-        ],
-        None,
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains(
-            "`flops` is not a value of option `cost` of pass `propagate-sharding`: it takes one of bytes"
-        ),
-        "{}",
-        text(&out.stderr)
-    );
+    fails_with(&["compile", "examples/mlp.ir", "--pipeline", "propagate-sharding{cost=flops}"], "`flops` is not a value of option `cost` of pass `propagate-sharding`: it takes one of bytes");
     // A pass before its phase names both.
-    let out = tpc(
-        &[
-            "compile",
-            "examples/mlp.ir",
-            "--pipeline",
-            "dce,insert-resharding",
-        ],
-        None,
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains(
-            "pass `insert-resharding` needs the graph at the sharded phase, but it is at the global phase"
-        ),
-        "{}",
-        text(&out.stderr)
-    );
+    fails_with(&["compile", "examples/mlp.ir", "--pipeline", "dce,insert-resharding"], "pass `insert-resharding` needs the graph at the sharded phase, but it is at the global phase");
     // `--emit local` is lower-to-local at the end of the pipeline: the same as naming it.
     let emit = tpc(
         &[

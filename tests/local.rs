@@ -98,7 +98,7 @@ fn every_rank_of_every_example_lowers_and_the_pieces_tile_each_value(path: &Path
         let world = devices as usize;
         let programs: Vec<_> = (0..world)
             .map(|r| {
-                tpc::passes::lower::lower_to_local(&g, &sizes, &b, r)
+                tpc::passes::lower_to_local::lower_to_local(&g, &sizes, &b, r)
                     .unwrap_or_else(|e| panic!("{} rank {r}: {e}", path.display()))
             })
             .collect();

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use tpc_ir::ops::{CollectiveOp, Concat, Permute, SdpaScale, Slice};
 
 use tpc_ir::{Collective, Dim, Graph, Op, ValueId};
-use tpc_passes::lower::{lower_shapes, rank_classes, LocalShapes};
+use tpc_passes::lower_to_local::{lower_shapes, rank_classes, LocalShapes};
 
 use crate::fuse::{Plan, ScalarSource, Segment};
 use crate::host::{Arg, BufId, Buffer, Epilogue};

@@ -483,8 +483,14 @@ fn unsupported(g: &Graph, v: ValueId, what: &str) -> Error {
 fn reduced_view(g: &Graph, v: ValueId) -> View {
     match g.op(v) {
         Op::Reduce { .. } => View::Row,
-        // A norm's statistics (`layer_norm_stats`' mean and rstd): one per row.
-        Op::LayerNorm(_) | Op::RmsNorm(_) if g.node(v).result > 0 => View::Row,
+        // A result without the row's dims (a norm's statistics) has one value per row.
+        _ if g
+            .operand_slice(v)
+            .first()
+            .is_some_and(|&x| g.ty(v).rank() < g.ty(x).rank()) =>
+        {
+            View::Row
+        }
         _ => View::Full,
     }
 }

@@ -15,7 +15,7 @@ use std::fmt;
 use tpc_ir::layout::{piece_indices, rank_coords};
 use tpc_ir::syntax::type_string;
 use tpc_ir::{Collective, DType, Dim, ReduceOp, TensorType};
-use tpc_passes::lower::axis_group;
+use tpc_passes::lower_to_local::axis_group;
 
 use crate::host::{
     collective_text, dims, Arg, BufId, Buffer, Compiled, Exchange, Gemm, HostProgram, Step, ALIGN,

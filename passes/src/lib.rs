@@ -19,9 +19,6 @@ mod place;
 mod propagate_sharding;
 mod reorder_sharded_axis;
 
-/// The per-rank lowering under its former name.
-pub use lower_to_local as lower;
-
 pub use insert_resharding::check_local;
 pub use manager::{registry, Dump, PassManager, PassRecord, PrintAfter, PrintIr};
 pub use pass::{OptionKind, OptionSpec, OptionValue, Options, Outcome, Pass, Phase};

@@ -16,7 +16,7 @@ use tpc_ir::layout::{bound_shape, flat_offsets, piece_indices, rank_coords, Mesh
 use tpc_ir::ops::CollectiveOp;
 use tpc_ir::{Collective, Graph, Op, ReduceOp, TensorType, ValueId};
 
-use tpc_passes::lower::{axis_group, lower_to_local};
+use tpc_passes::lower_to_local::{axis_group, lower_to_local};
 
 use crate::collective::{run_ranks, Comm};
 use crate::exec::{eval, Globals};

@@ -972,6 +972,8 @@ fn attention_args(
     a
 }
 
+/// The attention kernel equals `sdpa`, and its log-sum-exp variant `sdpa_stats`' second result,
+/// bit for bit.
 #[test]
 fn attention_equals_sdpa() {
     for dtype in [DType::F32, DType::BF16] {
@@ -982,19 +984,26 @@ fn attention_equals_sdpa() {
             let v = values(dtype, &[b, h, s, d], 30, 1.0);
             let dt = dtype_name(dtype);
             let ty = format!("{dt}[{b}, {h}, {s}, {d}]");
+            let inputs = [("q", &q), ("k", &kk), ("v", &v)];
             let src = format!(
                 "func @f(%q: {ty}, %k: {ty}, %v: {ty}) -> {ty} {{\n  %y = sdpa(%q, %k, %v) {{causal = {causal}}}\n  return %y\n}}\n"
             );
-            let want = reference(&src, &[("q", &q), ("k", &kk), ("v", &v)]);
-            let kernel = Kernel::Attention(Attention {
-                name: "k_attn".into(),
-                dtype,
-                causal,
-                lse: false,
-            });
+            let want = reference(&src, &inputs);
+            let stats = reference(
+                &format!(
+                    "func @f(%q: {ty}, %k: {ty}, %v: {ty}) {{\n  %y, %lse = sdpa_stats(%q, %k, %v) {{causal = {causal}}}\n  return %y, %lse\n}}\n"
+                ),
+                &inputs,
+            );
+            assert_eq!(
+                stats[0].to_f32_vec(),
+                want[0].to_f32_vec(),
+                "sdpa_stats' first result is sdpa's"
+            );
+            assert_eq!(stats[1].shape(), [b, h, s]);
+            assert_eq!(stats[1].dtype(), DType::F32);
             let scale = (1.0 / (d as f64).sqrt()) as f32;
-            let got = launch(
-                &kernel,
+            let args = || {
                 attention_args(
                     &q,
                     &kk,
@@ -1002,72 +1011,42 @@ fn attention_equals_sdpa() {
                     [b * h, s, s, d, d],
                     scale,
                     (0..s as i64).collect(),
-                ),
-            );
-            assert_bits(&got[0], &want[0], &format!("sdpa {dtype} causal={causal}"));
-        }
-    }
-}
-
-/// The log-sum-exp variant writes `sdpa_stats`' second result, bit for bit.
-#[test]
-fn attention_lse_equals_sdpa_stats() {
-    for dtype in [DType::F32, DType::BF16] {
-        for causal in [true, false] {
-            let (b, h, s, d) = (2, 3, 9, 8);
-            let q = values(dtype, &[b, h, s, d], 28, 1.0);
-            let kk = values(dtype, &[b, h, s, d], 29, 1.0);
-            let v = values(dtype, &[b, h, s, d], 30, 1.0);
-            let dt = dtype_name(dtype);
-            let ty = format!("{dt}[{b}, {h}, {s}, {d}]");
-            let src = format!(
-                "func @f(%q: {ty}, %k: {ty}, %v: {ty}) {{\n  %y, %lse = sdpa_stats(%q, %k, %v) {{causal = {causal}}}\n  return %y, %lse\n}}\n"
-            );
-            let want = reference(&src, &[("q", &q), ("k", &kk), ("v", &v)]);
-            assert_eq!(want[1].shape(), [b, h, s]);
-            assert_eq!(want[1].dtype(), DType::F32);
-            let kernel = Kernel::Attention(Attention {
-                name: "k_attn_lse".into(),
-                dtype,
-                causal,
-                lse: true,
-            });
-            let mut args = attention_args(
-                &q,
-                &kk,
-                &v,
-                [b * h, s, s, d, d],
-                (1.0 / (d as f64).sqrt()) as f32,
-                (0..s as i64).collect(),
-            );
-            args[3] = A::Out(DType::F32, b * h * s);
-            let got = launch(&kernel, args);
-            assert_bits(&got[0], &want[1], &format!("lse {dtype} causal={causal}"));
-            // As a closed form: log Σ exp of the scaled scores, row 0 of slice 0.
-            let qf = q.to_f32_vec();
-            let kf = kk.to_f32_vec();
-            let scores: Vec<f64> = (0..if causal { 1 } else { s })
+                )
+            };
+            for lse in [false, true] {
+                let kernel = Kernel::Attention(Attention {
+                    name: "k_attn".into(),
+                    dtype,
+                    causal,
+                    lse,
+                });
+                let mut a = args();
+                if lse {
+                    a[3] = A::Out(DType::F32, b * h * s);
+                }
+                let got = launch(&kernel, a);
+                let (what, w) = if lse {
+                    ("lse", &stats[1])
+                } else {
+                    ("sdpa", &want[0])
+                };
+                assert_bits(&got[0], w, &format!("{what} {dtype} causal={causal}"));
+            }
+            // The log-sum-exp as a closed form: row 0 of slice 0.
+            let (qf, kf) = (q.to_f32_vec(), kk.to_f32_vec());
+            let keys = if causal { 1 } else { s };
+            let lse0 = (0..keys)
                 .map(|j| {
-                    (0..d)
-                        .map(|x| qf[x] as f64 * kf[j * d + x] as f64)
-                        .sum::<f64>()
-                        / (d as f64).sqrt()
+                    let dot: f64 = (0..d).map(|x| qf[x] as f64 * kf[j * d + x] as f64).sum();
+                    (dot / (d as f64).sqrt()).exp()
                 })
-                .collect();
-            let lse0 = scores.iter().map(|x| x.exp()).sum::<f64>().ln();
-            let got0 = want[1].to_f32_vec()[0] as f64;
+                .sum::<f64>()
+                .ln();
+            let got0 = stats[1].to_f32_vec()[0] as f64;
             assert!(
                 (got0 - lse0).abs() < 1e-4 * (1.0 + lse0.abs()),
                 "{got0} vs {lse0}"
             );
-            // The first result is sdpa's.
-            let plain = reference(
-                &format!(
-                    "func @f(%q: {ty}, %k: {ty}, %v: {ty}) {{\n  %y = sdpa(%q, %k, %v) {{causal = {causal}}}\n  return %y\n}}\n"
-                ),
-                &[("q", &q), ("k", &kk), ("v", &v)],
-            );
-            assert_eq!(want[0].to_f32_vec(), plain[0].to_f32_vec());
         }
     }
 }
