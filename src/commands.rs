@@ -148,7 +148,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                     tpc::runtime::ranks::run_sharded(&sharded, &mesh, &inputs, &bindings, timeout)?
                 }
                 (Executor::Host, backend) => {
-                    let artifacts = tpc::compile::codegen(sharded, d, &bindings)?;
+                    let artifacts = tpc::compile::codegen(sharded, d, &bindings)
+                        .map_err(|e| tpc::located(e, &tpc::SourceFile::new(&name, &text)))?;
                     match backend {
                         Backend::Cpu => tpc::runtime::host::run_host_programs(
                             &artifacts.sharded,
@@ -162,7 +163,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                     }
                 }
                 (Executor::Emulated, Backend::Cpu) => {
-                    let artifacts = tpc::compile::codegen(sharded, d, &bindings)?;
+                    let artifacts = tpc::compile::codegen(sharded, d, &bindings)
+                        .map_err(|e| tpc::located(e, &tpc::SourceFile::new(&name, &text)))?;
                     tpc::run_emulated(&artifacts, &inputs)?
                 }
                 (Executor::Emulated, Backend::Cuda) => {
@@ -352,7 +354,8 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
     }
     if needs_codegen {
         let artifacts =
-            tpc::compile::codegen_with(graph, args.devices.unwrap_or(1), &bindings, specialize)?;
+            tpc::compile::codegen_with(graph, args.devices.unwrap_or(1), &bindings, specialize)
+                .map_err(|e| tpc::located(e, &file))?;
         if let Some(dir) = &args.out_dir {
             let written = artifacts.write_dir(dir)?;
             let peak: Vec<String> = artifacts

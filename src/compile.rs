@@ -259,10 +259,15 @@ pub fn codegen_with(
             unbound[0]
         )));
     }
-    let plan = tpc_codegen::fuse::segment(&graph).map_err(Error::Codegen)?;
-    let templates =
-        tpc_codegen::build::compile_templates(&graph, &plan, &mesh, specialize.then_some(bindings))
-            .map_err(Error::Codegen)?;
+    let primitive = decomposed(&graph, &mesh)?;
+    let plan = tpc_codegen::fuse::segment(&primitive).map_err(Error::Codegen)?;
+    let templates = tpc_codegen::build::compile_templates(
+        &primitive,
+        &plan,
+        &mesh,
+        specialize.then_some(bindings),
+    )
+    .map_err(Error::Codegen)?;
     let cuda = tpc_codegen::cuda::module_source(&templates.kernels);
     // Templates of a program with symbols the bindings do not give serve every binding still;
     // bound programs and sized figures wait for `Artifacts::bind`.
@@ -288,6 +293,18 @@ pub fn codegen_with(
         cuda,
         report,
     })
+}
+
+/// The sharded program with its composites written as primitive ops (the `decompose` pass),
+/// which is what the kernels compute. Values keep their ids, so parameters and results are the
+/// sharded program's.
+fn decomposed(graph: &Graph, mesh: &[(String, usize)]) -> Result<Graph> {
+    let mut primitive = graph.clone();
+    let mut pm = tpc_passes::PassManager::parse("decompose")?;
+    pm.input_phase = Some(tpc_passes::Phase::Resharded);
+    pm.context.axis_sizes = mesh.iter().map(|(n, s)| (n.clone(), *s as i64)).collect();
+    pm.run(&mut primitive)?;
+    Ok(primitive)
 }
 
 /// The symbols of `graph`'s shapes that `bindings` does not give, sorted.

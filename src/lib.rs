@@ -126,6 +126,14 @@ pub fn pass_error(e: tpc_passes::Error, file: &SourceFile) -> Error {
     }
 }
 
+/// `e` with a pass error's diagnostics located in `file` (see [`pass_error`]).
+pub fn located(e: Error, file: &SourceFile) -> Error {
+    match e {
+        Error::Pass(p) => pass_error(p, file),
+        other => other,
+    }
+}
+
 /// Parses and verifies a program given as text; `name` is what diagnostics call the file.
 pub fn load(name: &str, text: &str) -> Result<Graph> {
     let file = SourceFile::new(name, text);

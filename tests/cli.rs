@@ -305,7 +305,8 @@ fn run_on_n_devices_checks_against_the_reference() {
         "{}",
         text(&out.stdout)
     );
-    // Without resharding the ranks disagree, and the run says so instead of printing numbers.
+    // Without resharding, code generation refuses the program, at the ops that would need
+    // communication, instead of running it.
     let out = tpc(
         &[
             "run",
@@ -322,7 +323,7 @@ fn run_on_n_devices_checks_against_the_reference() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     assert!(
-        text(&out.stderr).contains("disagree"),
+        text(&out.stderr).contains("is not computed locally on `tp`"),
         "{}",
         text(&out.stderr)
     );

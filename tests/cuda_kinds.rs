@@ -45,7 +45,7 @@ fn example_files() -> Vec<PathBuf> {
 
 /// Every kernel segmentation makes of a file, of every kind.
 fn kernels_of(path: &Path) -> Vec<Kernel> {
-    let g = common::load(path);
+    let g = common::load_primitive(path);
     tpc::codegen::fuse::segment(&g)
         .expect("segmentation")
         .kernels

@@ -1,4 +1,4 @@
-//! The generated CUDA C, run: every example's kernels.cu compiled for the host by a C++ compiler
+//! The generated CUDA C, run: every example's (and decomposition case's) kernels.cu compiled for the host by a C++ compiler
 //! against the CUDA emulator (tpc_runtime::emulate: blocks of fiber threads with real barriers
 //! and warp shuffles) and run through the host programs at 1 and 3 devices, equals the same host
 //! programs run through the kernel-IR interpreter within a few roundings of the dtype, and the
@@ -36,9 +36,13 @@ use common::relative_error;
 
 fn main() {
     let mut trials = harness::trials![every_kernel_kind_runs_its_cuda_c_like_the_interpreter];
+    // The examples, and the decomposition cases (softmax, the norms and their statistics, a
+    // mean over a split dim, dropout, both gelus), whose kernels compute the decompositions.
+    let mut files = common::ir_files("examples");
+    files.extend(common::ir_files("tests/passes/decompose"));
     trials.extend(harness::per_file_needing(
         "every_example_runs_its_cuda_c_like_the_interpreter",
-        &common::ir_files("examples"),
+        &files,
         common::cxx_missing,
         "TPC_REQUIRE_CXX",
         every_example_runs_its_cuda_c_like_the_interpreter,

@@ -82,7 +82,7 @@ fn distinct_kernels(g: &tpc::Graph) -> Vec<Fused> {
 }
 
 fn kernel_ir_and_cuda_snapshots(path: &Path) {
-    let g = common::load(path);
+    let g = common::load_primitive(path);
     let ks = distinct_kernels(&g);
     let mut text = String::new();
     for k in &ks {
@@ -97,7 +97,7 @@ fn kernel_ir_and_cuda_snapshots(path: &Path) {
 /// gives exactly the value the reference computes for its output.
 fn interpreted_kernels_equal_the_unfused_ops(path: &Path) {
     let b = bindings();
-    let g = common::load(path);
+    let g = common::load_primitive(path);
     let inputs = random_inputs(&g, &b, 5).expect("inputs");
     for (k, call) in kernels(&g) {
         // The graph returning the kernel's inputs and outputs, to read their values.
@@ -114,9 +114,8 @@ fn interpreted_kernels_equal_the_unfused_ops(path: &Path) {
             .args
             .iter()
             .map(|a| match a {
-                ScalarSource::InverseCount { value, dims } => {
-                    let shape = tpc::ir::layout::bound_shape(g.ty(*value), &b).expect("bound");
-                    1.0 / dims.iter().map(|&d| shape[d]).product::<usize>() as f32
+                ScalarSource::InverseCount(count) => {
+                    (1.0 / count.eval(&b).expect("bound") as f64) as f32
                 }
             })
             .collect();
@@ -161,13 +160,13 @@ fn interpreted_kernels_equal_the_unfused_ops(path: &Path) {
 fn interpreted_kernels_are_at_least_10() {
     let checked: usize = files()
         .iter()
-        .map(|p| kernels(&common::load(p)).len())
+        .map(|p| kernels(&common::load_primitive(p)).len())
         .sum();
     assert!(checked >= 10, "only {checked} kernels checked");
 }
 
 fn nvrtc_compiles_every_kernel(path: &Path) {
-    let g = common::load(path);
+    let g = common::load_primitive(path);
     let ks = distinct_kernels(&g);
     let refs: Vec<&Fused> = ks.iter().collect();
     let all: Vec<Kernel> = ks.iter().map(|k| Kernel::Fused(k.clone())).collect();

@@ -1,5 +1,6 @@
 //! Sharded programs on N CPU rank threads equal the unsharded reference: every example, on
-//! several device counts including ones that split heads unevenly, and every pass filetest. Each
+//! several device counts including ones that split heads unevenly, and every pass filetest;
+//! each op by op, decomposed op by op, and through its kernels and host programs. Each
 //! file is a trial: `cargo test --test sharded -- insert-resharding::mlp_auto` runs one.
 
 mod common;
@@ -75,6 +76,11 @@ fn check(path: &Path, devices: i64, cost_symbols: &BTreeMap<String, i64>) {
     let want = run_reference(&original, &inputs, &b).expect("reference");
     let by_ops = run_sharded(&g, &mesh, &inputs, &b, Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{} on {devices}: {e}", path.display()));
+    // The same program with its composites decomposed (what the kernels compute), op by op.
+    let mut primitive = g.clone();
+    tpc::passes::decompose::run(&mut primitive, true).expect("decompose");
+    let by_primitives = run_sharded(&primitive, &mesh, &inputs, &b, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{} decomposed, on {devices}: {e}", path.display()));
     // The same program compiled to kernels and host programs, run by the CPU executor.
     let artifacts = tpc::compile::codegen(g.clone(), devices, &b)
         .unwrap_or_else(|e| panic!("{} on {devices}: {}", path.display(), e.render()));
@@ -87,7 +93,11 @@ fn check(path: &Path, devices: i64, cost_symbols: &BTreeMap<String, i64>) {
         Duration::from_secs(60),
     )
     .unwrap_or_else(|e| panic!("{} on {devices} through host programs: {e}", path.display()));
-    let pairs = want.iter().zip(&by_ops).chain(want.iter().zip(&by_hosts));
+    let pairs = want
+        .iter()
+        .zip(&by_ops)
+        .chain(want.iter().zip(&by_primitives))
+        .chain(want.iter().zip(&by_hosts));
     for (w, x) in pairs {
         assert_eq!(w.shape(), x.shape());
         let err = rel_err(w, x);

@@ -258,10 +258,8 @@ impl HostBuilder<'_> {
                 }
                 for a in &call.args {
                     match a {
-                        ScalarSource::InverseCount { value, dims } => {
-                            let shape = &g.ty(*value).shape;
-                            let picked: Vec<Dim> = dims.iter().map(|&d| shape[d].clone()).collect();
-                            args.push(SymArg::InverseCount(product(&picked)?));
+                        ScalarSource::InverseCount(count) => {
+                            args.push(SymArg::InverseCount(count.clone()));
                         }
                     }
                 }

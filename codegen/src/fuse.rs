@@ -1,23 +1,25 @@
-//! Segmentation: a sharded program cut into what a GPU runs, in program order.
+//! Segmentation: a sharded program cut into what a GPU runs, in program order. It takes the
+//! program after `decompose`, so it meets only primitive ops.
 //!
-//! - Maximal groups of pointwise ops (unary, gelu, binary, where, cast, broadcast, dropout,
-//!   rand_like, full) and row reductions (softmax, layer norm, rms norm, sum/mean/max/min over
-//!   adjacent dims) become one [`Fused`] kernel each: the ops before a reduction are its
-//!   prologue, the ops after it (on the full shape or on the reduced one) its epilogue.
-//! - `linear`/`matmul` become GEMMs, with the bias and a following tanh-gelu in the epilogue.
+//! - Maximal groups of pointwise ops (unary, binary, where, cast, broadcast, rand_like, full)
+//!   and row reductions (sum/max/min over adjacent dims) become one [`Fused`] kernel each: the
+//!   ops before a reduction are its prologue, the ops after it (on the full shape or on the
+//!   reduced one) its epilogue, and a group may reduce its row several times (a softmax's max
+//!   and sum, a norm's two means).
+//! - Scalars with no operands (`full` of rank 0, `inv_count`) are computed where they are read;
+//!   broadcasts and float upcasts that only feed fused ops are read in place, never stored.
+//! - `linear`/`matmul` become GEMMs, with the bias and a following tanh-gelu in the epilogue
+//!   (the gelu `decompose` keeps whole, [`gemm_epilogue_gelu`]).
 //! - permute, slice, concat become strided copies; `reshape` is a view of its operand's buffer.
 //! - `embedding`, `sdpa`, `cross_entropy` get their own kernels; collectives stay alone.
 //!
 //! Segmentation reads the global (sharded) graph, so one set of kernels serves every rank: the
 //! ranks differ only in the extents, offsets and tables they pass (see `build.rs`).
 
-use std::collections::BTreeMap;
-use tpc_ir::ops::{
-    Cast, CrossEntropy, Dropout, Full, Gelu, LayerNorm, RandLike, Reduce, RmsNorm, Sdpa, Softmax,
-};
-
-use tpc_ir::ops::{BinaryOp, GeluApprox, UnaryOp};
+use std::collections::{BTreeMap, BTreeSet};
+use tpc_ir::ops::{BinaryOp, Cast, CrossEntropy, Full, InvCount, RandLike, Reduce, Sdpa};
 use tpc_ir::{DType, Dim, Graph, Op, ReduceKind, ReduceOp, ValueId};
+use tpc_passes::decompose::gemm_epilogue_gelu;
 
 use crate::kir::{self, Expr, Fused, Input, Kernel, Output, Scalar, Value};
 use crate::{Error, Result};
@@ -25,9 +27,8 @@ use crate::{Error, Result};
 /// A float the host computes per rank and passes to a fused kernel.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ScalarSource {
-    /// `1 / n`, n the product of the *global* extents of `dims` of `value` (a mean over a split
-    /// dim divides by the whole count).
-    InverseCount { value: ValueId, dims: Vec<usize> },
+    /// `1 / n` (`inv_count`: a mean divides by the global count, whatever the split).
+    InverseCount(Dim),
 }
 
 /// How a fused kernel is called.
@@ -99,15 +100,11 @@ fn scalar_ok(d: DType) -> bool {
     is_float(d) || d == DType::Bool
 }
 
-/// The row a reduction-like op reduces over (dims `a..b` of its operand), if it is one.
+/// The row a reduction reduces over (dims `a..b` of its operand), if it is one a fused kernel
+/// computes: a sum, max or min over adjacent dims.
 fn row_of(g: &Graph, v: ValueId) -> Option<(usize, usize)> {
-    let rank = g.ty(g.operands(v).first().copied()?).shape.len();
     match g.op(v) {
-        Op::Softmax(Softmax { dim }) => Some((*dim, dim + 1)),
-        Op::LayerNorm(LayerNorm { normalized, .. }) | Op::RmsNorm(RmsNorm { normalized, .. }) => {
-            Some((rank - normalized.min(&rank), rank))
-        }
-        Op::Reduce(Reduce { dims, .. }) => {
+        Op::Reduce(Reduce { kind, dims, .. }) if *kind != ReduceKind::Mean => {
             let mut d = dims.clone();
             d.sort_unstable();
             let (first, last) = (*d.first()?, *d.last()?);
@@ -123,12 +120,10 @@ fn elementwise(g: &Graph, v: ValueId) -> bool {
     let ok = matches!(
         g.op(v),
         Op::Unary(_)
-            | Op::Gelu { .. }
             | Op::Binary(_)
             | Op::Where(_)
             | Op::Cast { .. }
             | Op::Broadcast { .. }
-            | Op::Dropout { .. }
             | Op::RandLike { .. }
             | Op::Full { .. }
     );
@@ -141,6 +136,29 @@ fn reduction(g: &Graph, v: ValueId) -> bool {
     row_of(g, v).is_some()
         && is_float(g.ty(v).dtype)
         && g.operands(v).iter().all(|&o| is_float(g.ty(o).dtype))
+}
+
+/// A scalar with no operands that a kernel computes where it reads it: `full` of rank 0 (a
+/// constant) or `inv_count` (an argument).
+fn inline_scalar(g: &Graph, v: ValueId) -> bool {
+    match g.op(v) {
+        Op::Full(Full { shape, dtype, .. }) => shape.is_empty() && scalar_ok(*dtype),
+        Op::InvCount(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether `v` may be read in place by fused users instead of stored: a broadcast, or a cast
+/// to f32 of a float (a fused kernel computes in f32, and its loads convert).
+fn readable_in_place(g: &Graph, v: ValueId) -> bool {
+    match g.op(v) {
+        Op::Broadcast { .. } => true,
+        Op::Cast(Cast { to: DType::F32 }) => g
+            .operand_slice(v)
+            .first()
+            .is_some_and(|&o| is_float(g.ty(o).dtype)),
+        _ => false,
+    }
 }
 
 /// The shape of a group's per-row values: the space with the row dims removed.
@@ -213,82 +231,98 @@ pub fn segment(g: &Graph) -> Result<Plan> {
         }
     }
     let is_output = |v: ValueId| g.outputs().contains(&v);
-    let only_user = |v: ValueId| match users.get(&v).map(Vec::as_slice) {
-        Some([u]) if !is_output(v) => Some(*u),
-        _ => None,
-    };
     // GEMMs that take a following tanh-gelu into their epilogue.
-    let mut gelu_of: BTreeMap<ValueId, ValueId> = BTreeMap::new();
-    for &v in g.values() {
-        if matches!(g.op(v), Op::Linear(_) | Op::Matmul(_)) && is_float(g.ty(v).dtype) {
-            if let Some(u) = only_user(v) {
-                let fits = matches!(
-                    g.op(u),
-                    Op::Gelu(Gelu {
-                        approximate: GeluApprox::Tanh
-                    })
-                ) && g.ty(u).dtype == g.ty(v).dtype;
-                if fits {
-                    gelu_of.insert(v, u);
-                }
-            }
-        }
-    }
-    let fused_gelus: Vec<ValueId> = gelu_of.values().copied().collect();
-    // Broadcasts that only feed fused ops are read in place by them, never materialized.
-    let absorbed: Vec<ValueId> = g
+    let gelu_of: BTreeMap<ValueId, ValueId> = g
         .values()
         .iter()
-        .copied()
-        .filter(|&v| {
-            matches!(g.op(v), Op::Broadcast { .. })
-                && !is_output(v)
-                && users.get(&v).is_some_and(|us| {
-                    us.iter().all(|&u| {
-                        elementwise(g, u) && !matches!(g.op(u), Op::Broadcast { .. })
-                            || reduction(g, u)
-                    })
-                })
-        })
+        .filter_map(|&v| gemm_epilogue_gelu(g, v).map(|u| (v, u)))
         .collect();
+    let fused_gelus: BTreeSet<ValueId> = gelu_of.values().copied().collect();
+    // Broadcasts and upcasts that only feed fused ops (or other such values) are read in place
+    // by them, never materialized. Users come after their operands: one sweep from the end.
+    let mut absorbed: BTreeSet<ValueId> = BTreeSet::new();
+    for &v in g.values().iter().rev() {
+        let fused_users = users.get(&v).is_some_and(|us| {
+            us.iter().all(|&u| {
+                absorbed.contains(&u)
+                    || reduction(g, u)
+                    || elementwise(g, u) && !matches!(g.op(u), Op::Broadcast { .. })
+            })
+        });
+        if readable_in_place(g, v) && !is_output(v) && fused_users {
+            absorbed.insert(v);
+        }
+    }
+    // What a read of `o` reads: through absorbed values to the value stored or computed.
+    let root = |mut o: ValueId| {
+        while absorbed.contains(&o) {
+            o = g.operand_slice(o)[0];
+        }
+        o
+    };
 
     let mut groups: Vec<Group> = Vec::new();
     let mut group_of: BTreeMap<ValueId, usize> = BTreeMap::new();
     // Either a group (by index) or a single op, in program order.
     let mut order: Vec<std::result::Result<usize, ValueId>> = Vec::new();
     for &v in g.values() {
-        if matches!(g.op(v), Op::Param { .. }) || fused_gelus.contains(&v) || absorbed.contains(&v)
+        if matches!(g.op(v), Op::Param { .. })
+            || fused_gelus.contains(&v)
+            || absorbed.contains(&v)
+            || inline_scalar(g, v)
         {
             continue;
         }
         let is_row_op = reduction(g, v);
-        if !elementwise(g, v) && !is_row_op {
+        let operands = g.operands(v);
+        let roots: Vec<ValueId> = operands.iter().map(|&o| root(o)).collect();
+        // A reshape of a per-row value that only drops or keeps the row's dims (a norm's
+        // statistics) is that value.
+        let row_reshape = matches!(g.op(v), Op::Reshape { .. })
+            && roots.first().is_some_and(|r| {
+                group_of.get(r).is_some_and(|&gi| {
+                    let group = &groups[gi];
+                    group.views.get(r) == Some(&View::Row)
+                        && group.view_for(g, v) == Some(View::Row)
+                })
+            });
+        if !elementwise(g, v) && !is_row_op && !row_reshape {
             order.push(Err(v));
             continue;
         }
-        let operands = g.operands(v);
-        let join = operands.iter().find_map(|u| {
+        let join = roots.iter().find_map(|u| {
             let gi = *group_of.get(u)?;
             let group = &groups[gi];
             // Nothing outside the group that was computed after it began may feed it (no
             // cycles through other segments).
-            let source = |o: ValueId| {
-                if absorbed.contains(&o) {
-                    g.operands(o)[0]
-                } else {
-                    o
-                }
-            };
-            let before = operands
-                .iter()
-                .all(|&o| group_of.get(&o) == Some(&gi) || position[&source(o)] < group.first);
+            let before = roots.iter().all(|&r| {
+                inline_scalar(g, r) || group_of.get(&r) == Some(&gi) || position[&r] < group.first
+            });
             if !before {
                 return None;
             }
+            // A member read through absorbed values: a per-row value spread along the row, or
+            // a value of the group's shape converted.
+            for (&o, &r) in operands.iter().zip(&roots) {
+                if o == r || group_of.get(&r) != Some(&gi) {
+                    continue;
+                }
+                let fits = match group.views[&r] {
+                    View::Row => group.row.is_some_and(|row| {
+                        let mask = broadcast_mask(&g.ty(r).shape, &group.space);
+                        g.ty(o).shape == group.space
+                            && (0..mask.len()).all(|d| mask[d] == (row.0..row.1).contains(&d))
+                    }),
+                    View::Full => g.ty(o).shape == g.ty(r).shape,
+                };
+                if !fits {
+                    return None;
+                }
+            }
             if is_row_op {
                 let row = row_of(g, v)?;
-                let input = g.operands(v)[0];
-                let fits = g.ty(input).shape == group.space
+                let input = roots[0];
+                let fits = g.ty(operands[0]).shape == group.space
                     && group.views.get(&input) == Some(&View::Full)
                     && group.row.is_none_or(|r| r == row);
                 return fits.then_some(gi);
@@ -296,7 +330,7 @@ pub fn segment(g: &Graph) -> Result<Plan> {
             let view = group.view_for(g, v)?;
             // A broadcast inside a group only spreads a per-row value along the row.
             if let Op::Broadcast { .. } = g.op(v) {
-                let src = g.operands(v)[0];
+                let src = roots[0];
                 if group_of.get(&src) == Some(&gi) {
                     let row = group.row?;
                     let mask = broadcast_mask(&g.ty(src).shape, &group.space);
@@ -307,16 +341,20 @@ pub fn segment(g: &Graph) -> Result<Plan> {
                 }
             }
             // A draw by global index needs one element per draw.
-            if view == View::Row && matches!(g.op(v), Op::Dropout { .. } | Op::RandLike { .. }) {
+            if view == View::Row && matches!(g.op(v), Op::RandLike { .. }) {
                 return None;
             }
-            // Per-element operands of a per-row op would be a reduction: not this op.
-            if view == View::Row
-                && operands
-                    .iter()
-                    .any(|o| group.views.get(o) == Some(&View::Full))
-            {
-                return None;
+            if view == View::Row {
+                for (&o, &r) in operands.iter().zip(&roots) {
+                    // Per-element operands of a per-row op would be a reduction: not this op.
+                    if group.views.get(&r) == Some(&View::Full) {
+                        return None;
+                    }
+                    // A value from outside read through a broadcast has no per-row reading.
+                    if o != r && !inline_scalar(g, r) && group_of.get(&r) != Some(&gi) {
+                        return None;
+                    }
+                }
             }
             Some(gi)
         });
@@ -325,7 +363,7 @@ pub fn segment(g: &Graph) -> Result<Plan> {
                 let group = &mut groups[gi];
                 if is_row_op {
                     group.row = row_of(g, v);
-                    group.views.insert(v, reduced_view(g, v));
+                    group.views.insert(v, View::Row);
                 } else {
                     let view = group.view_for(g, v).unwrap_or(View::Full);
                     group.views.insert(v, view);
@@ -335,13 +373,12 @@ pub fn segment(g: &Graph) -> Result<Plan> {
             }
             None => {
                 let (space, space_value, row, view) = if is_row_op {
-                    let input = g.operands(v)[0];
-                    (
-                        g.ty(input).shape.clone(),
-                        input,
-                        row_of(g, v),
-                        reduced_view(g, v),
-                    )
+                    let input = operands[0];
+                    (g.ty(input).shape.clone(), input, row_of(g, v), View::Row)
+                } else if row_reshape {
+                    // Not joined (it always joins its operand's group): keep it a view.
+                    order.push(Err(v));
+                    continue;
                 } else {
                     (g.ty(v).shape.clone(), v, None, View::Full)
                 };
@@ -450,6 +487,24 @@ pub fn segment(g: &Graph) -> Result<Plan> {
                     value: v,
                 }
             }
+            Op::Reduce(Reduce {
+                kind: ReduceKind::Mean,
+                ..
+            })
+            | Op::Softmax(_)
+            | Op::LayerNorm(_)
+            | Op::RmsNorm(_)
+            | Op::Dropout(_)
+            | Op::Gelu(_) => {
+                return Err(unsupported(
+                    g,
+                    v,
+                    &format!(
+                        "the composite `{}`: code generation takes the program after the `decompose` pass",
+                        g.op(v).name()
+                    ),
+                ))
+            }
             Op::Reduce(Reduce { dims, .. }) if row_of(g, v).is_none() => {
                 return Err(unsupported(
                     g,
@@ -479,22 +534,6 @@ fn unsupported(g: &Graph, v: ValueId, what: &str) -> Error {
     }
 }
 
-/// A reduction keeps one value per row; softmax and the norms one per element.
-fn reduced_view(g: &Graph, v: ValueId) -> View {
-    match g.op(v) {
-        Op::Reduce { .. } => View::Row,
-        // A result without the row's dims (a norm's statistics) has one value per row.
-        _ if g
-            .operand_slice(v)
-            .first()
-            .is_some_and(|&x| g.ty(v).rank() < g.ty(x).rank()) =>
-        {
-            View::Row
-        }
-        _ => View::Full,
-    }
-}
-
 /// A name C accepts: other characters as `_`.
 fn clean(name: &str) -> String {
     name.chars()
@@ -514,12 +553,14 @@ fn broadcast_mask(from: &[Dim], to: &[Dim]) -> Vec<bool> {
 struct Builder<'g> {
     g: &'g Graph,
     group: &'g Group,
-    absorbed: &'g [ValueId],
+    absorbed: &'g BTreeSet<ValueId>,
     inputs: Vec<Input>,
     input_of: BTreeMap<(ValueId, bool), usize>,
     input_values: Vec<ValueId>,
     body: Vec<(Scalar, Expr)>,
     value_of: BTreeMap<ValueId, Value>,
+    /// The body value of each scalar computed in place, by its op.
+    scalars: BTreeMap<Op, Value>,
     /// The body value of each input's load.
     loaded: BTreeMap<usize, Value>,
     args: Vec<ScalarSource>,
@@ -587,34 +628,53 @@ impl Builder<'_> {
         }
     }
 
-    /// The value of operand `o` of a member seen as `view`: computed in the kernel, or loaded.
+    /// What a read of `o` reads: through absorbed values to the value stored or computed.
+    fn root(&self, mut o: ValueId) -> ValueId {
+        while self.absorbed.contains(&o) {
+            o = self.g.operand_slice(o)[0];
+        }
+        o
+    }
+
+    /// The value of operand `o` of a member seen as `view`: computed in the kernel (a member,
+    /// also spread or converted in place; a scalar with no operands), or loaded.
     fn operand(&mut self, o: ValueId, view: View) -> Result<Value> {
         if let Some(&v) = self.value_of.get(&o) {
             return Ok(v);
         }
-        // An absorbed broadcast: its operand, read with the broadcast dims dropped.
-        let (o, mask) = if self.absorbed.contains(&o) {
+        let r = self.root(o);
+        if let Some(&v) = self.value_of.get(&r) {
+            return Ok(v);
+        }
+        if inline_scalar(self.g, r) {
+            // One value per distinct scalar (a norm's two means share their inverse count).
+            let op = self.g.op(r).clone();
+            if let Some(&v) = self.scalars.get(&op) {
+                return Ok(v);
+            }
+            let v = self.inline_scalar(r);
+            self.scalars.insert(op, v);
+            return Ok(v);
+        }
+        // Read through absorbed values: the root, with the broadcast dims dropped.
+        let mask = if o != r {
             if view == View::Row {
                 return Err(unsupported(self.g, o, "a broadcast read by a per-row op"));
             }
-            let src = self.g.operands(o)[0];
-            (
-                src,
-                broadcast_mask(&self.g.ty(src).shape, &self.group.space),
-            )
+            broadcast_mask(&self.g.ty(r).shape, &self.group.space)
         } else {
-            (o, self.mask(o, view))
+            self.mask(o, view)
         };
-        let key = (o, view == View::Row);
+        let key = (r, view == View::Row && o == r);
         let k = match self.input_of.get(&key) {
             Some(&k) => k,
             None => {
                 self.inputs.push(Input {
-                    name: self.g.name(o).to_string(),
-                    dtype: self.g.ty(o).dtype,
+                    name: self.g.name(r).to_string(),
+                    dtype: self.g.ty(r).dtype,
                     broadcast: mask,
                 });
-                self.input_values.push(o);
+                self.input_values.push(r);
                 self.input_of.insert(key, self.inputs.len() - 1);
                 self.inputs.len() - 1
             }
@@ -622,9 +682,31 @@ impl Builder<'_> {
         if let Some(&v) = self.loaded.get(&k) {
             return Ok(v);
         }
-        let v = self.push(Self::scalar_of(self.g.ty(o).dtype), Expr::Load(k));
+        let v = self.push(Self::scalar_of(self.g.ty(r).dtype), Expr::Load(k));
         self.loaded.insert(k, v);
         Ok(v)
+    }
+
+    /// A constant (rounded to its dtype at compile time) or an inverse count (an argument).
+    fn inline_scalar(&mut self, v: ValueId) -> Value {
+        match self.g.op(v) {
+            Op::Full(Full {
+                value,
+                dtype: DType::Bool,
+                ..
+            }) => self.push(
+                Scalar::Bool,
+                Expr::Const(if *value != 0.0 { 1.0 } else { 0.0 }),
+            ),
+            Op::Full(Full { value, dtype, .. }) => {
+                self.constant(round_scalar(*dtype, *value as f32))
+            }
+            Op::InvCount(InvCount { count }) => {
+                let text = format!("1 / {count}");
+                self.arg(ScalarSource::InverseCount(count.clone()), text)
+            }
+            _ => self.constant(f32::NAN),
+        }
     }
 
     /// `x` (computed in f32) rounded to what `dtype` stores.
@@ -645,15 +727,6 @@ impl Builder<'_> {
             }
         };
         self.f32(Expr::Arg(i))
-    }
-
-    /// `1/n` for the row of member `v`'s operand (global count).
-    fn inverse_row_count(&mut self, v: ValueId) -> Value {
-        let input = self.g.operands(v)[0];
-        let (a, b) = self.group.row.unwrap_or((0, 0));
-        let dims: Vec<usize> = (a..b).collect();
-        let text = format!("1 / count of %{} over dims {dims:?}", self.g.name(input));
-        self.arg(ScalarSource::InverseCount { value: input, dims }, text)
     }
 
     fn member(&mut self, v: ValueId) -> Result<()> {
@@ -683,23 +756,6 @@ impl Builder<'_> {
                 let r = self.rand(*seed);
                 self.round(dtype, r)
             }
-            Op::Dropout(Dropout { p, seed }) => {
-                let x = self.operand(operand_ids[0], view)?;
-                if *p >= 1.0 {
-                    self.constant(0.0)
-                } else {
-                    self.global_index = true;
-                    let keep = self.constant((1.0 - p) as f32);
-                    let scale = round_scalar(dtype, (1.0 / (1.0 - p)) as f32);
-                    let scale = self.constant(scale);
-                    let r = self.rand(*seed);
-                    let kept = self.push(Scalar::Bool, Expr::Binary(BinaryOp::Lt, r, keep));
-                    let scaled = self.f32(Expr::Binary(BinaryOp::Mul, x, scale));
-                    let scaled = self.round(dtype, scaled);
-                    let zero = self.constant(0.0);
-                    self.f32(Expr::Select(kept, scaled, zero))
-                }
-            }
             Op::Unary(op) => {
                 let a = self.operand(operand_ids[0], view)?;
                 if dtype == DType::Bool {
@@ -708,11 +764,6 @@ impl Builder<'_> {
                     let x = self.f32(Expr::Unary(*op, a));
                     self.round(dtype, x)
                 }
-            }
-            Op::Gelu(Gelu { approximate }) => {
-                let a = self.operand(operand_ids[0], view)?;
-                let x = self.f32(Expr::Gelu(*approximate, a));
-                self.round(dtype, x)
             }
             Op::Binary(op) => {
                 let a = self.operand(operand_ids[0], view)?;
@@ -747,79 +798,18 @@ impl Builder<'_> {
                     (false, false) => self.round(*to, a),
                 }
             }
-            Op::Softmax { .. } => {
-                let x = self.operand(operand_ids[0], View::Full)?;
-                let m = self.f32(Expr::RowReduce(ReduceOp::Max, x));
-                let d = self.f32(Expr::Binary(BinaryOp::Sub, x, m));
-                let e = self.f32(Expr::Unary(UnaryOp::Exp, d));
-                let s = self.f32(Expr::RowReduce(ReduceOp::Sum, e));
-                let y = self.f32(Expr::Binary(BinaryOp::Div, e, s));
-                self.round(dtype, y)
-            }
-            Op::LayerNorm(LayerNorm { eps, .. }) => {
-                let x = self.operand(operand_ids[0], View::Full)?;
-                let inv_n = self.inverse_row_count(v);
-                let sum = self.f32(Expr::RowReduce(ReduceOp::Sum, x));
-                let mean = self.f32(Expr::Binary(BinaryOp::Mul, sum, inv_n));
-                let c = self.f32(Expr::Binary(BinaryOp::Sub, x, mean));
-                let c2 = self.f32(Expr::Binary(BinaryOp::Mul, c, c));
-                let ss = self.f32(Expr::RowReduce(ReduceOp::Sum, c2));
-                let var = self.f32(Expr::Binary(BinaryOp::Mul, ss, inv_n));
-                let eps = self.constant(*eps as f32);
-                let ve = self.f32(Expr::Binary(BinaryOp::Add, var, eps));
-                let inv = self.f32(Expr::Unary(UnaryOp::Rsqrt, ve));
-                match g.node(v).result {
-                    1 => mean,
-                    2 => inv,
-                    _ => {
-                        let mut y = self.f32(Expr::Binary(BinaryOp::Mul, c, inv));
-                        if let Some(&w) = operand_ids.get(1) {
-                            let w = self.operand(w, View::Full)?;
-                            y = self.f32(Expr::Binary(BinaryOp::Mul, y, w));
-                        }
-                        if let Some(&b) = operand_ids.get(2) {
-                            let b = self.operand(b, View::Full)?;
-                            y = self.f32(Expr::Binary(BinaryOp::Add, y, b));
-                        }
-                        self.round(dtype, y)
-                    }
-                }
-            }
-            Op::RmsNorm(norm) => {
-                let x = self.operand(operand_ids[0], View::Full)?;
-                let inv_n = self.inverse_row_count(v);
-                let x2 = self.f32(Expr::Binary(BinaryOp::Mul, x, x));
-                let ss = self.f32(Expr::RowReduce(ReduceOp::Sum, x2));
-                let ms = self.f32(Expr::Binary(BinaryOp::Mul, ss, inv_n));
-                let eps = norm.eps_for(g.ty(operand_ids[0]).dtype);
-                let eps = self.constant(eps as f32);
-                let me = self.f32(Expr::Binary(BinaryOp::Add, ms, eps));
-                let inv = self.f32(Expr::Unary(UnaryOp::Rsqrt, me));
-                if g.node(v).result == 1 {
-                    inv
-                } else {
-                    let mut y = self.f32(Expr::Binary(BinaryOp::Mul, x, inv));
-                    if let Some(&w) = operand_ids.get(1) {
-                        let w = self.operand(w, View::Full)?;
-                        y = self.f32(Expr::Binary(BinaryOp::Mul, y, w));
-                    }
-                    self.round(dtype, y)
-                }
-            }
             Op::Reduce(Reduce { kind, .. }) => {
                 let x = self.operand(operand_ids[0], View::Full)?;
-                let y = match kind {
-                    ReduceKind::Sum => self.f32(Expr::RowReduce(ReduceOp::Sum, x)),
-                    ReduceKind::Max => self.f32(Expr::RowReduce(ReduceOp::Max, x)),
-                    ReduceKind::Min => self.f32(Expr::RowReduce(ReduceOp::Min, x)),
-                    ReduceKind::Mean => {
-                        let s = self.f32(Expr::RowReduce(ReduceOp::Sum, x));
-                        let inv_n = self.inverse_row_count(v);
-                        self.f32(Expr::Binary(BinaryOp::Mul, s, inv_n))
-                    }
+                let op = match kind {
+                    ReduceKind::Max => ReduceOp::Max,
+                    ReduceKind::Min => ReduceOp::Min,
+                    _ => ReduceOp::Sum,
                 };
+                let y = self.f32(Expr::RowReduce(op, x));
                 self.round(dtype, y)
             }
+            // A per-row value reshaped to the row's dims kept or dropped: the same values.
+            Op::Reshape(_) => self.operand(operand_ids[0], view)?,
             other => {
                 return Err(unsupported(
                     g,
@@ -848,13 +838,32 @@ fn round_scalar(d: DType, x: f32) -> f32 {
     }
 }
 
+/// Whether something outside `group` reads `v`: a user that is not a member, looking through
+/// the absorbed values members read it by.
+fn read_outside(
+    v: ValueId,
+    group: &Group,
+    users: &BTreeMap<ValueId, Vec<ValueId>>,
+    absorbed: &BTreeSet<ValueId>,
+) -> bool {
+    users.get(&v).is_some_and(|us| {
+        us.iter().any(|&u| {
+            if absorbed.contains(&u) {
+                read_outside(u, group, users, absorbed)
+            } else {
+                !group.members.contains(&u)
+            }
+        })
+    })
+}
+
 /// The kernel computing group `group` and how to call it; it stores every member used outside
 /// the group or returned.
 fn build(
     g: &Graph,
     group: &Group,
     users: &BTreeMap<ValueId, Vec<ValueId>>,
-    absorbed: &[ValueId],
+    absorbed: &BTreeSet<ValueId>,
     index: usize,
 ) -> Result<(Fused, FusedCall)> {
     let mut b = Builder {
@@ -866,6 +875,7 @@ fn build(
         input_values: Vec::new(),
         body: Vec::new(),
         value_of: BTreeMap::new(),
+        scalars: BTreeMap::new(),
         loaded: BTreeMap::new(),
         args: Vec::new(),
         arg_text: Vec::new(),
@@ -879,12 +889,7 @@ fn build(
         .members
         .iter()
         .copied()
-        .filter(|m| {
-            g.outputs().contains(m)
-                || users
-                    .get(m)
-                    .is_some_and(|us| us.iter().any(|u| !group.members.contains(u)))
-        })
+        .filter(|&m| g.outputs().contains(&m) || read_outside(m, group, users, absorbed))
         .collect();
     let outputs: Vec<Output> = stored
         .iter()

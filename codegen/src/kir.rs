@@ -19,7 +19,7 @@
 
 use std::fmt;
 
-use tpc_ir::ops::{BinaryOp, GeluApprox, UnaryOp};
+use tpc_ir::ops::{BinaryOp, UnaryOp};
 use tpc_ir::{DType, ReduceOp};
 
 /// A tensor a fused kernel reads.
@@ -45,7 +45,6 @@ pub enum Expr {
     /// over a split dim).
     Arg(usize),
     Unary(UnaryOp, Value),
-    Gelu(GeluApprox, Value),
     Binary(BinaryOp, Value, Value),
     /// `where(c, a, b)`.
     Select(Value, Value, Value),
@@ -130,7 +129,7 @@ impl Fused {
                 Expr::Const(_) | Expr::Arg(_) => true,
                 Expr::Rand(_) | Expr::RandArg(_) => false,
                 Expr::RowReduce(..) => true,
-                Expr::Unary(_, a) | Expr::Gelu(_, a) | Expr::Round(_, a) => out[a.0],
+                Expr::Unary(_, a) | Expr::Round(_, a) => out[a.0],
                 Expr::Binary(_, a, b) => out[a.0] && out[b.0],
                 Expr::Select(c, a, b) => out[c.0] && out[a.0] && out[b.0],
             };
@@ -487,8 +486,6 @@ impl fmt::Display for Fused {
                 Expr::Const(c) => format!("const {c:?}"),
                 Expr::Arg(k) => format!("arg s{k}"),
                 Expr::Unary(op, a) => format!("{} {a}", format!("{op:?}").to_lowercase()),
-                Expr::Gelu(GeluApprox::None, a) => format!("gelu {a}"),
-                Expr::Gelu(GeluApprox::Tanh, a) => format!("gelu.tanh {a}"),
                 Expr::Binary(op, a, b) => format!("{} {a}, {b}", format!("{op:?}").to_lowercase()),
                 Expr::Select(c, a, b) => format!("select {c}, {a}, {b}"),
                 Expr::Round(d, a) => format!("round.{d} {a}"),

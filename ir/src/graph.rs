@@ -107,6 +107,11 @@ impl Graph {
         }
     }
 
+    /// Whether `v` is (still) a value of the graph.
+    pub fn contains(&self, v: ValueId) -> bool {
+        self.graph.contains_node(v.0)
+    }
+
     pub fn node(&self, v: ValueId) -> &Node {
         &self.graph[v.0]
     }
@@ -271,6 +276,39 @@ impl Graph {
             self.renumber();
         }
         v
+    }
+
+    /// Makes `target` compute what `from` computes (`from`'s op, result index and operands;
+    /// `target` keeps its name, type and place), then removes `from`. `from` must come before
+    /// `target` and nothing but `target`'s new operands may use it. Returns false (and changes
+    /// nothing) when something uses `from`.
+    pub fn replace_with(&mut self, target: ValueId, from: ValueId) -> bool {
+        let used = self
+            .graph
+            .edges_directed(from.0, Direction::Outgoing)
+            .next()
+            .is_some();
+        if used || self.outputs.contains(&from) || self.params.contains(&from) {
+            return false;
+        }
+        let old: Vec<_> = self
+            .graph
+            .edges_directed(target.0, Direction::Incoming)
+            .map(|e| e.id())
+            .collect();
+        for e in old {
+            self.graph.remove_edge(e);
+        }
+        let operands = self.operand_lists[from.index()].clone();
+        for (k, &o) in operands.iter().enumerate() {
+            self.graph.add_edge(o.0, target.0, k as u32);
+        }
+        self.operand_lists[target.index()] = operands;
+        let (op, result) = (self.node(from).op.clone(), self.node(from).result);
+        let node = self.node_mut(target);
+        node.op = op;
+        node.result = result;
+        self.remove_unused(from)
     }
 
     /// Makes operand `index` of `user` be `new` instead of what it was.

@@ -3,6 +3,7 @@
 //! dtypes, symbolic dims, meshes, shardings, the ops (each defined once, in `ops/`), the graph, its text form
 //! (parser and printer), the verifier, and diagnostics rendered like rustc's.
 
+pub mod decompose;
 pub mod diag;
 pub mod dim;
 pub mod dtype;
@@ -24,7 +25,7 @@ pub use dtype::DType;
 pub use graph::{Comments, Graph, Node, ValueId};
 pub use mesh::{Mesh, MeshAxis};
 pub use ops::{AttrValue, BinaryOp, Collective, GeluApprox, Op, OpDef, ReduceKind, UnaryOp};
-pub use rule::{check_rule, factor_rule, rule_of, FactorKind, FactorRule};
+pub use rule::{check_rule, factor_rule, rule_of, FactorKind, FactorRule, PartialFlow};
 pub use span::Span;
 pub use syntax::{parse, print, PrintMode};
 pub use types::{DimSharding, Factor, Partial, ReduceOp, Sharding, TensorType};

@@ -40,10 +40,35 @@ pub struct FactorRule {
     pub factors: Vec<FactorDef>,
     pub operands: Vec<Vec<Vec<FactorId>>>,
     pub result: Vec<Vec<FactorId>>,
-    /// Whether a reduction pending in operand 0 stays pending in the result: the op only moves
-    /// elements (reshape, permute), so a partial operand gives a partial result and resharding
-    /// may leave the reduction for later.
-    pub carries_partial: bool,
+    /// Whether a reduction pending in operand 0 stays pending in the result (the op's
+    /// linearity), so that resharding may leave the reduction for later.
+    pub carries_partial: PartialFlow,
+}
+
+/// How a reduction pending in an op's operand 0 passes through the op.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PartialFlow {
+    /// It does not: a partial operand is reduced first.
+    #[default]
+    Blocked,
+    /// The op only moves elements, or maps them monotonically one by one (reshape, permute, a
+    /// float cast): any pending reduction stays pending.
+    Moves,
+    /// The op is linear in operand 0 while its other operands are whole (multiplying or dividing
+    /// by a replicated value): a pending sum stays pending.
+    Linear,
+}
+
+impl FactorRule {
+    /// Whether a reduction `op` pending in operand 0 stays pending in the result (the other
+    /// operands then whole on that axis).
+    pub fn carries(&self, op: ReduceOp) -> bool {
+        match self.carries_partial {
+            PartialFlow::Blocked => false,
+            PartialFlow::Moves => true,
+            PartialFlow::Linear => op == ReduceOp::Sum,
+        }
+    }
 }
 
 impl FactorRule {

@@ -102,14 +102,14 @@ fn check_declared_partial(g: &Graph, v: ValueId, diags: &mut Vec<Diagnostic>) {
         return;
     }
     let rule = rule_of(g, v);
-    // An op that only moves elements (its rule says so) keeps a pending reduction pending.
-    let moves = rule.carries_partial;
+    // An op that only moves elements, or is linear (its rule says so), keeps a pending
+    // reduction pending.
     for p in &node.ty.sharding.partial {
         let reduces = rule
             .factors
             .iter()
             .any(|f| f.kind == FactorKind::Reduction(p.op));
-        let carried = moves
+        let carried = rule.carries(p.op)
             && g.operands(v)
                 .first()
                 .is_some_and(|&o| g.ty(o).sharding.partial.contains(p));

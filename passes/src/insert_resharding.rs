@@ -231,10 +231,14 @@ impl Resharder {
                     }
                 }
             }
-            Some(Place::Partial(op)) if rule.carries_partial => {
-                // An op that only moves elements keeps a pending reduction pending: the operand
-                // stays partial.
-                vec![Some(Place::Partial(*op))]
+            Some(Place::Partial(op)) if rule.carries(*op) => {
+                // An op that only moves elements, or is linear in its first operand, keeps a
+                // pending reduction pending: that operand stays partial, the others whole.
+                let mut needs = whole();
+                if let Some(first) = needs.first_mut() {
+                    *first = Some(Place::Partial(*op));
+                }
+                needs
             }
             Some(Place::Partial(op)) => {
                 // The operand split that made the result partial: a reduction factor of that op.

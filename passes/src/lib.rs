@@ -10,6 +10,7 @@
 
 pub mod cost;
 mod dce;
+pub mod decompose;
 mod insert_resharding;
 pub mod lower_to_local;
 mod manager;

@@ -8,6 +8,7 @@ use tpc_ir::verify::verify;
 use tpc_ir::{Diagnostic, Graph};
 
 use crate::dce::Dce;
+use crate::decompose::Decompose;
 use crate::insert_resharding::InsertResharding;
 use crate::lower_to_local::{LocalProgram, LowerToLocal};
 use crate::pass::{Options, Pass, Phase};
@@ -24,6 +25,7 @@ pub fn registry() -> Vec<Box<dyn Pass>> {
         Box::new(InsertResharding),
         Box::new(ReorderShardedAxis::default()),
         Box::new(Dce),
+        Box::new(Decompose::default()),
         Box::new(LowerToLocal::default()),
     ]
 }

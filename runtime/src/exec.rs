@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use tpc_ir::ops::{
-    Cast, Concat, CrossEntropy, Dropout, Full, Gelu, Permute, RandLike, Reduce, Slice, Softmax,
+    Cast, Concat, CrossEntropy, Dropout, Full, Gelu, InvCount, Permute, RandLike, Reduce, Slice,
+    Softmax,
 };
-use tpc_ir::{Graph, Op, ReduceKind, ValueId, ValueMap};
+use tpc_ir::{DType, Graph, Op, ReduceKind, ValueId, ValueMap};
 
 use crate::ops::reduce::NormResult;
 use crate::ops::{linalg, lookup, pointwise, random, reduce, shape};
@@ -204,6 +205,10 @@ pub(crate) fn eval(
         Op::RandLike(RandLike { seed }) => random::rand_like(args[0], *seed, offset)?,
         Op::Dropout(Dropout { p, seed }) => random::dropout(args[0], *p, *seed, offset)?,
         Op::Full(Full { value, dtype, .. }) => shape::full(out_shape, *value, *dtype)?,
+        // As the kernels' argument: 1/n in f64, rounded to f32.
+        Op::InvCount(InvCount { count }) => {
+            shape::full(out_shape, 1.0 / dim_value(count)? as f64, DType::F32)?
+        }
         // Collectives move data between ranks; on the global value they are the identity.
         Op::Collective { .. } => args[0].clone(),
         Op::CrossEntropy(CrossEntropy { ignore_index }) => {

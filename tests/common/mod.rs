@@ -40,11 +40,19 @@ pub fn load(path: &Path) -> tpc::Graph {
     tpc::load(&rel, &text).unwrap_or_else(|e| panic!("{}", e.render()))
 }
 
-/// The sharding passes' filetest directories.
-pub const PASS_DIRS: [&str; 3] = [
+/// The program at `path` with its composites decomposed (what segmentation takes).
+pub fn load_primitive(path: &Path) -> tpc::Graph {
+    let mut g = load(path);
+    tpc::passes::decompose::run(&mut g, true).expect("decompose");
+    g
+}
+
+/// The sharding passes' filetest directories (and `decompose`'s, which shard first).
+pub const PASS_DIRS: [&str; 4] = [
     "tests/passes/propagate-sharding",
     "tests/passes/insert-resharding",
     "tests/passes/reorder-sharded-axis",
+    "tests/passes/decompose",
 ];
 
 /// The device count a pass case runs on: its mesh's fixed sizes when all are fixed (`mesh dp =

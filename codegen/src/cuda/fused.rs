@@ -34,7 +34,7 @@ fn operands(k: &Fused, v: usize) -> Vec<usize> {
         Expr::Load(_) | Expr::Const(_) | Expr::Arg(_) | Expr::Rand(_) | Expr::RandArg(_) => {
             vec![]
         }
-        Expr::Unary(_, a) | Expr::Gelu(_, a) | Expr::Round(_, a) | Expr::RowReduce(_, a) => {
+        Expr::Unary(_, a) | Expr::Round(_, a) | Expr::RowReduce(_, a) => {
             vec![a.0]
         }
         Expr::Binary(_, a, b) => vec![a.0, b.0],

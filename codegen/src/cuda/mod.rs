@@ -10,7 +10,7 @@
 
 use std::fmt::Write;
 
-use tpc_ir::ops::{BinaryOp, GeluApprox, UnaryOp};
+use tpc_ir::ops::{BinaryOp, UnaryOp};
 use tpc_ir::{DType, ReduceOp};
 
 use crate::kir::{Expr, Fused, Kernel, Param, ParamKind, Scalar};
@@ -40,11 +40,6 @@ __device__ __forceinline__ unsigned short tpc_to_f16(float f) { unsigned short h
 __device__ __forceinline__ float tpc_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 __device__ __forceinline__ float tpc_max(float a, float b) { return (a != a || b != b) ? tpc_nan() : fmaxf(a, b); }
 __device__ __forceinline__ float tpc_min(float a, float b) { return (a != a || b != b) ? tpc_nan() : fminf(a, b); }
-__device__ __forceinline__ float tpc_gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
-__device__ __forceinline__ float tpc_gelu_tanh(float x) {
-  const float k = 0.79788456080286536f;
-  return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-}
 // Philox-4x32-10 (tpc_runtime::philox::uniform): counter (index lo, index hi, 0, 0), key (seed lo,
 // seed hi); the top 24 bits of the first output word, scaled to [0, 1).
 __device__ __forceinline__ float tpc_uniform(unsigned long long seed, unsigned long long index) {
@@ -215,6 +210,7 @@ fn unary(op: UnaryOp, a: &str) -> String {
         UnaryOp::Reciprocal => format!("(1.0f / {a})"),
         UnaryOp::Sin => format!("sinf({a})"),
         UnaryOp::Cos => format!("cosf({a})"),
+        UnaryOp::Erf => format!("erff({a})"),
         UnaryOp::Not => format!("(!{a})"),
     }
 }
@@ -297,8 +293,6 @@ pub(crate) fn value_expr(k: &Fused, v: usize, site: &Site<'_>) -> String {
         Expr::Const(c) => float_literal(*c),
         Expr::Arg(i) => format!("s{i}"),
         Expr::Unary(op, a) => unary(*op, &r(a)),
-        Expr::Gelu(GeluApprox::None, a) => format!("tpc_gelu({})", r(a)),
-        Expr::Gelu(GeluApprox::Tanh, a) => format!("tpc_gelu_tanh({})", r(a)),
         Expr::Binary(op, a, b) => binary(*op, &r(a), &r(b)),
         Expr::Select(c, a, b) => format!("({} ? {} : {})", r(c), r(a), r(b)),
         Expr::Round(d, a) => round(*d, &r(a)),

@@ -32,10 +32,12 @@ pub use pointwise::{BinaryOp, Cast, Gelu, GeluApprox, UnaryOp, Where, BINARY_OPS
 pub use random::{Dropout, RandLike};
 pub use reduce::{Reduce, ReduceKind, Softmax, REDUCE_OPS};
 pub use shape::{Broadcast, Concat, Embedding, Permute, Reshape, Slice, Split};
-pub use source::{Full, Param};
+pub use source::{Full, InvCount, Param};
 
+use crate::decompose::Expander;
 use crate::dim::Dim;
 use crate::dtype::DType;
+use crate::graph::ValueId;
 use crate::infer::InferError;
 use crate::rule::FactorRule;
 use crate::syntax::attrs::{AttrError, AttrReader};
@@ -106,6 +108,13 @@ pub trait OpDef: std::fmt::Debug {
     /// rank.
     fn for_rank(&self, _local: &[Dim]) -> Option<Op> {
         None
+    }
+
+    /// The op written as primitive ops, for a composite (softmax, the norms, mean, dropout,
+    /// gelu): one value per result, in result order, added through `e` before the op. The
+    /// `decompose` pass puts them in the op's place. `Ok(None)`: the op is primitive.
+    fn decompose(&self, _e: &mut Expander<'_>) -> Result<Option<Vec<ValueId>>, InferError> {
+        Ok(None)
     }
 
     /// The vector-Jacobian product, for reverse-mode gradients (not yet: issue 15).
@@ -212,6 +221,8 @@ pub enum Op {
     Dropout(Dropout),
     /// `full() {shape, value, dtype}`
     Full(Full),
+    /// `inv_count() {count}`: `1 / count`, a scalar.
+    InvCount(InvCount),
     /// `cross_entropy(logits, target) {ignore_index}`
     CrossEntropy(CrossEntropy),
     /// A collective that the sharding passes insert.
@@ -245,6 +256,7 @@ impl Op {
             Op::RandLike(x) => x,
             Op::Dropout(x) => x,
             Op::Full(x) => x,
+            Op::InvCount(x) => x,
             Op::CrossEntropy(x) => x,
             Op::Collective(x) => x,
         }

@@ -2,9 +2,13 @@
 //! variants, which also return the statistics a backward pass reuses (layer norm's mean and
 //! reciprocal standard deviation, rms norm's reciprocal root mean square), in f32, one per row.
 
-use super::{float_key, keyed, AttrValue, Op, OpDef, OpSpec, ResultType};
+use super::{
+    float_key, keyed, AttrValue, BinaryOp, Op, OpDef, OpSpec, ReduceKind, ResultType, UnaryOp,
+};
+use crate::decompose::Expander;
 use crate::dim::Dim;
 use crate::dtype::DType;
+use crate::graph::ValueId;
 use crate::infer::{arity, need_float, same_dtype, InferError};
 use crate::rule::{FactorId, FactorKind, FactorRule};
 use crate::syntax::attrs::{AttrError, AttrReader};
@@ -108,6 +112,56 @@ fn norm_rule(normalized: usize, xs: &[&TensorType], result: usize) -> FactorRule
     r
 }
 
+/// `y * p` (`combine` = mul) or `y + p` for an affine parameter `p` of the normalized dims,
+/// broadcast to `y` and read in f32.
+fn affine(
+    e: &mut Expander<'_>,
+    y: ValueId,
+    p: Option<ValueId>,
+    combine: BinaryOp,
+) -> Result<ValueId, InferError> {
+    let Some(p) = p else {
+        return Ok(y);
+    };
+    let p = e.broadcast(p, y)?;
+    let p = e.cast(p, DType::F32)?;
+    e.binary(combine, y, p)
+}
+
+/// The statistics results of a `_stats` norm: each per-row statistic (kept as 1 in the
+/// normalized dims) reshaped to the leading dims.
+fn stats(
+    e: &mut Expander<'_>,
+    x: ValueId,
+    normalized: usize,
+    per_row: &[ValueId],
+) -> Result<Vec<ValueId>, InferError> {
+    let shape = e.ty(x).shape.clone();
+    let lead = shape[..shape.len() - normalized].to_vec();
+    per_row
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| {
+            let layout = e.result_layout(i + 1, x);
+            e.reshape(s, lead.clone(), layout)
+        })
+        .collect()
+}
+
+/// The normalized dims of `x` and `x` in f32.
+fn prologue(
+    e: &mut Expander<'_>,
+    normalized: usize,
+) -> Result<Option<(ValueId, Vec<usize>, ValueId)>, InferError> {
+    let Some(x) = e.operand(0) else {
+        return Ok(None);
+    };
+    let rank = e.ty(x).rank();
+    let dims: Vec<usize> = (rank.saturating_sub(normalized)..rank).collect();
+    let xf = e.cast(x, DType::F32)?;
+    Ok(Some((x, dims, xf)))
+}
+
 impl OpDef for LayerNorm {
     fn name(&self) -> &'static str {
         if self.stats {
@@ -142,6 +196,30 @@ impl OpDef for LayerNorm {
     fn rule(&self, xs: &[&TensorType], _: &[Dim], result: usize) -> FactorRule {
         norm_rule(self.normalized, xs, result)
     }
+    /// In f32: `c = x - mean(x)`, `rstd = rsqrt(mean(c * c) + eps)`, `y = c * rstd * w + b`;
+    /// the statistics are `mean(x)` and `rstd` per row.
+    fn decompose(&self, e: &mut Expander<'_>) -> Result<Option<Vec<ValueId>>, InferError> {
+        let Some((x, dims, xf)) = prologue(e, self.normalized)? else {
+            return Ok(None);
+        };
+        let mean = e.reduce_keep(ReduceKind::Mean, xf, &dims)?;
+        let spread = e.broadcast(mean, xf)?;
+        let centered = e.binary(BinaryOp::Sub, xf, spread)?;
+        let square = e.binary(BinaryOp::Mul, centered, centered)?;
+        let var = e.reduce_keep(ReduceKind::Mean, square, &dims)?;
+        let eps = e.constant(self.eps, DType::F32, var)?;
+        let var = e.binary(BinaryOp::Add, var, eps)?;
+        let rstd = e.unary(UnaryOp::Rsqrt, var)?;
+        let spread = e.broadcast(rstd, centered)?;
+        let y = e.binary(BinaryOp::Mul, centered, spread)?;
+        let y = affine(e, y, e.operand(1), BinaryOp::Mul)?;
+        let y = affine(e, y, e.operand(2), BinaryOp::Add)?;
+        let mut out = vec![e.cast(y, e.dtype(x))?];
+        if self.stats {
+            out.extend(stats(e, x, self.normalized, &[mean, rstd])?);
+        }
+        Ok(Some(out))
+    }
 }
 
 impl OpDef for RmsNorm {
@@ -175,6 +253,26 @@ impl OpDef for RmsNorm {
     }
     fn rule(&self, xs: &[&TensorType], _: &[Dim], result: usize) -> FactorRule {
         norm_rule(self.normalized, xs, result)
+    }
+    /// In f32: `rstd = rsqrt(mean(x * x) + eps)`, `y = x * rstd * w`; the statistic is `rstd`
+    /// per row.
+    fn decompose(&self, e: &mut Expander<'_>) -> Result<Option<Vec<ValueId>>, InferError> {
+        let Some((x, dims, xf)) = prologue(e, self.normalized)? else {
+            return Ok(None);
+        };
+        let square = e.binary(BinaryOp::Mul, xf, xf)?;
+        let ms = e.reduce_keep(ReduceKind::Mean, square, &dims)?;
+        let eps = e.constant(self.eps_for(e.dtype(x)), DType::F32, ms)?;
+        let ms = e.binary(BinaryOp::Add, ms, eps)?;
+        let rstd = e.unary(UnaryOp::Rsqrt, ms)?;
+        let spread = e.broadcast(rstd, xf)?;
+        let y = e.binary(BinaryOp::Mul, xf, spread)?;
+        let y = affine(e, y, e.operand(1), BinaryOp::Mul)?;
+        let mut out = vec![e.cast(y, e.dtype(x))?];
+        if self.stats {
+            out.extend(stats(e, x, self.normalized, &[rstd])?);
+        }
+        Ok(Some(out))
     }
 }
 

@@ -3,10 +3,12 @@
 //! executors share it.
 
 use super::{one, AttrValue, Op, OpDef, OpSpec, ResultType};
+use crate::decompose::Expander;
 use crate::dim::Dim;
 use crate::dtype::DType;
+use crate::graph::ValueId;
 use crate::infer::{arity, need_float, same_dtype, same_shapes, InferError};
-use crate::rule::{FactorKind, FactorRule};
+use crate::rule::{FactorKind, FactorRule, PartialFlow};
 use crate::syntax::attrs::{AttrError, AttrReader};
 use crate::types::TensorType;
 
@@ -25,11 +27,12 @@ pub enum UnaryOp {
     Reciprocal,
     Sin,
     Cos,
+    Erf,
     /// Logical not, on bool tensors.
     Not,
 }
 
-pub const UNARY_OPS: [(UnaryOp, &str); 14] = [
+pub const UNARY_OPS: [(UnaryOp, &str); 15] = [
     (UnaryOp::Neg, "neg"),
     (UnaryOp::Abs, "abs"),
     (UnaryOp::Exp, "exp"),
@@ -43,6 +46,7 @@ pub const UNARY_OPS: [(UnaryOp, &str); 14] = [
     (UnaryOp::Reciprocal, "reciprocal"),
     (UnaryOp::Sin, "sin"),
     (UnaryOp::Cos, "cos"),
+    (UnaryOp::Erf, "erf"),
     (UnaryOp::Not, "not"),
 ];
 
@@ -71,6 +75,7 @@ impl UnaryOp {
             UnaryOp::Reciprocal => 1.0 / x,
             UnaryOp::Sin => x.sin(),
             UnaryOp::Cos => x.cos(),
+            UnaryOp::Erf => libm::erff(x),
             UnaryOp::Not => f32::NAN,
         }
     }
@@ -210,7 +215,12 @@ impl OpDef for BinaryOp {
         one(out, xs[0].shape.clone())
     }
     fn rule(&self, xs: &[&TensorType], out: &[Dim], _: usize) -> FactorRule {
-        elementwise_rule(xs.len(), out)
+        let mut r = elementwise_rule(xs.len(), out);
+        // `a * c` and `a / c` are linear in `a`: a pending sum of `a` stays pending.
+        if matches!(self, BinaryOp::Mul | BinaryOp::Div) {
+            r.carries_partial = PartialFlow::Linear;
+        }
+        r
     }
 }
 
@@ -244,6 +254,41 @@ impl OpDef for Gelu {
     }
     fn rule(&self, xs: &[&TensorType], out: &[Dim], _: usize) -> FactorRule {
         elementwise_rule(xs.len(), out)
+    }
+    /// In f32, in the order of the reference's scalar formula: `0.5 * x * (1 + erf(x / √2))`,
+    /// or with tanh, `0.5 * x * (1 + tanh(√(2/π) * (x + 0.044715 * x * x * x)))`; each op
+    /// after the first reads one made before it, so that a kernel computes the whole chain.
+    fn decompose(&self, e: &mut Expander<'_>) -> Result<Option<Vec<ValueId>>, InferError> {
+        let Some(x) = e.operand(0) else {
+            return Ok(None);
+        };
+        let xf = e.cast(x, DType::F32)?;
+        let c = |e: &mut Expander<'_>, v: f32| e.constant(v as f64, DType::F32, xf);
+        let inner = match self.approximate {
+            GeluApprox::None => {
+                let k = c(e, std::f32::consts::FRAC_1_SQRT_2)?;
+                let scaled = e.binary(BinaryOp::Mul, xf, k)?;
+                e.unary(UnaryOp::Erf, scaled)?
+            }
+            GeluApprox::Tanh => {
+                let a = c(e, 0.044715)?;
+                let mut cube = e.binary(BinaryOp::Mul, a, xf)?;
+                cube = e.binary(BinaryOp::Mul, cube, xf)?;
+                cube = e.binary(BinaryOp::Mul, cube, xf)?;
+                let sum = e.binary(BinaryOp::Add, xf, cube)?;
+                let k = c(e, (2.0f32 / std::f32::consts::PI).sqrt())?;
+                let scaled = e.binary(BinaryOp::Mul, k, sum)?;
+                e.unary(UnaryOp::Tanh, scaled)?
+            }
+        };
+        let one = c(e, 1.0)?;
+        let sum = e.binary(BinaryOp::Add, one, inner)?;
+        // `(x * s) * 0.5` is `(0.5 * x) * s` exactly (halving is exact), and reads as one chain
+        // from the sum.
+        let y = e.binary(BinaryOp::Mul, xf, sum)?;
+        let half = c(e, 0.5)?;
+        let y = e.binary(BinaryOp::Mul, y, half)?;
+        Ok(Some(vec![e.cast(y, e.dtype(x))?]))
     }
 }
 
@@ -294,7 +339,13 @@ impl OpDef for Cast {
         one(self.to, xs[0].shape.clone())
     }
     fn rule(&self, xs: &[&TensorType], out: &[Dim], _: usize) -> FactorRule {
-        elementwise_rule(xs.len(), out)
+        let mut r = elementwise_rule(xs.len(), out);
+        // A float-to-float cast rounds each element monotonically: a pending sum, max or min
+        // stays one (of rounded summands, as a partial value stored in that dtype is).
+        if xs.first().is_some_and(|x| x.dtype.is_float()) && self.to.is_float() {
+            r.carries_partial = PartialFlow::Moves;
+        }
+        r
     }
 }
 

@@ -2,8 +2,13 @@
 //! split draws the same numbers as one device: their rule is elementwise, and they ask for the
 //! global index ([`GlobalContext::element_index`]).
 
-use super::{float_key, keyed, one, AttrValue, GlobalContext, Op, OpDef, OpSpec, ResultType};
+use super::{
+    float_key, keyed, one, AttrValue, BinaryOp, GlobalContext, Op, OpDef, OpSpec, ResultType, Where,
+};
+use crate::decompose::Expander;
 use crate::dim::Dim;
+use crate::dtype::DType;
+use crate::graph::ValueId;
 use crate::infer::{arity, need_float, InferError};
 use crate::rule::FactorRule;
 use crate::syntax::attrs::{AttrError, AttrReader};
@@ -78,6 +83,30 @@ impl OpDef for Dropout {
     }
     fn global_context(&self, _: usize) -> GlobalContext {
         global_index()
+    }
+    /// `where(rand_like(x) < 1 - p, x * (1 / (1 - p)), 0)`, the draws in f32 (as the reference
+    /// draws) and the scale rounded to x's dtype (as PyTorch builds it); all zeros at `p = 1`.
+    fn decompose(&self, e: &mut Expander<'_>) -> Result<Option<Vec<ValueId>>, InferError> {
+        let Some(x) = e.operand(0) else {
+            return Ok(None);
+        };
+        let dtype = e.dtype(x);
+        if self.p >= 1.0 {
+            return Ok(Some(vec![e.constant(0.0, dtype, x)?]));
+        }
+        let scale = e.constant((1.0 / (1.0 - self.p)) as f32 as f64, dtype, x)?;
+        let scaled = e.binary(BinaryOp::Mul, x, scale)?;
+        // Drawn in the shape of the scaled values (a draw reads only its operand's shape), so
+        // that each op reads one made before it and a kernel computes the whole chain.
+        let shape = e.cast(scaled, DType::F32)?;
+        let layout = e.like(x);
+        let draw = e.add(Op::RandLike(RandLike { seed: self.seed }), &[shape], layout)?;
+        let keep = e.constant((1.0 - self.p) as f32 as f64, DType::F32, draw)?;
+        let kept = e.binary(BinaryOp::Lt, draw, keep)?;
+        let zero = e.constant(0.0, dtype, x)?;
+        let layout = e.like(x);
+        let y = e.add(Op::Where(Where), &[kept, scaled, zero], layout)?;
+        Ok(Some(vec![y]))
     }
 }
 

@@ -1,8 +1,10 @@
 //! Reductions over dims (`sum`, `mean`, `max`, `min`) and `softmax`.
 
-use super::{one, AttrValue, GlobalContext, Op, OpDef, OpSpec, ResultType};
+use super::{one, AttrValue, BinaryOp, GlobalContext, Op, OpDef, OpSpec, ResultType, UnaryOp};
+use crate::decompose::{count_of, Expander};
 use crate::dim::Dim;
 use crate::dtype::DType;
+use crate::graph::ValueId;
 use crate::infer::{arity, check_axis, need_float, InferError};
 use crate::rule::{FactorKind, FactorRule};
 use crate::syntax::attrs::{AttrError, AttrReader};
@@ -106,6 +108,25 @@ impl OpDef for Reduce {
             ..GlobalContext::default()
         }
     }
+    /// A mean is the sum (in f32) times `1 / count`, the global count: where a reduced dim is
+    /// split, the sum is pending and so is its product with the (whole) inverse count.
+    fn decompose(&self, e: &mut Expander<'_>) -> Result<Option<Vec<ValueId>>, InferError> {
+        let Some(x) = e.operand(0).filter(|_| self.kind == ReduceKind::Mean) else {
+            return Ok(None);
+        };
+        let dtype = e.dtype(x);
+        let count = count_of(&e.ty(x).shape, &self.dims)?;
+        let xf = e.cast(x, DType::F32)?;
+        let mean = e.result_layout(0, x);
+        let sum = Op::Reduce(Reduce {
+            kind: ReduceKind::Sum,
+            ..self.clone()
+        });
+        let sum = e.add(sum, &[xf], mean.clone())?;
+        let inv = e.inverse_count(count, sum)?;
+        let y = e.add(Op::Binary(BinaryOp::Mul), &[sum, inv], mean)?;
+        Ok(Some(vec![e.cast(y, dtype)?]))
+    }
 }
 
 /// `softmax(x) {dim = d}`
@@ -143,6 +164,22 @@ impl OpDef for Softmax {
             .collect();
         r.operands = vec![r.result.clone()];
         r
+    }
+    /// `exp(x - max(x)) / sum(exp(x - max(x)))` along the dim, in f32.
+    fn decompose(&self, e: &mut Expander<'_>) -> Result<Option<Vec<ValueId>>, InferError> {
+        let Some(x) = e.operand(0) else {
+            return Ok(None);
+        };
+        let dtype = e.dtype(x);
+        let xf = e.cast(x, DType::F32)?;
+        let max = e.reduce_keep(ReduceKind::Max, xf, &[self.dim])?;
+        let max = e.broadcast(max, xf)?;
+        let shifted = e.binary(BinaryOp::Sub, xf, max)?;
+        let exp = e.unary(UnaryOp::Exp, shifted)?;
+        let sum = e.reduce_keep(ReduceKind::Sum, exp, &[self.dim])?;
+        let sum = e.broadcast(sum, exp)?;
+        let y = e.binary(BinaryOp::Div, exp, sum)?;
+        Ok(Some(vec![e.cast(y, dtype)?]))
     }
 }
 

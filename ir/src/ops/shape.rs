@@ -5,7 +5,7 @@ use super::{one, AttrValue, Op, OpDef, OpSpec, ResultType};
 use crate::dim::Dim;
 use crate::dtype::DType;
 use crate::infer::{arity, broadcast_shapes, check_axis, resolve_reshape, same_dtype, InferError};
-use crate::rule::{reshape_factors, FactorId, FactorKind, FactorRule};
+use crate::rule::{reshape_factors, FactorId, FactorKind, FactorRule, PartialFlow};
 use crate::syntax::attrs::{AttrError, AttrReader};
 use crate::types::{shape_string, TensorType};
 
@@ -90,7 +90,7 @@ impl OpDef for Reshape {
         let (operand, result) = reshape_factors(&mut r, &xs[0].shape, out);
         r.operands = vec![operand];
         r.result = result;
-        r.carries_partial = true;
+        r.carries_partial = PartialFlow::Moves;
         r
     }
     fn for_rank(&self, local: &[Dim]) -> Option<Op> {
@@ -141,7 +141,7 @@ impl OpDef for Permute {
             .collect();
         r.result = self.perm.iter().map(|&p| operand[p].clone()).collect();
         r.operands = vec![operand];
-        r.carries_partial = true;
+        r.carries_partial = PartialFlow::Moves;
         r
     }
 }

@@ -19,12 +19,12 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use tpc_codegen::kir::{Expr, Fused, Value};
-use tpc_ir::ops::{BinaryOp, GeluApprox, UnaryOp};
+use tpc_ir::ops::{BinaryOp, UnaryOp};
 use tpc_ir::{DType, ReduceOp};
 
 use super::lut::{self, Func};
 use super::{draw, Args, View, ViewMut};
-use crate::ops::pointwise::{compare, float_binary, gelu};
+use crate::ops::pointwise::{compare, float_binary};
 use crate::tensor::round_to;
 use crate::{Error, Result};
 
@@ -645,7 +645,7 @@ impl<'p> Regs<'p> {
                     }
                     // Constants are computed once per launch.
                     Expr::Const(_) | Expr::Arg(_) => Res::S(scal[v]),
-                    Expr::Unary(_, a) | Expr::Gelu(_, a) if plan.lut[v].is_some() => {
+                    Expr::Unary(_, a) if plan.lut[v].is_some() => {
                         let Some((f, t, dt)) = plan.lut[v] else {
                             unreachable!()
                         };
@@ -656,12 +656,6 @@ impl<'p> Regs<'p> {
                         }
                     }
                     Expr::Unary(op, a) => with_unary!(*op, map1(opd(a), dst)),
-                    Expr::Gelu(GeluApprox::None, a) => {
-                        map1(|x: f32| gelu(x, GeluApprox::None), opd(a), dst)
-                    }
-                    Expr::Gelu(GeluApprox::Tanh, a) => {
-                        map1(|x: f32| gelu(x, GeluApprox::Tanh), opd(a), dst)
-                    }
                     Expr::Binary(op, a, b) => with_binary!(*op, map2(opd(a), opd(b), kl, dst)),
                     Expr::Select(c, a, b) => select(opd(c), opd(a), opd(b), kl, dst),
                     Expr::Round(DType::BF16, a) => map1(|x: f32| round_bf16(x), opd(a), dst),
@@ -789,7 +783,7 @@ fn levels(k: &Fused, nargs: usize) -> Result<Vec<Level>> {
     let mut level: Vec<Level> = Vec::with_capacity(k.body.len());
     for (v, (_, e)) in k.body.iter().enumerate() {
         let operands: Vec<Value> = match e {
-            Expr::Unary(_, a) | Expr::Gelu(_, a) | Expr::Round(_, a) | Expr::RowReduce(_, a) => {
+            Expr::Unary(_, a) | Expr::Round(_, a) | Expr::RowReduce(_, a) => {
                 vec![*a]
             }
             Expr::Binary(_, a, b) => vec![*a, *b],
@@ -858,7 +852,6 @@ fn constant(e: &Expr, cval: &[f32], floats: &[f32]) -> f32 {
         Expr::Const(x) => *x,
         Expr::Arg(i) => floats[*i],
         Expr::Unary(op, a) => scalar_unary(*op, c(a)),
-        Expr::Gelu(approx, a) => gelu(c(a), *approx),
         Expr::Binary(op, a, b) => scalar_binary(*op, c(a), c(b)),
         Expr::Select(s, a, b) => {
             if c(s) != 0.0 {
@@ -1047,7 +1040,7 @@ fn run_resolved(k: &Fused, args: &mut Args<'_>) -> Result<()> {
         };
         exact.push(x.filter(|d| matches!(d, DType::BF16 | DType::F16)));
         let operand = match e {
-            Expr::Unary(_, a) | Expr::Gelu(_, a) => exact[a.0],
+            Expr::Unary(_, a) => exact[a.0],
             _ => None,
         };
         lut_of.push(match (Func::of(e), operand) {

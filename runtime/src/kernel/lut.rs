@@ -1,4 +1,4 @@
-//! Tables of the costly unary functions (exp, log, tanh, sigmoid, silu, gelu) at every bf16 or
+//! Tables of the costly unary functions (exp, log, tanh, sigmoid, silu) at every bf16 or
 //! f16 value, for operands known to hold values of that dtype (a load of a bf16 buffer, a value
 //! rounded to bf16): a lookup instead of a libm call. A table holds the very results the scalar
 //! function gives (it is built by calling it), and every lookup first checks that the operand is
@@ -8,17 +8,12 @@
 use std::sync::OnceLock;
 
 use tpc_codegen::kir::Expr;
-use tpc_ir::ops::{GeluApprox, UnaryOp};
+use tpc_ir::ops::UnaryOp;
 use tpc_ir::DType;
 
-use crate::ops::pointwise::gelu;
-
-/// The functions with tables.
+/// A function with tables: one of [`UNARY`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Func {
-    Unary(UnaryOp),
-    Gelu(GeluApprox),
-}
+pub(super) struct Func(UnaryOp);
 
 const UNARY: [UnaryOp; 5] = [
     UnaryOp::Exp,
@@ -32,29 +27,21 @@ impl Func {
     /// The function an expression applies, if it has a table.
     pub(super) fn of(e: &Expr) -> Option<Func> {
         match e {
-            Expr::Unary(op, _) if UNARY.contains(op) => Some(Func::Unary(*op)),
-            Expr::Gelu(approx, _) => Some(Func::Gelu(*approx)),
+            Expr::Unary(op, _) if UNARY.contains(op) => Some(Func(*op)),
             _ => None,
         }
     }
 
     pub(super) fn eval(self, x: f32) -> f32 {
-        match self {
-            Func::Unary(op) => op.eval_f32(x),
-            Func::Gelu(approx) => gelu(x, approx),
-        }
+        self.0.eval_f32(x)
     }
 
     fn index(self) -> usize {
-        match self {
-            Func::Unary(op) => UNARY.iter().position(|&u| u == op).unwrap_or(0),
-            Func::Gelu(GeluApprox::None) => UNARY.len(),
-            Func::Gelu(GeluApprox::Tanh) => UNARY.len() + 1,
-        }
+        UNARY.iter().position(|&u| u == self.0).unwrap_or(0)
     }
 }
 
-const FUNCS: usize = UNARY.len() + 2;
+const FUNCS: usize = UNARY.len();
 
 static TABLES: [[OnceLock<Box<[f32]>>; FUNCS]; 2] =
     [const { [const { OnceLock::new() }; FUNCS] }; 2];
@@ -116,10 +103,10 @@ mod tests {
     fn lookups_equal_the_functions() {
         for dtype in [DType::BF16, DType::F16] {
             for f in [
-                Func::Unary(UnaryOp::Exp),
-                Func::Unary(UnaryOp::Tanh),
-                Func::Gelu(GeluApprox::Tanh),
-                Func::Gelu(GeluApprox::None),
+                Func(UnaryOp::Exp),
+                Func(UnaryOp::Tanh),
+                Func(UnaryOp::Sigmoid),
+                Func(UnaryOp::Silu),
             ] {
                 let t = table(f, dtype, true).unwrap();
                 for i in (0..=u16::MAX).step_by(7) {
