@@ -1,5 +1,6 @@
 //! Times the phases of `tpc::compile` on a generated GPT-2 stack at 8 devices (load, the
-//! pipeline with verification, segmentation, host templates, binding every rank, the CUDA C,
+//! pipeline with verification, decompose (with its verification, as codegen runs it),
+//! segmentation, host templates, binding every rank, the CUDA C,
 //! the report), per layer, for finding what grows faster than the program:
 //! `cargo run --release --example profile_compile -- 8 96`.
 use std::time::Instant;
@@ -22,6 +23,7 @@ fn main() {
     let names = [
         "load",
         "passes",
+        "decompose",
         "segment",
         "templates",
         "bind",
@@ -31,10 +33,10 @@ fn main() {
     for layers in layer_counts {
         let text = tpc::gen::gpt_stack(layers, 16, 768, tpc::gen::Annotate::Megatron);
         let reps = (480 / layers).max(3);
-        let mut t = [0f64; 7];
+        let mut t = [0f64; 8];
         for _ in 0..reps {
             let mut clock = Instant::now();
-            let mut lap = |i: usize, t: &mut [f64; 7]| {
+            let mut lap = |i: usize, t: &mut [f64; 8]| {
                 let now = Instant::now();
                 t[i] += (now - clock).as_secs_f64();
                 clock = now;
@@ -50,18 +52,24 @@ fn main() {
             pm.context.axis_sizes = axes.into_iter().collect();
             pm.run(&mut g).expect("passes");
             lap(1, &mut t);
-            let plan = tpc::codegen::fuse::segment(&g).expect("segments");
+            let mut primitive = g.clone();
+            let mut pm = tpc::passes::PassManager::parse("decompose").expect("pipeline");
+            pm.input_phase = Some(tpc::passes::Phase::Resharded);
+            pm.context.axis_sizes = [("tp".to_string(), 8)].into_iter().collect();
+            pm.run(&mut primitive).expect("decompose");
             lap(2, &mut t);
-            let mesh = vec![("tp".to_string(), 8usize)];
-            let templates =
-                tpc::codegen::build::compile_templates(&g, &plan, &mesh, None).expect("templates");
+            let plan = tpc::codegen::fuse::segment(&primitive).expect("segments");
             lap(3, &mut t);
-            let compiled = templates.bind(&bindings).expect("binds");
+            let mesh = vec![("tp".to_string(), 8usize)];
+            let templates = tpc::codegen::build::compile_templates(&primitive, &plan, &mesh, None)
+                .expect("templates");
             lap(4, &mut t);
-            let cuda = tpc::codegen::cuda::module_source(&compiled.kernels);
+            let compiled = templates.bind(&bindings).expect("binds");
             lap(5, &mut t);
-            let report = tpc::report::report(&g, 8, &bindings).expect("report");
+            let cuda = tpc::codegen::cuda::module_source(&compiled.kernels);
             lap(6, &mut t);
+            let report = tpc::report::report(&g, 8, &bindings).expect("report");
+            lap(7, &mut t);
             std::hint::black_box((cuda, report));
         }
         let line: Vec<String> = names

@@ -2,8 +2,8 @@
 //! primitive ops, stated once beside the op ([`crate::ops::OpDef::decompose`]) and applied by the
 //! `decompose` pass after sharding, so that code generation lowers only primitives.
 //!
-//! A decomposition adds its ops through an [`Expander`], which inserts them before the
-//! composite, infers their types and gives each the layout the decomposition names (the
+//! A decomposition adds its ops through an [`Expander`], which puts them before the composite
+//! (in one splice, when it finishes), infers their types and gives each the layout the decomposition names (the
 //! composite's operand's, its result's, or replicated): the decomposed program is still in the
 //! resharded phase, every new op computing locally from its operands' layouts.
 
@@ -16,7 +16,6 @@ use crate::infer::{infer_results, InferError};
 use crate::ops::{
     BinaryOp, Broadcast, Cast, Full, InvCount, Op, Reduce, ReduceKind, Reshape, UnaryOp,
 };
-use crate::span::Span;
 use crate::types::{DimSharding, Sharding, TensorType};
 
 /// The layout a decomposition gives a value it adds.
@@ -61,11 +60,9 @@ pub struct Expander<'g> {
     /// Every name in the graph, so that new names are fresh.
     names: &'g mut BTreeSet<String>,
     before: ValueId,
-    base: String,
-    span: Span,
-    operands: Vec<ValueId>,
-    /// The composite's result types by result index; `None` for a result no node keeps.
-    results: Vec<Option<TensorType>>,
+    /// The composite's nodes (its kept results), looked at only when asked: constructing an
+    /// expander for a primitive costs nothing.
+    nodes: &'g [ValueId],
     added: Vec<ValueId>,
 }
 
@@ -75,37 +72,20 @@ impl<'g> Expander<'g> {
     pub fn new(
         graph: &'g mut Graph,
         names: &'g mut BTreeSet<String>,
-        nodes: &[ValueId],
+        nodes: &'g [ValueId],
     ) -> Expander<'g> {
-        let first = nodes[0];
-        let n = graph.op(first).num_results();
-        let mut results = vec![None; n];
-        for &v in nodes {
-            let k = graph.node(v).result;
-            if let Some(slot) = results.get_mut(k) {
-                *slot = Some(graph.ty(v).clone());
-            }
-        }
         Expander {
-            operands: graph.operands(first),
-            base: graph.name(first).to_string(),
-            span: graph.node(first).span,
-            before: first,
+            before: nodes[0],
             graph,
             names,
-            results,
+            nodes,
             added: Vec::new(),
         }
     }
 
-    /// The values added so far, in program order.
-    pub fn added(&self) -> &[ValueId] {
-        &self.added
-    }
-
     /// Operand `i` of the composite, if it has one.
     pub fn operand(&self, i: usize) -> Option<ValueId> {
-        self.operands.get(i).copied()
+        self.graph.operand_slice(self.before).get(i).copied()
     }
 
     pub fn ty(&self, v: ValueId) -> &TensorType {
@@ -118,8 +98,9 @@ impl<'g> Expander<'g> {
 
     /// The layout of the composite's result `k`: its own where a node keeps it, else `like`'s.
     pub fn result_layout(&self, k: usize, like: ValueId) -> Layout {
-        match self.results.get(k).and_then(Option::as_ref) {
-            Some(t) => Layout::Exactly(t.sharding.clone()),
+        let kept = self.nodes.iter().find(|&&v| self.graph.node(v).result == k);
+        match kept {
+            Some(&v) => Layout::Exactly(self.graph.ty(v).sharding.clone()),
             None => self.like(like),
         }
     }
@@ -154,19 +135,27 @@ impl<'g> Expander<'g> {
             op,
             result: 0,
             ty,
-            span: self.span,
+            span: self.graph.node(self.before).span,
             explicit_type: false,
         };
-        let v = self.graph.insert_before(self.before, node, operands);
+        let v = self.graph.add_detached(node, operands);
         self.added.push(v);
         Ok(v)
     }
 
+    /// Puts the values added, in order, before the composite in program order (one splice);
+    /// returns them.
+    pub fn finish(self) -> Vec<ValueId> {
+        self.graph.place_before(self.before, &self.added);
+        self.added
+    }
+
     fn fresh(&mut self, what: &str) -> String {
-        let mut name = format!("{}.{what}", self.base);
+        let base = self.graph.name(self.before);
+        let mut name = format!("{base}.{what}");
         let mut k = 1;
         while self.names.contains(&name) {
-            name = format!("{}.{what}{k}", self.base);
+            name = format!("{base}.{what}{k}");
             k += 1;
         }
         self.names.insert(name.clone());

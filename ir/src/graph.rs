@@ -255,6 +255,43 @@ impl Graph {
         true
     }
 
+    /// Adds a node that is not yet in program order: its id, operands and edges exist (so other
+    /// detached nodes may use it), and [`Graph::place_before`] puts it in place. For passes that
+    /// insert many nodes at one place: one splice instead of one insertion each.
+    pub fn add_detached(&mut self, node: Node, operands: &[ValueId]) -> ValueId {
+        let v = ValueId(self.graph.add_node(node));
+        self.register(v, operands, u64::MAX);
+        v
+    }
+
+    /// Puts detached nodes (see [`Graph::add_detached`]), in this order, just before `before`
+    /// in program order; their operands must come earlier.
+    pub fn place_before(&mut self, before: ValueId, vs: &[ValueId]) {
+        if vs.is_empty() {
+            return;
+        }
+        let at = self.position(before).min(self.order.len());
+        let prev = match at {
+            0 => 0,
+            _ => self.seq_of(self.order[at - 1]),
+        };
+        let n = vs.len() as u64 + 1;
+        let next = self
+            .order
+            .get(at)
+            .map_or(prev.saturating_add(n * Self::SEQ_GAP), |&x| self.seq_of(x));
+        self.order.splice(at..at, vs.iter().copied());
+        let step = (next - prev) / n;
+        if step >= 1 {
+            for (k, &v) in vs.iter().enumerate() {
+                self.seq[v.index()] = prev + step * (k as u64 + 1);
+            }
+        } else {
+            // The gap ran out: renumber the program.
+            self.renumber();
+        }
+    }
+
     /// Inserts a node just before `before` in program order (its operands must come earlier).
     pub fn insert_before(&mut self, before: ValueId, node: Node, operands: &[ValueId]) -> ValueId {
         let at = self.position(before).min(self.order.len());
@@ -566,5 +603,41 @@ mod tests {
         assert!(g.remove_unused(early));
         assert_eq!(g.users(x), [inserted[0]]);
         assert_eq!(g.position(inserted[0]), 1);
+    }
+
+    #[test]
+    fn detached_nodes_placed_in_one_splice_keep_program_order() {
+        let mut g = Graph::new("f", Mesh::default());
+        let x = g.add_param(
+            "x",
+            TensorType::new(DType::F32, vec![Dim::constant(4)]),
+            Span::DUMMY,
+        );
+        let last = g.add_node(exp_node("last"), &[x]);
+        // Runs of detached nodes placed between `x` and `last` again and again: the gap is
+        // split evenly, then runs out and the program is renumbered.
+        let mut all = Vec::new();
+        for run in 0..12 {
+            let mut prev = all.last().copied().unwrap_or(x);
+            let mut vs = Vec::new();
+            for i in 0..20 {
+                let v = g.add_detached(exp_node(&format!("r{run}n{i}")), &[prev]);
+                // Not in program order until placed.
+                assert_eq!(g.position(v), usize::MAX);
+                vs.push(v);
+                prev = v;
+            }
+            g.place_before(last, &vs);
+            all.extend(vs);
+        }
+        let mut want = vec![x];
+        want.extend(&all);
+        want.push(last);
+        assert_eq!(g.values(), want.as_slice());
+        for (i, &v) in want.iter().enumerate() {
+            assert_eq!(g.position(v), i);
+        }
+        assert_eq!(g.users(all[0]), [all[1]]);
+        assert_eq!(g.operands(all[0]), [x]);
     }
 }

@@ -63,19 +63,16 @@ pub fn run(g: &mut Graph, keep_gemm_gelu: bool) -> Result<bool> {
 /// decomposition used.
 fn expand(g: &mut Graph, names: &mut BTreeSet<String>, v: ValueId, depth: usize) -> Result<bool> {
     let op = g.op(v).clone();
-    let name = g.name(v).to_string();
     let nodes = g.statement_of(v);
     let mut e = Expander::new(g, names, &nodes);
-    let finals = op
-        .def()
-        .decompose(&mut e)
-        .map_err(|err| bug(&name, &op, &err.message))?;
-    let added = e.added().to_vec();
+    let finals = op.def().decompose(&mut e);
+    let added = e.finish();
+    let finals = finals.map_err(|err| bug(g.name(v), &op, &err.message))?;
     let Some(finals) = finals else {
         return Ok(false);
     };
     if depth >= MAX_DEPTH {
-        return Err(bug(&name, &op, "its decomposition nests too deep"));
+        return Err(bug(g.name(v), &op, "its decomposition nests too deep"));
     }
     // The comments before the statement go before its decomposition.
     if let (Some(&first), Some(comments)) = (added.first(), g.comments.before.remove(&nodes[0])) {
@@ -84,7 +81,11 @@ fn expand(g: &mut Graph, names: &mut BTreeSet<String>, v: ValueId, depth: usize)
     for &node in &nodes {
         let k = g.node(node).result;
         let Some(&last) = finals.get(k) else {
-            return Err(bug(&name, &op, "its decomposition gives too few results"));
+            return Err(bug(
+                g.name(v),
+                &op,
+                "its decomposition gives too few results",
+            ));
         };
         if !(added.contains(&last) && g.replace_with(node, last)) {
             // The result is a value the decomposition did not make for it (or uses again):
