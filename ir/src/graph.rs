@@ -571,8 +571,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn many_inserts_before_one_value_keep_program_order_and_operands() {
+    /// `%x` and `%last = exp(%x)`.
+    fn param_and_last() -> (Graph, ValueId, ValueId) {
         let mut g = Graph::new("f", Mesh::default());
         let x = g.add_param(
             "x",
@@ -580,6 +580,12 @@ mod tests {
             Span::DUMMY,
         );
         let last = g.add_node(exp_node("last"), &[x]);
+        (g, x, last)
+    }
+
+    #[test]
+    fn many_inserts_before_one_value_keep_program_order_and_operands() {
+        let (mut g, x, last) = param_and_last();
         // Each insert lands between the previous insert and `last`: the gap halves every time,
         // so 40 inserts run it out and renumber.
         let mut prev = x;
@@ -607,13 +613,7 @@ mod tests {
 
     #[test]
     fn detached_nodes_placed_in_one_splice_keep_program_order() {
-        let mut g = Graph::new("f", Mesh::default());
-        let x = g.add_param(
-            "x",
-            TensorType::new(DType::F32, vec![Dim::constant(4)]),
-            Span::DUMMY,
-        );
-        let last = g.add_node(exp_node("last"), &[x]);
+        let (mut g, x, last) = param_and_last();
         // Runs of detached nodes placed between `x` and `last` again and again: the gap is
         // split evenly, then runs out and the program is renumbered.
         let mut all = Vec::new();
