@@ -399,13 +399,19 @@ fn write_term(
 }
 
 impl fmt::Display for Dim {
-    /// Symbolic terms first (in symbol order), the constant last: `2*S + 1`, `B*S`, `3*E/2`.
+    /// Symbolic terms first (in symbol order, those added before those subtracted), the
+    /// constant last: `2*S + 1`, `B*S`, `3*E/2`, `B*S - B`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.terms.is_empty() {
             return f.write_str("0");
         }
-        let mut ordered: Vec<(&Monomial, &Ratio)> =
-            self.terms.iter().filter(|(m, _)| !m.is_empty()).collect();
+        let symbolic = |positive: bool| {
+            self.terms
+                .iter()
+                .filter(move |(m, c)| !m.is_empty() && (c.num > 0) == positive)
+        };
+        let mut ordered: Vec<(&Monomial, &Ratio)> = symbolic(true).collect();
+        ordered.extend(symbolic(false));
         ordered.extend(self.terms.iter().filter(|(m, _)| m.is_empty()));
         for (i, (mono, coeff)) in ordered.into_iter().enumerate() {
             if i > 0 {
@@ -439,6 +445,10 @@ mod tests {
         let sum = s.add(&Dim::constant(1)).unwrap();
         assert_eq!(sum.to_string(), "S + 1");
         assert_eq!(s.sub(&s).unwrap(), Dim::constant(0));
+        // Added terms before subtracted ones, whatever the symbol order.
+        let b = Dim::symbol("B");
+        let shifted = b.mul(&s).unwrap().sub(&b).unwrap();
+        assert_eq!(shifted.to_string(), "B*S - B");
     }
 
     #[test]

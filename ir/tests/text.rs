@@ -232,3 +232,14 @@ fn ops_are_hashable_keys() {
     assert_eq!(hashed.len(), 4);
     assert_eq!(ordered.len(), 4);
 }
+
+#[test]
+fn subtracted_terms_print_after_added_ones_and_round_trip() {
+    let src = "func @f(%x: f32[B, S, 64]) -> f32[B*S - B, 64] {\n  %y = slice(%x) {dim = 1, end = S - 1}\n  %z = reshape(%y) {shape = [S*B - B, 64]}\n  return %z\n}\n";
+    let g = parse(&SourceFile::new("t.ir", src)).expect("parses");
+    let full = print(&g, PrintMode::Full);
+    assert!(full.contains("-> f32[B*S - B, 64]"), "{full}");
+    assert!(full.contains("{shape = [B*S - B, 64]}"), "{full}");
+    assert!(!full.contains("-1*"), "{full}");
+    roundtrip(src);
+}

@@ -223,9 +223,18 @@ pub fn lower_shapes(
                 .map(|o| TensorType::new(g.ty(*o).dtype, shapes[o].clone()))
                 .collect();
             let refs: Vec<&TensorType> = operand_types.iter().collect();
-            let (_, inferred) = infer(op, &refs, node.result).map_err(|e| {
+            let (_, mut inferred) = infer(op, &refs, node.result).map_err(|e| {
                 Error::Lowering(format!("%{} on rank {rank}: {}", node.name, e.message))
             })?;
+            // Attributes may name symbols (a slice's `end = S + 4`): bound too, where the
+            // pieces are.
+            if let Some(b) = specialize {
+                for d in &mut inferred {
+                    if let Ok(n) = d.eval(b) {
+                        *d = Dim::constant(n);
+                    }
+                }
+            }
             if inferred != shape {
                 return Err(Error::Lowering(format!(
                     "%{} on rank {rank}: its `{}` gives {} from the local operands, but the piece it holds is {}",
