@@ -152,7 +152,10 @@ pub fn resolve_devices(
             "--devices must be 1 or more, got {devices}"
         )));
     }
-    let sizes = graph.mesh.resolve(Some(devices))?;
+    let sizes = graph
+        .mesh
+        .resolve(Some(devices))
+        .map_err(|e| mesh_error(e, graph, file))?;
     let diagnostics = tpc_ir::verify::verify_splits(graph, &sizes);
     if !diagnostics.is_empty() {
         return Err(Error::Program {
@@ -161,6 +164,39 @@ pub fn resolve_devices(
         });
     }
     Ok(sizes)
+}
+
+/// A mesh that `--devices` cannot fill, located at the `mesh` line (when the program has one),
+/// with the device counts that would do.
+fn mesh_error(e: tpc_ir::mesh::MeshError, graph: &Graph, file: &SourceFile) -> Error {
+    use tpc_ir::mesh::MeshError;
+    if graph.mesh.span == tpc_ir::Span::DUMMY {
+        return Error::Mesh(e);
+    }
+    let help = match &e {
+        MeshError::Mismatch { need, .. } => {
+            format!("pass --devices {need}, or change the axis sizes on the `mesh` line")
+        }
+        MeshError::NotMultiple { fixed, .. } => {
+            format!(
+                "pass a multiple of {fixed} devices ({fixed}, {}, ...)",
+                2 * fixed
+            )
+        }
+        MeshError::NeedsDevices(_) => "pass --devices N".to_string(),
+        MeshError::TwoOpenAxes(_) => {
+            "give every axis but one a size (`mesh dp = 2, tp`)".to_string()
+        }
+    };
+    Error::Program {
+        file: file.clone(),
+        diagnostics: vec![Diagnostic::error(
+            e.to_string(),
+            graph.mesh.span,
+            "the mesh is declared here",
+        )
+        .with_help(help)],
+    }
 }
 
 /// Parses `B=2,S=128` (also `B=2 S=128`) into symbol bindings.

@@ -89,10 +89,18 @@ fn check_with_devices_resolves_the_mesh() {
     let src = "mesh dp = 2, tp = 4\n\nfunc @f(%x: f32[8]) -> f32[8] {\n  return %x\n}\n";
     let out = tpc(&["check", "-", "--devices", "6"], Some(src));
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("need 8 devices"),
-        "{}",
-        text(&out.stderr)
+    // Located at the `mesh` line, with the count that fits.
+    for want in [
+        "need 8 devices, but --devices is 6",
+        "<stdin>:1:1",
+        "the mesh is declared here",
+        "pass --devices 8",
+    ] {
+        assert!(text(&out.stderr).contains(want), "{}", text(&out.stderr));
+    }
+    fails_with(
+        &["compile", "examples/mlp_dp_tp.ir", "--devices", "4"],
+        "examples/mlp_dp_tp.ir:3:1",
     );
 }
 
