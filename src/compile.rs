@@ -328,24 +328,31 @@ fn unsized_report(
     templates: &Templates,
     unbound: &[String],
 ) -> Value {
-    let collectives: Vec<Value> = graph
-        .values()
-        .iter()
-        .filter_map(|&v| match graph.op(v) {
-            tpc_ir::Op::Collective(CollectiveOp { kind, axis }) => Some(json!({
-                "kind": kind.name(),
-                "axis": axis,
-                "value": format!("%{}", graph.name(v)),
-            })),
-            _ => None,
-        })
-        .collect();
+    let listed = |moving: bool| -> Vec<Value> {
+        graph
+            .values()
+            .iter()
+            .filter_map(|&v| match graph.op(v) {
+                tpc_ir::Op::Collective(CollectiveOp { kind, axis })
+                    if kind.moves_data() == moving =>
+                {
+                    Some(json!({
+                        "kind": kind.name(),
+                        "axis": axis,
+                        "value": format!("%{}", graph.name(v)),
+                    }))
+                }
+                _ => None,
+            })
+            .collect()
+    };
     json!({
         "devices": templates.world(),
         "mesh": mesh.iter().map(|(n, s)| (n.clone(), json!(s))).collect::<serde_json::Map<_, _>>(),
         "bindings": bindings,
         "unbound_symbols": unbound,
-        "collectives": collectives,
+        "collectives": listed(true),
+        "local_slices": listed(false),
         "kernels": kernels_json(&templates.kernels),
         "host_programs": templates.programs.len(),
         "host_program_of_rank": program_of_rank(templates),

@@ -1,5 +1,6 @@
 //! The compile report's sharding part: every collective with its size on one device and totals
-//! by kind, as JSON that embedders parse. `compile` adds the kernels and, from the memory plan
+//! by kind, and apart from them the local slices (`shard`: each rank keeps its piece, nothing
+//! moves), as JSON that embedders parse. `compile` adds the kernels and, from the memory plan
 //! of the host programs, the one figure of peak bytes per rank (`peak_bytes_per_rank`, and
 //! its maximum `peak_bytes_per_device`).
 
@@ -35,11 +36,18 @@ pub fn report(g: &Graph, devices: i64, bindings: &BTreeMap<String, i64>) -> Resu
             .try_fold(0u64, |m, x| x.map(|x| m.max(x)))
     };
     let mut collectives = Vec::new();
+    let mut local_slices = Vec::new();
     let mut totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for &v in g.values() {
         if let Op::Collective(CollectiveOp { kind, axis }) = g.op(v) {
             let bytes = size_of(v)?;
-            collectives.push(json!({"kind": kind.name(), "axis": axis, "value": format!("%{}", g.name(v)), "bytes_per_device": bytes}));
+            let entry = json!({"kind": kind.name(), "axis": axis, "value": format!("%{}", g.name(v)), "bytes_per_device": bytes});
+            if !kind.moves_data() {
+                // A local slice: the piece kept is `bytes`, the bytes moved none.
+                local_slices.push(entry);
+                continue;
+            }
+            collectives.push(entry);
             let t = totals.entry(kind.name().to_string()).or_default();
             t.0 += 1;
             t.1 += bytes;
@@ -55,5 +63,6 @@ pub fn report(g: &Graph, devices: i64, bindings: &BTreeMap<String, i64>) -> Resu
         "mesh": mesh,
         "collectives": collectives,
         "totals": totals,
+        "local_slices": local_slices,
     }))
 }

@@ -50,7 +50,13 @@ fn plan(file: &str) -> (BTreeMap<(String, String), usize>, serde_json::Value) {
     pm.run(&mut g).expect("passes");
     let report = tpc::report::report(&g, 8, &b).expect("report");
     let mut counts = BTreeMap::new();
-    for c in report["collectives"].as_array().expect("list") {
+    let slices = report["local_slices"].as_array().expect("list");
+    for c in report["collectives"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .chain(slices)
+    {
         let key = (
             c["kind"].as_str().unwrap_or("").to_string(),
             c["axis"].as_str().unwrap_or("").to_string(),
@@ -109,6 +115,18 @@ fn split_qkv_of_unequal_widths_needs_one_allreduce_and_no_gather() {
         report["totals"]["allreduce"]["bytes_per_device"],
         2 * 128 * 1024 * 2
     );
+    // The shards move nothing: listed apart, with the piece each device keeps, in no total.
+    assert!(report["totals"].get("shard").is_none(), "{report}");
+    let slices = report["local_slices"].as_array().expect("list");
+    assert_eq!(slices.len(), 6);
+    assert!(slices
+        .iter()
+        .all(|s| s["kind"] == "shard" && s["bytes_per_device"].as_u64().unwrap_or(0) > 0));
+    assert!(report["collectives"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .all(|c| c["kind"] != "shard"));
 }
 
 fn block_needs_two_allreduces() {

@@ -35,6 +35,12 @@ impl Collective {
             Collective::Shard => "shard",
         }
     }
+
+    /// Whether the collective moves data between ranks: all but `shard`, which keeps each
+    /// rank's piece of a value it already holds whole.
+    pub fn moves_data(self) -> bool {
+        self != Collective::Shard
+    }
 }
 
 /// A collective over mesh axis `axis`.
