@@ -125,7 +125,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let outputs = match args.devices {
         None => tpc::runtime::run_reference(&graph, &inputs, &bindings)?,
         Some(d) => {
-            let axes = tpc::resolve_devices(&graph, d, &tpc::SourceFile::new(&name, &text))?;
+            let file = tpc::SourceFile::new(&name, &text);
+            let axes = tpc::resolve_devices(&graph, d, &file)?;
+            tpc::check_bound_splits(&graph, &axes, &bindings, &file)?;
             let mut sharded = graph.clone();
             let mut pm = tpc::passes::PassManager::parse(&args.pipeline)?;
             pm.verify_each = true;
@@ -309,6 +311,10 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
     };
     let specialize = args.bind.is_some();
     let bindings = tpc::parse_bindings(args.bind.as_deref().unwrap_or(DEFAULT_BINDINGS))?;
+    if specialize {
+        let file = tpc::SourceFile::new(&name, &text);
+        tpc::check_bound_splits(&graph, &axis_sizes, &bindings, &file)?;
+    }
     let needs_codegen =
         args.out_dir.is_some() || matches!(args.emit, Emit::Cuda | Emit::Ptx | Emit::Host);
     // `--emit local` prints what lower-to-local gives at the end of the pipeline.

@@ -100,6 +100,22 @@ impl Artifacts {
                     .into(),
             ));
         }
+        let sizes: Vec<(String, i64)> = self
+            .mesh
+            .iter()
+            .map(|(n, s)| (n.clone(), *s as i64))
+            .collect();
+        let empty = tpc_ir::verify::verify_bound_splits(&self.sharded, &sizes, bindings);
+        if let Some(d) = empty.first() {
+            return Err(Error::Usage(format!(
+                "{}{}",
+                d.message,
+                d.help
+                    .as_deref()
+                    .map(|h| format!("; {h}"))
+                    .unwrap_or_default()
+            )));
+        }
         let compiled = self.templates.bind(bindings).map_err(Error::Codegen)?;
         let report = full_report(
             &self.sharded,
@@ -222,6 +238,10 @@ fn compile_loaded(
 ) -> Result<Artifacts> {
     let devices = options.devices.unwrap_or(1);
     let axes = crate::resolve_devices(&graph, devices, file)?;
+    // Specialized, the binding is the program's; otherwise it only weighs the plan.
+    if options.specialize {
+        crate::check_bound_splits(&graph, &axes, &options.bindings, file)?;
+    }
     let mut pm = tpc_passes::PassManager::parse(&options.pipeline)?;
     pm.verify_each = true;
     pm.context.symbols = options.bindings.clone();

@@ -166,6 +166,25 @@ pub fn resolve_devices(
     Ok(sizes)
 }
 
+/// An error unless every split the program writes gives every rank something at `bindings`
+/// (`B@dp` at `B=2` over 4 devices leaves two ranks without rows), located at the annotation.
+/// `sizes` are the mesh's axis sizes ([`resolve_devices`]).
+pub fn check_bound_splits(
+    graph: &Graph,
+    sizes: &[(String, i64)],
+    bindings: &BTreeMap<String, i64>,
+    file: &SourceFile,
+) -> Result<()> {
+    let diagnostics = tpc_ir::verify::verify_bound_splits(graph, sizes, bindings);
+    if diagnostics.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Program {
+        file: file.clone(),
+        diagnostics,
+    })
+}
+
 /// A mesh that `--devices` cannot fill, located at the `mesh` line (when the program has one),
 /// with the device counts that would do.
 fn mesh_error(e: tpc_ir::mesh::MeshError, graph: &Graph, file: &SourceFile) -> Error {

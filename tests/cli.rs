@@ -362,6 +362,33 @@ fn splits_that_would_leave_devices_idle_are_errors() {
             .code(),
         Some(0)
     );
+    // A symbol's split is checked when it is bound: B = 2 rows over 4 devices leave two idle.
+    let src = "mesh dp
+
+func @f(%x: f32[B@dp, 64]) -> f32[B@dp, 64] {
+  %y = exp(%x)
+  return %y
+}
+";
+    for cmd in ["compile", "run"] {
+        let out = tpc(&[cmd, "-", "--devices", "4", "--bind", "B=2"], Some(src));
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("splits a factor of B = 2 in dim 0 over 4 devices (`dp`)")
+                && err.contains("<stdin>:3:9")
+                && err.contains("bind B so that it is at least 4"),
+            "{cmd}: {err}"
+        );
+    }
+    // Unbound (templates for every B) and bound large enough, it compiles and runs.
+    for args in [
+        &["compile", "-", "--devices", "4"][..],
+        &["run", "-", "--devices", "4", "--bind", "B=4"],
+    ] {
+        let out = tpc(args, Some(src));
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    }
 }
 
 fn emulated_executor_runs_the_cuda_c_or_says_why_not() {

@@ -24,6 +24,7 @@ fn main() {
         even_splits_share_one_template_and_uneven_ones_do_not,
         sizes_are_expressions_and_binding_gives_the_plan_at_that_size,
         a_binding_that_breaks_a_split_is_an_error_naming_the_symbol,
+        a_binding_that_leaves_ranks_idle_is_an_error,
         a_stack_of_identical_layers_generates_each_kernel_once,
         a_symbol_without_a_value_still_compiles_to_templates_and_binds_later,
         the_blocks_of_the_examples_collectives_are_one_nccl_call_each
@@ -192,6 +193,25 @@ fn a_binding_that_breaks_a_split_is_an_error_naming_the_symbol() {
     let want = tpc::runtime::run_reference(&g, &inputs, &s.bindings).expect("reference");
     let got = tpc::run_on_cpu(&s, &inputs).expect("runs");
     assert!(rel_err(&want[0], &got[0]) <= tolerance(&g));
+}
+
+/// Binding artifacts compiled for every B at a B that leaves ranks without rows is an error
+/// saying so, not host programs with empty pieces.
+fn a_binding_that_leaves_ranks_idle_is_an_error() {
+    let src = "mesh dp\n\nfunc @f(%x: f32[B@dp, 64]) -> f32[B@dp, 64] {\n  %y = exp(%x)\n  return %y\n}\n";
+    let options = tpc::CompileOptions {
+        devices: Some(4),
+        bindings: bindings("B=8"),
+        ..tpc::CompileOptions::default()
+    };
+    let a = tpc::compile("idle.ir", src, &options).expect("compiles");
+    let e = a.bind(&bindings("B=2")).expect_err("2 rows over 4 ranks");
+    let m = e.to_string();
+    assert!(
+        m.contains("splits a factor of B = 2") && m.contains("2 of them would hold none"),
+        "{m}"
+    );
+    assert!(a.bind(&bindings("B=12")).is_ok());
 }
 
 fn a_stack_of_identical_layers_generates_each_kernel_once() {

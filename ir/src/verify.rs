@@ -47,6 +47,25 @@ pub fn verify(g: &Graph) -> Vec<Diagnostic> {
 /// which is never what a person means (12 heads over 16 devices). `sizes` are the mesh's axis
 /// sizes for that device count.
 pub fn verify_splits(g: &Graph, sizes: &[(String, i64)]) -> Vec<Diagnostic> {
+    check_splits(g, sizes, None)
+}
+
+/// [`verify_splits`] for the factors whose extents `bindings` give (`B@dp` at `B=2` over 4
+/// devices): what a binding of the symbols must not break. Factors of known extent are
+/// [`verify_splits`]'s, and not reported again.
+pub fn verify_bound_splits(
+    g: &Graph,
+    sizes: &[(String, i64)],
+    bindings: &BTreeMap<String, i64>,
+) -> Vec<Diagnostic> {
+    check_splits(g, sizes, Some(bindings))
+}
+
+fn check_splits(
+    g: &Graph,
+    sizes: &[(String, i64)],
+    bindings: Option<&BTreeMap<String, i64>>,
+) -> Vec<Diagnostic> {
     let size = |a: &str| {
         sizes
             .iter()
@@ -63,27 +82,46 @@ pub fn verify_splits(g: &Graph, sizes: &[(String, i64)]) -> Vec<Diagnostic> {
         for (d, ds) in node.ty.sharding.dims.iter().enumerate() {
             for f in ds.factors.iter().filter(|f| !f.axes.is_empty()) {
                 let parts: i64 = f.axes.iter().map(|a| size(a)).product();
-                if let Some(n) = f.extent.as_const() {
-                    if n < parts {
-                        let axes: Vec<String> = f.axes.iter().map(|a| format!("`{a}`")).collect();
-                        diags.push(
-                            Diagnostic::error(
-                                format!(
-                                    "`%{}` splits a factor of {n} in dim {d} over {parts} devices ({}): {} of them would hold none of it",
-                                    node.name,
-                                    axes.join(" × "),
-                                    parts - n
-                                ),
-                                node.span,
-                                "split over more devices than it has elements",
-                            )
-                            .with_help(format!("use at most {n} devices on that axis, or split a larger factor")),
-                        );
-                    }
+                let (n, what, help) = match (f.extent.as_const(), bindings) {
+                    (Some(n), None) => (
+                        n,
+                        n.to_string(),
+                        format!("use at most {n} devices on that axis, or split a larger factor"),
+                    ),
+                    (None, Some(b)) => match f.extent.eval(b) {
+                        Ok(n) => (
+                            n,
+                            format!("{} = {n}", f.extent),
+                            format!(
+                                "bind {} so that it is at least {parts}, use at most {n} devices on that axis, or split another factor",
+                                f.extent
+                            ),
+                        ),
+                        Err(_) => continue,
+                    },
+                    _ => continue,
+                };
+                if n < parts {
+                    let axes: Vec<String> = f.axes.iter().map(|a| format!("`{a}`")).collect();
+                    diags.push(
+                        Diagnostic::error(
+                            format!(
+                                "`%{}` splits a factor of {what} in dim {d} over {parts} devices ({}): {} of them would hold none of it",
+                                node.name,
+                                axes.join(" × "),
+                                parts - n
+                            ),
+                            node.span,
+                            "split over more devices than it has elements",
+                        )
+                        .with_help(help),
+                    );
                 }
             }
         }
-        check_torn_groups(g, v, &size, &mut diags);
+        if bindings.is_none() {
+            check_torn_groups(g, v, &size, &mut diags);
+        }
     }
     diags
 }
