@@ -126,10 +126,9 @@ fn elementwise(g: &Graph, v: ValueId) -> bool {
             | Op::Broadcast { .. }
             | Op::RandLike { .. }
             | Op::Full { .. }
+            | Op::InvCount { .. }
     );
-    ok && scalar_ok(g.ty(v).dtype)
-        && g.operands(v).iter().all(|&o| scalar_ok(g.ty(o).dtype))
-        && !g.ty(v).shape.is_empty()
+    ok && scalar_ok(g.ty(v).dtype) && g.operands(v).iter().all(|&o| scalar_ok(g.ty(o).dtype))
 }
 
 fn reduction(g: &Graph, v: ValueId) -> bool {
@@ -266,10 +265,18 @@ pub fn segment(g: &Graph) -> Result<Plan> {
     // Either a group (by index) or a single op, in program order.
     let mut order: Vec<std::result::Result<usize, ValueId>> = Vec::new();
     for &v in g.values() {
+        // A scalar with no operands is computed where it is read, unless something outside a
+        // kernel reads it (a result): then it is a kernel's member like any pointwise op.
+        let inlined = inline_scalar(g, v)
+            && !is_output(v)
+            && users.get(&v).is_some_and(|us| {
+                us.iter()
+                    .all(|&u| absorbed.contains(&u) || elementwise(g, u) || reduction(g, u))
+            });
         if matches!(g.op(v), Op::Param { .. })
             || fused_gelus.contains(&v)
             || absorbed.contains(&v)
-            || inline_scalar(g, v)
+            || inlined
         {
             continue;
         }
@@ -740,6 +747,7 @@ impl Builder<'_> {
                 // the per-row value itself (uniform along the row).
                 self.operand(operand_ids[0], view_of_source(self, operand_ids[0]))?
             }
+            Op::InvCount(_) => self.inline_scalar(v),
             Op::Full(Full { value, dtype, .. }) => {
                 if *dtype == DType::Bool {
                     self.push(
