@@ -122,6 +122,10 @@ pub fn pass_error(e: tpc_passes::Error, file: &SourceFile) -> Error {
                 })
                 .collect(),
         },
+        tpc_passes::Error::Refused { diagnostics } => Error::Program {
+            file: file.clone(),
+            diagnostics,
+        },
         other => Error::Pass(other),
     }
 }

@@ -366,3 +366,50 @@ mod tests {
         ));
     }
 }
+
+/// `ty` with every factor split over several mesh axes written as one factor per axis, the
+/// first axis the major one: `64@dp@tp` over `dp = 2, tp = 2` is `(2@dp, 32@tp)`, the very same
+/// pieces on every rank, in the form the passes handle axis by axis. `size` gives an axis's size
+/// (`None`: unknown, and the factor stays). A known extent that the axes' sizes do not divide
+/// stays as written (the verifier refuses it); a symbolic one is taken to divide (as every
+/// symbolic split is, checked at bind time).
+pub fn one_axis_per_factor(ty: &TensorType, size: &dyn Fn(&str) -> Option<i64>) -> TensorType {
+    let mut out = ty.clone();
+    for ds in &mut out.sharding.dims {
+        if ds.factors.iter().all(|f| f.axes.len() <= 1) {
+            continue;
+        }
+        let mut factors = Vec::with_capacity(ds.factors.len() + 1);
+        for f in &ds.factors {
+            let sizes: Option<Vec<i64>> = f.axes.iter().map(|a| size(a)).collect();
+            let whole = sizes
+                .as_ref()
+                .filter(|s| f.axes.len() > 1 && s.iter().all(|&n| n >= 1))
+                .filter(|s| {
+                    let parts: i64 = s.iter().product();
+                    f.extent.as_const().is_none_or(|n| n % parts == 0)
+                });
+            let Some(sizes) = whole else {
+                factors.push(f.clone());
+                continue;
+            };
+            let outer: i64 = sizes[..sizes.len() - 1].iter().product();
+            let Ok(inner) = f.extent.div(&Dim::constant(outer)) else {
+                factors.push(f.clone());
+                continue;
+            };
+            for (a, &n) in f.axes.iter().zip(sizes.iter()).take(sizes.len() - 1) {
+                factors.push(crate::types::Factor {
+                    extent: Dim::constant(n),
+                    axes: vec![a.clone()],
+                });
+            }
+            factors.push(crate::types::Factor {
+                extent: inner,
+                axes: vec![f.axes[f.axes.len() - 1].clone()],
+            });
+        }
+        ds.factors = factors;
+    }
+    out
+}

@@ -24,7 +24,8 @@ use tpc_ir::rule::{rule_of, FactorKind};
 use tpc_ir::{Collective, Dim, Graph, Node, Op, ReduceOp, Sharding, TensorType, ValueId};
 
 use crate::place::{
-    locate, locate_even, place_in, places_of, same_layout, split_factors, Names, Place,
+    locate, locate_even, nested_factors, place_in, places_of, same_layout, split_factors, Names,
+    Place,
 };
 use crate::{Error, Result};
 
@@ -56,19 +57,66 @@ fn with_place(ty: &TensorType, axis: &str, to: &Target) -> Result<TensorType> {
             size,
             inner,
         }) => {
-            let ds = sh
+            // The other axes' splits of the dim stay; the new one must nest with them.
+            let kept = places_of(&out);
+            let mut splits: Vec<(&str, &Dim, &Dim, &Dim)> = kept
+                .iter()
+                .filter_map(|(a, q)| match q {
+                    Place::Split {
+                        dim: d,
+                        outer,
+                        size,
+                        inner,
+                    } if d == dim => Some((a.as_str(), outer, size, inner)),
+                    _ => None,
+                })
+                .collect();
+            let factors = if splits.is_empty() {
+                Some(split_factors(outer, size, inner, axis))
+            } else {
+                splits.push((axis, outer, size, inner));
+                nested_factors(&splits)
+            };
+            let Some(factors) = factors else {
+                return Err(Error::Unsupported(format!(
+                    "splitting dim {dim} over `{axis}` where another axis splits it in a way the two do not nest"
+                )));
+            };
+            let ds = out
+                .sharding
                 .dims
                 .get_mut(*dim)
                 .ok_or_else(|| Error::Unsupported(format!("no dim {dim}")))?;
-            if !ds.factors.is_empty() {
-                return Err(Error::Unsupported(format!(
-                    "splitting dim {dim} over `{axis}` where another axis already splits it"
-                )));
-            }
-            ds.factors = split_factors(outer, size, inner, axis);
+            ds.factors = factors;
         }
     }
     Ok(out)
+}
+
+/// A layout change of `x` (for `user`, when there is one) that resharding cannot make yet, as a
+/// located error.
+fn refused(g: &Graph, x: ValueId, user: Option<ValueId>, axis: &str, e: Error) -> Error {
+    let Error::Unsupported(what) = e else {
+        return e;
+    };
+    let at = user.unwrap_or(x);
+    let mut d = Diagnostic::error(
+        format!(
+            "not supported yet: `%{}` needs a `{axis}` collective: {what}",
+            g.name(x)
+        ),
+        g.node(at).span,
+        format!("needs `%{}` laid out differently on `{axis}`", g.name(x)),
+    )
+    .with_help(
+        "split each dim over one mesh axis (or give the axes different dims), or lay the value out as this op needs it",
+    );
+    if at != x {
+        d = d.with_secondary(g.node(x).span, format!("`%{}` is laid out here", g.name(x)));
+    }
+    Error::Refused {
+        diagnostics: vec![d],
+    }
 }
 
 struct Resharder {
@@ -92,7 +140,7 @@ impl Resharder {
         kind: Collective,
         to: &Target,
     ) -> Result<ValueId> {
-        let ty = with_place(g.ty(x), axis, to)?;
+        let ty = with_place(g.ty(x), axis, to).map_err(|e| refused(g, x, before, axis, e))?;
         let name = self.names.fresh(&format!("{}.{}", g.name(x), kind.name()));
         let node = Node {
             name,
@@ -312,20 +360,46 @@ impl Resharder {
         Ok(w)
     }
 
-    /// Inserts what the op producing `v` needs, operand by operand, axis by axis.
+    /// Inserts what the op producing `v` needs, operand by operand, axis by axis. A change on
+    /// one axis that does not nest with another axis's split of the same dim yet waits until
+    /// the other axes are done (`%w: [32, 64@tp]` to `(2@dp, 32@tp)`: tp's change first, then
+    /// dp's shard nests inside it).
     fn fix(&mut self, g: &mut Graph, v: ValueId) -> Result<()> {
-        for axis in self.axes.clone() {
-            let Some(needs) = self.needs(g, v, &axis)? else {
+        let mut pending = self.axes.clone();
+        loop {
+            let mut waiting = Vec::new();
+            let mut refused = None;
+            for axis in &pending {
+                match self.fix_axis(g, v, axis) {
+                    Ok(()) => {}
+                    Err(e @ Error::Refused { .. }) => {
+                        waiting.push(axis.clone());
+                        refused = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match refused {
+                None => return Ok(()),
+                // Nothing else changed this round: the layouts cannot nest.
+                Some(e) if waiting.len() == pending.len() => return Err(e),
+                Some(_) => pending = waiting,
+            }
+        }
+    }
+
+    /// [`Resharder::fix`] on one axis.
+    fn fix_axis(&mut self, g: &mut Graph, v: ValueId, axis: &str) -> Result<()> {
+        let Some(needs) = self.needs(g, v, axis)? else {
+            return Ok(());
+        };
+        for (i, need) in needs.iter().enumerate() {
+            let Some(&x) = g.operands(v).get(i) else {
                 continue;
             };
-            for (i, need) in needs.iter().enumerate() {
-                let Some(&x) = g.operands(v).get(i) else {
-                    continue;
-                };
-                let y = self.convert(g, Some(v), x, &axis, need)?;
-                if y != x {
-                    g.set_operand(v, i, y);
-                }
+            let y = self.convert(g, Some(v), x, axis, need)?;
+            if y != x {
+                g.set_operand(v, i, y);
             }
         }
         Ok(())

@@ -82,6 +82,9 @@ pub enum Error {
     NotLocal { value: String, axis: String },
     #[error("not supported yet: {0}")]
     Unsupported(String),
+    /// What a pass cannot do yet for this program, located at the values concerned.
+    #[error("not supported yet ({} error(s))", .diagnostics.len())]
+    Refused { diagnostics: Vec<Diagnostic> },
     #[error("the graph is invalid after pass `{pass}` ({} error(s))", .diagnostics.len())]
     InvalidAfter {
         pass: String,

@@ -164,23 +164,19 @@ fn extents_of(rule: &FactorRule, factors: &[FactorId]) -> Vec<Dim> {
         .collect()
 }
 
-/// Writes the places a value gained into its type's sharding.
+/// Writes the places a value gained into its type's sharding. A dim split over several axes
+/// gets the factors of all its splits at once (`(2@dp, 32@tp)` for a split of 64 over `dp` at
+/// `[1, 2, 32]` and over `tp` at `[2, 32, 1]`), so that one axis's split does not overwrite
+/// another's.
 pub(crate) fn write_back(ty: &mut TensorType, before: &Places, after: &Places) {
+    let mut dims = std::collections::BTreeSet::new();
     for (axis, p) in after {
         if before.contains_key(axis) {
             continue;
         }
         match p {
-            Place::Split {
-                dim,
-                outer,
-                size,
-                inner,
-            } => {
-                let factors = split_factors(outer, size, inner, axis);
-                if let Some(ds) = ty.sharding.dims.get_mut(*dim) {
-                    ds.factors = factors;
-                }
+            Place::Split { dim, .. } => {
+                dims.insert(*dim);
             }
             Place::Partial(op) => ty.sharding.partial.push(Partial {
                 axis: axis.clone(),
@@ -189,6 +185,79 @@ pub(crate) fn write_back(ty: &mut TensorType, before: &Places, after: &Places) {
             Place::Fixed => {}
         }
     }
+    for dim in dims {
+        let splits: Vec<(&str, &Dim, &Dim, &Dim)> = after
+            .iter()
+            .filter_map(|(axis, p)| match p {
+                Place::Split {
+                    dim: d,
+                    outer,
+                    size,
+                    inner,
+                } if *d == dim => Some((axis.as_str(), outer, size, inner)),
+                _ => None,
+            })
+            .collect();
+        let factors = nested_factors(&splits).unwrap_or_else(|| {
+            // Splits that do not nest: the last new one, as written alone.
+            let (axis, outer, size, inner) = splits
+                .iter()
+                .rev()
+                .find(|(a, ..)| !before.contains_key(*a))
+                .copied()
+                .unwrap_or(splits[0]);
+            split_factors(outer, size, inner, axis)
+        });
+        if let Some(ds) = ty.sharding.dims.get_mut(dim) {
+            ds.factors = factors;
+        }
+    }
+}
+
+/// The factors of a dim split at each `[outer, size, inner]` over its axis, when the splits
+/// nest (each lies inside the previous one's inner part): outer first, whole gaps between.
+pub(crate) fn nested_factors(splits: &[(&str, &Dim, &Dim, &Dim)]) -> Option<Vec<Factor>> {
+    let mut rest: Vec<(&str, &Dim, &Dim, &Dim)> = splits.to_vec();
+    let mut ordered = Vec::with_capacity(rest.len());
+    // The outermost split first: the one whose block (outer × size) divides every other's outer.
+    while !rest.is_empty() {
+        let i = rest.iter().position(|(_, o, s, _)| {
+            let block = o.mul(s).ok();
+            rest.iter().all(|(_, o2, ..)| {
+                block
+                    .as_ref()
+                    .is_some_and(|b| *o2 == o.clone() || o2.exact_div(b).is_some())
+            })
+        })?;
+        ordered.push(rest.remove(i));
+    }
+    let one = Dim::constant(1);
+    let whole = |extent: Dim| Factor {
+        extent,
+        axes: vec![],
+    };
+    let mut factors = Vec::new();
+    let mut seen = one.clone();
+    for (k, (axis, outer, size, inner)) in ordered.iter().enumerate() {
+        let gap = outer.exact_div(&seen)?;
+        if gap != one {
+            factors.push(whole(gap));
+        }
+        factors.push(Factor {
+            extent: (*size).clone(),
+            axes: vec![axis.to_string()],
+        });
+        seen = outer.mul(size).ok()?;
+        if k + 1 == ordered.len() && **inner != one {
+            factors.push(whole((*inner).clone()));
+        }
+    }
+    // Every split must describe the same dim.
+    let total = seen.mul(ordered.last()?.3).ok()?;
+    ordered
+        .iter()
+        .all(|(_, o, s, i)| o.mul(s).and_then(|x| x.mul(i)).ok().as_ref() == Some(&total))
+        .then_some(factors)
 }
 
 /// The names a graph's values have, for making new ones without scanning the graph each time.

@@ -17,11 +17,13 @@
 use std::collections::BTreeMap;
 
 use tpc_ir::rule::{rule_of, FactorId, FactorKind, FactorRule};
-use tpc_ir::{Graph, Op, ValueId};
+use tpc_ir::{Dim, Graph, Op, ValueId};
 
 use crate::cost::global_bytes;
 use crate::pass::{OptionKind, OptionSpec, Options, Outcome, Pass, Phase};
-use crate::place::{locate_even, place_in, places_of, write_back, FactorSplit, Place, Places};
+use crate::place::{
+    locate_even, nested_factors, place_in, places_of, write_back, FactorSplit, Place, Places,
+};
 use crate::{PassContext, Result};
 use tpc_ir::syntax::type_string;
 use tpc_ir::{Diagnostic, ValueMap};
@@ -53,9 +55,31 @@ impl State {
             let ds = g.ty(v).sharding.dims.get(*dim);
             let closed =
                 ds.is_some_and(|d| d.closed || d.factors.iter().any(|f| !f.axes.is_empty()));
-            let taken = places
-                .values()
-                .any(|q| matches!(q, Place::Split { dim: d, .. } if d == dim));
+            // Another axis's split of the dim leaves room only when the two nest (one inside
+            // the other's inner part: `(2@dp, 32@tp)`).
+            let mut splits: Vec<(&str, &Dim, &Dim, &Dim)> = places
+                .iter()
+                .filter_map(|(a, q)| match q {
+                    Place::Split {
+                        dim: d,
+                        outer,
+                        size,
+                        inner,
+                    } if d == dim => Some((a.as_str(), outer, size, inner)),
+                    _ => None,
+                })
+                .collect();
+            let taken = if splits.is_empty() {
+                false
+            } else if let Place::Split {
+                outer, size, inner, ..
+            } = &p
+            {
+                splits.push((axis, outer, size, inner));
+                nested_factors(&splits).is_none()
+            } else {
+                true
+            };
             if closed || taken {
                 return false;
             }
@@ -206,11 +230,41 @@ impl State {
     }
 }
 
+/// Every factor the program splits over several axes written as one factor per axis
+/// ([`tpc_ir::layout::one_axis_per_factor`]): a contraction over `64@dp@tp` is then a pending
+/// sum over both axes, found axis by axis. Returns whether a type changed.
+fn one_axis_per_factor_everywhere(g: &mut Graph, cx: &crate::PassContext) -> bool {
+    let mesh = g.mesh.clone();
+    let size = |a: &str| {
+        cx.axis_sizes
+            .get(a)
+            .copied()
+            .or_else(|| mesh.axes.iter().find(|x| x.name == a).and_then(|x| x.size))
+    };
+    let mut changed = false;
+    for v in g.values().to_vec() {
+        let ty = tpc_ir::layout::one_axis_per_factor(g.ty(v), &size);
+        if ty != *g.ty(v) {
+            g.node_mut(v).ty = ty;
+            changed = true;
+        }
+    }
+    for (t, _) in &mut g.result_types {
+        let ty = tpc_ir::layout::one_axis_per_factor(t, &size);
+        if ty != *t {
+            *t = ty;
+            changed = true;
+        }
+    }
+    changed
+}
+
 pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
     let axes: Vec<String> = g.mesh.axes.iter().map(|a| a.name.clone()).collect();
     if axes.is_empty() {
         return Ok(false);
     }
+    let split_up = one_axis_per_factor_everywhere(g, cx);
     let order: Vec<ValueId> = g.values().to_vec();
     let initial: ValueMap<Places> = order.iter().map(|&v| (v, places_of(g.ty(v)))).collect();
     let mut state = State {
@@ -283,7 +337,7 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
             changed = true;
         }
     }
-    Ok(changed)
+    Ok(changed || split_up)
 }
 
 /// What decides between conflicting splits.
