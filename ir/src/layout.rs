@@ -276,6 +276,53 @@ pub fn flat_offsets(shape: &[usize], indices: &[Vec<usize>]) -> Vec<usize> {
     out
 }
 
+/// `ty` with every factor split over several mesh axes written as one factor per axis, the
+/// first axis the major one: `64@dp@tp` over `dp = 2, tp = 2` is `(2@dp, 32@tp)`, the very same
+/// pieces on every rank, in the form the passes handle axis by axis. `size` gives an axis's size
+/// (`None`: unknown, and the factor stays). A known extent that the axes' sizes do not divide
+/// stays as written (the verifier refuses it); a symbolic one is taken to divide (as every
+/// symbolic split is, checked at bind time).
+pub fn one_axis_per_factor(ty: &TensorType, size: &dyn Fn(&str) -> Option<i64>) -> TensorType {
+    let mut out = ty.clone();
+    for ds in &mut out.sharding.dims {
+        if ds.factors.iter().all(|f| f.axes.len() <= 1) {
+            continue;
+        }
+        let mut factors = Vec::with_capacity(ds.factors.len() + 1);
+        for f in &ds.factors {
+            let sizes: Option<Vec<i64>> = f.axes.iter().map(|a| size(a)).collect();
+            let whole = sizes
+                .as_ref()
+                .filter(|s| f.axes.len() > 1 && s.iter().all(|&n| n >= 1))
+                .filter(|s| {
+                    let parts: i64 = s.iter().product();
+                    f.extent.as_const().is_none_or(|n| n % parts == 0)
+                });
+            let Some(sizes) = whole else {
+                factors.push(f.clone());
+                continue;
+            };
+            let outer: i64 = sizes[..sizes.len() - 1].iter().product();
+            let Ok(inner) = f.extent.div(&Dim::constant(outer)) else {
+                factors.push(f.clone());
+                continue;
+            };
+            for (a, &n) in f.axes.iter().zip(sizes.iter()).take(sizes.len() - 1) {
+                factors.push(crate::types::Factor {
+                    extent: Dim::constant(n),
+                    axes: vec![a.clone()],
+                });
+            }
+            factors.push(crate::types::Factor {
+                extent: inner,
+                axes: vec![f.axes[f.axes.len() - 1].clone()],
+            });
+        }
+        ds.factors = factors;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,51 +412,51 @@ mod tests {
             Err(LayoutError::UnknownAxis(_))
         ));
     }
-}
 
-/// `ty` with every factor split over several mesh axes written as one factor per axis, the
-/// first axis the major one: `64@dp@tp` over `dp = 2, tp = 2` is `(2@dp, 32@tp)`, the very same
-/// pieces on every rank, in the form the passes handle axis by axis. `size` gives an axis's size
-/// (`None`: unknown, and the factor stays). A known extent that the axes' sizes do not divide
-/// stays as written (the verifier refuses it); a symbolic one is taken to divide (as every
-/// symbolic split is, checked at bind time).
-pub fn one_axis_per_factor(ty: &TensorType, size: &dyn Fn(&str) -> Option<i64>) -> TensorType {
-    let mut out = ty.clone();
-    for ds in &mut out.sharding.dims {
-        if ds.factors.iter().all(|f| f.axes.len() <= 1) {
-            continue;
+    #[test]
+    fn a_factor_over_two_axes_is_one_factor_per_axis_with_the_same_pieces() {
+        use crate::types::Factor;
+        let ty = TensorType {
+            dtype: crate::dtype::DType::F32,
+            shape: vec![Dim::constant(64)],
+            sharding: Sharding {
+                dims: vec![DimSharding {
+                    factors: vec![Factor {
+                        extent: Dim::constant(64),
+                        axes: vec!["dp".into(), "tp".into()],
+                    }],
+                    closed: false,
+                }],
+                partial: Vec::new(),
+            },
+        };
+        let size = |a: &str| match a {
+            "dp" => Some(2),
+            "tp" => Some(2),
+            _ => None,
+        };
+        let split = one_axis_per_factor(&ty, &size);
+        let extents: Vec<(i64, Vec<String>)> = split.sharding.dims[0]
+            .factors
+            .iter()
+            .map(|f| (f.extent.as_const().unwrap_or(0), f.axes.clone()))
+            .collect();
+        assert_eq!(
+            extents,
+            [(2, vec!["dp".to_string()]), (32, vec!["tp".to_string()])]
+        );
+        let sizes = vec![("dp".to_string(), 2), ("tp".to_string(), 2)];
+        let b = BTreeMap::new();
+        for r in 0..4 {
+            let c = rank_coords(&sizes, r);
+            let want = piece_indices(&ty, &b, &c).expect("cut").1;
+            let got = piece_indices(&split, &b, &c).expect("cut").1;
+            assert_eq!(want, got, "rank {r}");
         }
-        let mut factors = Vec::with_capacity(ds.factors.len() + 1);
-        for f in &ds.factors {
-            let sizes: Option<Vec<i64>> = f.axes.iter().map(|a| size(a)).collect();
-            let whole = sizes
-                .as_ref()
-                .filter(|s| f.axes.len() > 1 && s.iter().all(|&n| n >= 1))
-                .filter(|s| {
-                    let parts: i64 = s.iter().product();
-                    f.extent.as_const().is_none_or(|n| n % parts == 0)
-                });
-            let Some(sizes) = whole else {
-                factors.push(f.clone());
-                continue;
-            };
-            let outer: i64 = sizes[..sizes.len() - 1].iter().product();
-            let Ok(inner) = f.extent.div(&Dim::constant(outer)) else {
-                factors.push(f.clone());
-                continue;
-            };
-            for (a, &n) in f.axes.iter().zip(sizes.iter()).take(sizes.len() - 1) {
-                factors.push(crate::types::Factor {
-                    extent: Dim::constant(n),
-                    axes: vec![a.clone()],
-                });
-            }
-            factors.push(crate::types::Factor {
-                extent: inner,
-                axes: vec![f.axes[f.axes.len() - 1].clone()],
-            });
-        }
-        ds.factors = factors;
+        // 63 over 4 ranks does not divide: kept as written.
+        let mut odd = ty.clone();
+        odd.shape = vec![Dim::constant(63)];
+        odd.sharding.dims[0].factors[0].extent = Dim::constant(63);
+        assert_eq!(one_axis_per_factor(&odd, &size), odd);
     }
-    out
 }
