@@ -226,7 +226,7 @@ pub(crate) fn nested_factors(splits: &[(&str, &Dim, &Dim, &Dim)]) -> Option<Vec<
             rest.iter().all(|(_, o2, ..)| {
                 block
                     .as_ref()
-                    .is_some_and(|b| *o2 == o.clone() || o2.exact_div(b).is_some())
+                    .is_some_and(|b| o2 == o || o2.exact_div(b).is_some())
             })
         })?;
         ordered.push(rest.remove(i));
