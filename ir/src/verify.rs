@@ -183,32 +183,57 @@ fn check_declared_partial(g: &Graph, v: ValueId, diags: &mut Vec<Diagnostic>) {
     }
 }
 
-/// The reshapes that see dim `d` of `v` whole: the one producing `v`, and those reached from
-/// `v` through ops that pass the dim on unchanged as one factor (a weight's rows become a
-/// linear's output features, then a reshape splits them into heads). As (reshape, whether `v`'s
-/// dim is its result, the dim's index there).
+/// The reshapes that see dim `d` of `v` whole, wherever they sit: reached from `v` through every
+/// op that shares the dim as one factor, forward or backward, with a result or another operand
+/// (a weight's rows become a linear's output features, then a reshape splits them into heads;
+/// an output projection's input features are contracted with a value a reshape made of heads).
+/// As (reshape, whether the dim is its result, the dim's index there).
 fn reshape_views(g: &Graph, v: ValueId, d: usize) -> Vec<(ValueId, bool, usize)> {
-    use crate::rule::{rule_of, FactorKind};
+    use crate::rule::rule_of;
     let mut out = Vec::new();
-    if matches!(g.op(v), Op::Reshape { .. }) {
-        out.push((v, true, d));
-    }
+    let mut seen: Vec<(ValueId, usize)> = vec![(v, d)];
     let mut frontier = vec![(v, d)];
     // Bounded: a dim passes through a few ops before a reshape in any real program.
     let mut budget = 64;
+    let mut visit = |t: ValueId, dt: usize, frontier: &mut Vec<(ValueId, usize)>| {
+        if !seen.contains(&(t, dt)) {
+            seen.push((t, dt));
+            frontier.push((t, dt));
+        }
+    };
     while let Some((t, dt)) = frontier.pop() {
-        for u in g.users(t) {
-            if budget == 0 {
-                return out;
+        if budget == 0 {
+            break;
+        }
+        budget -= 1;
+        // The op producing `t`: a reshape sees the dim as its result; another op passes it on
+        // from the operands that hold the same single factor.
+        if matches!(g.op(t), Op::Reshape { .. }) {
+            out.push((t, true, dt));
+        } else if !matches!(g.op(t), Op::Param { .. }) {
+            let rule = rule_of(g, t);
+            if let Some([f]) = rule.result.get(dt).map(Vec::as_slice) {
+                for (i, o) in g.operands(t).into_iter().enumerate() {
+                    let dims = rule.operands.get(i).map(Vec::as_slice).unwrap_or(&[]);
+                    for (k, fs) in dims.iter().enumerate() {
+                        if fs.as_slice() == [*f] {
+                            visit(o, k, &mut frontier);
+                        }
+                    }
+                }
             }
-            budget -= 1;
+        }
+        // The ops using `t`: a reshape sees the dim as its operand; another op shares it with
+        // its result or its other operands where they hold the same single factor.
+        for u in g.users(t) {
             if matches!(g.op(u), Op::Reshape { .. }) {
                 out.push((u, false, dt));
                 continue;
             }
             let rule = rule_of(g, u);
-            for (i, o) in g.operands(u).into_iter().enumerate() {
-                if o != t {
+            let operands = g.operands(u);
+            for (i, o) in operands.iter().enumerate() {
+                if *o != t {
                     continue;
                 }
                 let Some([f]) = rule
@@ -219,15 +244,22 @@ fn reshape_views(g: &Graph, v: ValueId, d: usize) -> Vec<(ValueId, bool, usize)>
                 else {
                     continue;
                 };
-                if rule.factors[*f].kind != FactorKind::Pass {
-                    continue;
-                }
                 if let Some(k) = rule.result.iter().position(|fs| fs.as_slice() == [*f]) {
-                    frontier.push((u, k));
+                    visit(u, k, &mut frontier);
+                }
+                for (j, other) in operands.iter().enumerate() {
+                    let dims = rule.operands.get(j).map(Vec::as_slice).unwrap_or(&[]);
+                    for (k, fs) in dims.iter().enumerate() {
+                        if fs.as_slice() == [*f] && (j != i || k != dt) {
+                            visit(*other, k, &mut frontier);
+                        }
+                    }
                 }
             }
         }
     }
+    out.sort_by_key(|&(r, is_result, k)| (r.index(), is_result, k));
+    out.dedup();
     out
 }
 
