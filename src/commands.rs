@@ -133,8 +133,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             pm.verify_each = true;
             pm.context.symbols = bindings.clone();
             pm.context.axis_sizes = axes.into_iter().collect();
-            pm.run(&mut sharded)
+            let records = pm
+                .run(&mut sharded)
                 .map_err(|e| tpc::pass_error(e, &tpc::SourceFile::new(&name, &text)))?;
+            print_warnings(&records, &file);
             let sizes = sharded.mesh.resolve(Some(d))?;
             let mesh = tpc::runtime::ranks::MeshSizes(
                 sizes.into_iter().map(|(n, s)| (n, s as usize)).collect(),
@@ -302,6 +304,17 @@ fn bindings_text(b: &std::collections::BTreeMap<String, i64>) -> String {
         .join(",")
 }
 
+/// The passes' warnings, located in `file`, on standard error.
+fn print_warnings(records: &[tpc::passes::PassRecord], file: &tpc::SourceFile) {
+    let warnings: Vec<tpc::Diagnostic> = records
+        .iter()
+        .flat_map(|r| r.warnings.iter().cloned())
+        .collect();
+    if !warnings.is_empty() {
+        eprint!("{}", tpc::ir::diag::render(file, &warnings));
+    }
+}
+
 pub fn compile(args: CompileArgs) -> Result<ExitCode> {
     let (name, text) = read_source(&args.file)?;
     let mut graph = tpc::load(&name, &text)?;
@@ -348,6 +361,7 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
             tpc::passes::Error::Lowering(m) => Error::Usage(m),
             e => tpc::pass_error(e, &file),
         })?;
+    print_warnings(&records, &file);
     if args.time_passes {
         for r in &records {
             eprintln!(

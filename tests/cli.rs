@@ -23,7 +23,8 @@ fn main() {
         emulated_executor_runs_the_cuda_c_or_says_why_not,
         emit_host_prints_the_template_for_every_size_or_with_bind_a_ranks_program,
         check_verifies_a_program_at_a_phase,
-        compile_prints_the_ir_before_passes_and_takes_pass_options
+        compile_prints_the_ir_before_passes_and_takes_pass_options,
+        an_allgather_that_undoes_an_annotation_is_a_warning
     ];
     trials.extend(harness::per_file(
         "check_accepts_every_example",
@@ -608,4 +609,33 @@ fn compile_prints_the_ir_before_passes_and_takes_pass_options() {
     assert!(emit.status.success(), "{}", text(&emit.stderr));
     assert!(text(&emit.stdout).starts_with("# @mlp on rank 3 (tp 3 of 8)"));
     assert_eq!(text(&emit.stdout), text(&named.stdout));
+}
+
+/// A hidden activation declared whole (`3072!`) makes the plan gather the weights the program
+/// split: it compiles (the plan is correct) and says so, located; the plain MLP says nothing.
+fn an_allgather_that_undoes_an_annotation_is_a_warning() {
+    let src = "mesh tp\nfunc @mlp(%x: bf16[B, S, 768], %w0: bf16[3072@tp, 768], %b0: bf16[3072@tp], %w1: bf16[768, 3072@tp], %b1: bf16[768]) -> bf16[B, S, 768] {\n  %h = linear(%x, %w0, %b0) : bf16[B, S, 3072!]\n  %a = gelu(%h) {approximate = tanh}\n  %y = linear(%a, %w1, %b1)\n  return %y\n}\n";
+    for cmd in ["compile", "run"] {
+        let out = tpc(
+            &[cmd, "-", "--devices", "8", "--bind", "B=1,S=2"],
+            Some(src),
+        );
+        assert!(out.status.success(), "{cmd}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        for want in [
+            "warning: `%w0` is split over `tp` as written, but is gathered whole over `tp` for `%h`",
+            "warning: `%b0` is split over `tp`",
+            "<stdin>:3:3",
+            "the allgather undoes the annotation",
+        ] {
+            assert!(err.contains(want), "{cmd}: {err}");
+        }
+    }
+    let out = tpc(&["compile", "examples/mlp.ir", "--devices", "8"], None);
+    assert!(out.status.success());
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
 }

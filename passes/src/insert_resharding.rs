@@ -125,6 +125,8 @@ struct Resharder {
     made: BTreeMap<(ValueId, String, Target), ValueId>,
     changed: bool,
     names: Names,
+    /// What a person should hear about: an annotated split undone by an allgather.
+    warnings: Vec<Diagnostic>,
     /// Mesh axis sizes when known, to see that two writings of a split are one layout.
     axis_sizes: BTreeMap<String, i64>,
 }
@@ -141,6 +143,9 @@ impl Resharder {
         to: &Target,
     ) -> Result<ValueId> {
         let ty = with_place(g.ty(x), axis, to).map_err(|e| refused(g, x, before, axis, e))?;
+        if kind == Collective::AllGather && g.node(x).explicit_type {
+            self.warn_undone(g, x, before, axis);
+        }
         let name = self.names.fresh(&format!("{}.{}", g.name(x), kind.name()));
         let node = Node {
             name,
@@ -360,6 +365,29 @@ impl Resharder {
         Ok(w)
     }
 
+    /// Warns that `x`, whose split the program wrote, is gathered whole over `axis` for `user`:
+    /// the annotation costs traffic instead of saving it.
+    fn warn_undone(&mut self, g: &Graph, x: ValueId, user: Option<ValueId>, axis: &str) {
+        let at = user.unwrap_or(x);
+        let mut d = Diagnostic::warning(
+            format!(
+                "`%{}` is split over `{axis}` as written, but is gathered whole over `{axis}` for `%{}`",
+                g.name(x),
+                g.name(at)
+            ),
+            g.node(at).span,
+            format!("needs `%{}` whole on `{axis}`", g.name(x)),
+        )
+        .with_help(format!(
+            "the allgather undoes the annotation: leave `%{}` whole on `{axis}`, or split what its users compute the same way (`--report json` lists the bytes)",
+            g.name(x)
+        ));
+        if at != x {
+            d = d.with_secondary(g.node(x).span, "split here");
+        }
+        self.warnings.push(d);
+    }
+
     /// Inserts what the op producing `v` needs, operand by operand, axis by axis. A change on
     /// one axis that does not nest with another axis's split of the same dim yet waits until
     /// the other axes are done (`%w: [32, 64@tp]` to `(2@dp, 32@tp)`: tp's change first, then
@@ -488,16 +516,19 @@ impl Resharder {
     }
 }
 
-pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
+/// Inserts the collectives `g`'s layouts need; the outcome carries the warnings (an annotated
+/// split undone by an allgather).
+fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<Outcome> {
     let axes: Vec<String> = g.mesh.axes.iter().map(|a| a.name.clone()).collect();
     if axes.is_empty() {
-        return Ok(false);
+        return Ok(Outcome::changed(false));
     }
     let mut r = Resharder {
         axes: axes.clone(),
         made: BTreeMap::new(),
         changed: false,
         names: Names::of(g),
+        warnings: Vec::new(),
         axis_sizes: cx.axis_sizes.clone(),
     };
     let ops: Vec<ValueId> = g
@@ -550,7 +581,10 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
             g.set_output(i, x);
         }
     }
-    Ok(r.changed)
+    Ok(Outcome {
+        warnings: r.warnings,
+        ..Outcome::changed(r.changed)
+    })
 }
 
 use tpc_ir::Diagnostic;
@@ -580,7 +614,7 @@ impl Pass for InsertResharding {
     }
 
     fn run(&self, g: &mut Graph, cx: &PassContext) -> Result<Outcome> {
-        run(g, cx).map(Outcome::changed)
+        run(g, cx)
     }
 }
 
@@ -632,6 +666,7 @@ pub fn check_local(g: &Graph, axis_sizes: &BTreeMap<String, i64>) -> Vec<Diagnos
         made: BTreeMap::new(),
         changed: false,
         names: Names::default(),
+        warnings: Vec::new(),
         axis_sizes: axis_sizes.clone(),
     };
     for &v in g.values() {

@@ -324,6 +324,7 @@ impl Pass for LowerToLocal {
         Ok(Outcome {
             changed: false,
             local: Some(program),
+            warnings: Vec::new(),
         })
     }
 }

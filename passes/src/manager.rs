@@ -81,6 +81,8 @@ pub struct PassRecord {
     pub ir_after: Option<String>,
     /// What `lower-to-local` lowered: the program as its rank runs it.
     pub local: Option<LocalProgram>,
+    /// The pass's warnings, located in the program.
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// One pass of a pipeline, with the options it was given.
@@ -329,6 +331,7 @@ impl PassManager {
                 ir_before,
                 ir_after,
                 local: outcome.local,
+                warnings: outcome.warnings,
             });
         }
         Ok(records)

@@ -272,6 +272,8 @@ pub struct Outcome {
     pub changed: bool,
     /// The program as one rank runs it, from `lower-to-local`.
     pub local: Option<LocalProgram>,
+    /// What the pass did that a person may not expect (located warnings).
+    pub warnings: Vec<tpc_ir::Diagnostic>,
 }
 
 impl Outcome {
@@ -279,6 +281,7 @@ impl Outcome {
         Outcome {
             changed,
             local: None,
+            warnings: Vec::new(),
         }
     }
 }
