@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tpc_codegen::host::{Compiled, HostProgram, Step};
 use tpc_codegen::kir::Kernel;
 use tpc_codegen::template::{HostTemplate, Templates};
-use tpc_ir::{print, Graph, PrintMode, SourceFile};
+use tpc_ir::{print, Diagnostic, Graph, PrintMode, SourceFile};
 
 use crate::{Error, Result};
 
@@ -73,6 +73,9 @@ pub struct Artifacts {
     pub cuda: String,
     /// The report: collectives and their bytes, kernels, peak memory per rank.
     pub report: Value,
+    /// The passes' warnings (an annotated split that an allgather undoes), located in the
+    /// program compiled (render them with its source).
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Artifacts {
@@ -246,8 +249,10 @@ fn compile_loaded(
     pm.verify_each = true;
     pm.context.symbols = options.bindings.clone();
     pm.context.axis_sizes = axes.iter().cloned().collect();
-    pm.run(&mut graph).map_err(|e| crate::pass_error(e, file))?;
-    codegen_with(graph, devices, &options.bindings, options.specialize)
+    let records = pm.run(&mut graph).map_err(|e| crate::pass_error(e, file))?;
+    let mut artifacts = codegen_with(graph, devices, &options.bindings, options.specialize)?;
+    artifacts.warnings = records.into_iter().flat_map(|r| r.warnings).collect();
+    Ok(artifacts)
 }
 
 /// Code generation for a program the passes have sharded (for `devices` devices), specialized
@@ -312,6 +317,7 @@ pub fn codegen_with(
         compiled,
         cuda,
         report,
+        warnings: Vec::new(),
     })
 }
 

@@ -638,4 +638,12 @@ fn an_allgather_that_undoes_an_annotation_is_a_warning() {
         "{}",
         text(&out.stderr)
     );
+    // An embedder gets them with the artifacts.
+    let a = tpc::compile("w.ir", src, &tpc::CompileOptions::devices(8)).expect("compiles");
+    let names: Vec<&str> = a.warnings.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names[0].starts_with("`%w0` is split over `tp` as written"),
+        "{names:?}"
+    );
 }
