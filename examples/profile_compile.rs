@@ -52,15 +52,11 @@ fn main() {
             pm.context.axis_sizes = axes.into_iter().collect();
             pm.run(&mut g).expect("passes");
             lap(1, &mut t);
-            let mut primitive = g.clone();
-            let mut pm = tpc::passes::PassManager::parse("decompose").expect("pipeline");
-            pm.input_phase = Some(tpc::passes::Phase::Resharded);
-            pm.context.axis_sizes = [("tp".to_string(), 8)].into_iter().collect();
-            pm.run(&mut primitive).expect("decompose");
+            let mesh = vec![("tp".to_string(), 8usize)];
+            let primitive = tpc::compile::decomposed(&g, &mesh).expect("decompose");
             lap(2, &mut t);
             let plan = tpc::codegen::fuse::segment(&primitive).expect("segments");
             lap(3, &mut t);
-            let mesh = vec![("tp".to_string(), 8usize)];
             let templates = tpc::codegen::build::compile_templates(&primitive, &plan, &mesh, None)
                 .expect("templates");
             lap(4, &mut t);

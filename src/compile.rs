@@ -321,10 +321,11 @@ pub fn codegen_with(
     })
 }
 
-/// The sharded program with its composites written as primitive ops (the `decompose` pass),
-/// which is what the kernels compute. Values keep their ids, so parameters and results are the
-/// sharded program's.
-fn decomposed(graph: &Graph, mesh: &[(String, usize)]) -> Result<Graph> {
+/// The sharded program with its composites written as primitive ops (the `decompose` pass,
+/// its input verified at the resharded phase), which is what the kernels compute: what code
+/// generation segments. Values keep their ids, so parameters and results are the sharded
+/// program's.
+pub fn decomposed(graph: &Graph, mesh: &[(String, usize)]) -> Result<Graph> {
     let mut primitive = graph.clone();
     let mut pm = tpc_passes::PassManager::parse("decompose")?;
     pm.input_phase = Some(tpc_passes::Phase::Resharded);

@@ -147,6 +147,21 @@ fn inline_scalar(g: &Graph, v: ValueId) -> bool {
     }
 }
 
+/// Whether a kernel reads `u`'s operands where it computes `u`: a fused op, or a value read in
+/// place (`absorbed`).
+fn read_in_kernel(g: &Graph, absorbed: &BTreeSet<ValueId>, u: ValueId) -> bool {
+    absorbed.contains(&u) || elementwise(g, u) || reduction(g, u)
+}
+
+/// What a read of `o` reads: through the values read in place (`absorbed`) to the value stored
+/// or computed.
+fn root_of(g: &Graph, absorbed: &BTreeSet<ValueId>, mut o: ValueId) -> ValueId {
+    while absorbed.contains(&o) {
+        o = g.operand_slice(o)[0];
+    }
+    o
+}
+
 /// Whether `v` may be read in place by fused users instead of stored: a broadcast, or a cast
 /// to f32 of a float (a fused kernel computes in f32, and its loads convert).
 fn readable_in_place(g: &Graph, v: ValueId) -> bool {
@@ -241,24 +256,18 @@ pub fn segment(g: &Graph) -> Result<Plan> {
     // by them, never materialized. Users come after their operands: one sweep from the end.
     let mut absorbed: BTreeSet<ValueId> = BTreeSet::new();
     for &v in g.values().iter().rev() {
+        // (A broadcast member reads its operand with its own mask: not through another.)
         let fused_users = users.get(&v).is_some_and(|us| {
             us.iter().all(|&u| {
-                absorbed.contains(&u)
-                    || reduction(g, u)
-                    || elementwise(g, u) && !matches!(g.op(u), Op::Broadcast { .. })
+                read_in_kernel(g, &absorbed, u) && !matches!(g.op(u), Op::Broadcast { .. })
+                    || absorbed.contains(&u)
             })
         });
         if readable_in_place(g, v) && !is_output(v) && fused_users {
             absorbed.insert(v);
         }
     }
-    // What a read of `o` reads: through absorbed values to the value stored or computed.
-    let root = |mut o: ValueId| {
-        while absorbed.contains(&o) {
-            o = g.operand_slice(o)[0];
-        }
-        o
-    };
+    let root = |o: ValueId| root_of(g, &absorbed, o);
 
     let mut groups: Vec<Group> = Vec::new();
     let mut group_of: BTreeMap<ValueId, usize> = BTreeMap::new();
@@ -269,10 +278,9 @@ pub fn segment(g: &Graph) -> Result<Plan> {
         // kernel reads it (a result): then it is a kernel's member like any pointwise op.
         let inlined = inline_scalar(g, v)
             && !is_output(v)
-            && users.get(&v).is_some_and(|us| {
-                us.iter()
-                    .all(|&u| absorbed.contains(&u) || elementwise(g, u) || reduction(g, u))
-            });
+            && users
+                .get(&v)
+                .is_some_and(|us| us.iter().all(|&u| read_in_kernel(g, &absorbed, u)));
         if matches!(g.op(v), Op::Param { .. })
             || fused_gelus.contains(&v)
             || absorbed.contains(&v)
@@ -635,12 +643,8 @@ impl Builder<'_> {
         }
     }
 
-    /// What a read of `o` reads: through absorbed values to the value stored or computed.
-    fn root(&self, mut o: ValueId) -> ValueId {
-        while self.absorbed.contains(&o) {
-            o = self.g.operand_slice(o)[0];
-        }
-        o
+    fn root(&self, o: ValueId) -> ValueId {
+        root_of(self.g, self.absorbed, o)
     }
 
     /// The value of operand `o` of a member seen as `view`: computed in the kernel (a member,
@@ -659,7 +663,7 @@ impl Builder<'_> {
             if let Some(&v) = self.scalars.get(&op) {
                 return Ok(v);
             }
-            let v = self.inline_scalar(r);
+            let v = self.inline_scalar(r)?;
             self.scalars.insert(op, v);
             return Ok(v);
         }
@@ -695,8 +699,8 @@ impl Builder<'_> {
     }
 
     /// A constant (rounded to its dtype at compile time) or an inverse count (an argument).
-    fn inline_scalar(&mut self, v: ValueId) -> Value {
-        match self.g.op(v) {
+    fn inline_scalar(&mut self, v: ValueId) -> Result<Value> {
+        Ok(match self.g.op(v) {
             Op::Full(Full {
                 value,
                 dtype: DType::Bool,
@@ -712,8 +716,11 @@ impl Builder<'_> {
                 let text = format!("1 / {count}");
                 self.arg(ScalarSource::InverseCount(count.clone()), text)
             }
-            _ => self.constant(f32::NAN),
-        }
+            other => {
+                let what = format!("`{}` as a scalar computed in place", other.name());
+                return Err(unsupported(self.g, v, &what));
+            }
+        })
     }
 
     /// `x` (computed in f32) rounded to what `dtype` stores.
@@ -747,7 +754,7 @@ impl Builder<'_> {
                 // the per-row value itself (uniform along the row).
                 self.operand(operand_ids[0], view_of_source(self, operand_ids[0]))?
             }
-            Op::InvCount(_) => self.inline_scalar(v),
+            Op::InvCount(_) => self.inline_scalar(v)?,
             Op::Full(Full { value, dtype, .. }) => {
                 if *dtype == DType::Bool {
                     self.push(

@@ -87,10 +87,13 @@ fn expand(g: &mut Graph, names: &mut BTreeSet<String>, v: ValueId, depth: usize)
                 "its decomposition gives too few results",
             ));
         };
+        // Each result's last op is one the decomposition made for it alone.
         if !(added.contains(&last) && g.replace_with(node, last)) {
-            // The result is a value the decomposition did not make for it (or uses again):
-            // the node's users read that value instead.
-            redirect(g, node, last);
+            return Err(bug(
+                g.name(v),
+                &op,
+                "a result is not an op its decomposition made for it alone",
+            ));
         }
     }
     // What only a result no node keeps used.
@@ -104,25 +107,6 @@ fn expand(g: &mut Graph, names: &mut BTreeSet<String>, v: ValueId, depth: usize)
         expand(g, names, a, depth + 1)?;
     }
     Ok(true)
-}
-
-/// Makes every use of `old` (and every result it is) use `new`, then removes `old`.
-fn redirect(g: &mut Graph, old: ValueId, new: ValueId) {
-    for u in g.users(old) {
-        let operands = g.operands(u);
-        for (i, &o) in operands.iter().enumerate() {
-            if o == old {
-                g.set_operand(u, i, new);
-            }
-        }
-    }
-    let outputs = g.outputs().to_vec();
-    for (i, &o) in outputs.iter().enumerate() {
-        if o == old {
-            g.set_output(i, new);
-        }
-    }
-    g.remove_unused(old);
 }
 
 fn bug(value: &str, op: &Op, what: &str) -> Error {

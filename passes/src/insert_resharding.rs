@@ -24,8 +24,8 @@ use tpc_ir::rule::{rule_of, FactorKind};
 use tpc_ir::{Collective, Dim, Graph, Node, Op, ReduceOp, Sharding, TensorType, ValueId};
 
 use crate::place::{
-    locate, locate_even, nested_factors, place_in, places_of, same_layout, split_factors, Names,
-    Place,
+    locate, locate_even, nested_factors, place_in, places_of, same_layout, split_factors,
+    splits_of_dim, Names, Place,
 };
 use crate::{Error, Result};
 
@@ -59,18 +59,7 @@ fn with_place(ty: &TensorType, axis: &str, to: &Target) -> Result<TensorType> {
         }) => {
             // The other axes' splits of the dim stay; the new one must nest with them.
             let kept = places_of(&out);
-            let mut splits: Vec<(&str, &Dim, &Dim, &Dim)> = kept
-                .iter()
-                .filter_map(|(a, q)| match q {
-                    Place::Split {
-                        dim: d,
-                        outer,
-                        size,
-                        inner,
-                    } if d == dim => Some((a.as_str(), outer, size, inner)),
-                    _ => None,
-                })
-                .collect();
+            let mut splits = splits_of_dim(&kept, *dim);
             let factors = if splits.is_empty() {
                 Some(split_factors(outer, size, inner, axis))
             } else {

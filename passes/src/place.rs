@@ -164,6 +164,25 @@ fn extents_of(rule: &FactorRule, factors: &[FactorId]) -> Vec<Dim> {
         .collect()
 }
 
+/// One axis's split of a dim: the axis, and the dim seen as `[outer, size, inner]`.
+pub(crate) type DimSplit<'a> = (&'a str, &'a Dim, &'a Dim, &'a Dim);
+
+/// The splits of dim `dim` among `places`, in axis order.
+pub(crate) fn splits_of_dim(places: &Places, dim: usize) -> Vec<DimSplit<'_>> {
+    places
+        .iter()
+        .filter_map(|(axis, p)| match p {
+            Place::Split {
+                dim: d,
+                outer,
+                size,
+                inner,
+            } if *d == dim => Some((axis.as_str(), outer, size, inner)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Writes the places a value gained into its type's sharding. A dim split over several axes
 /// gets the factors of all its splits at once (`(2@dp, 32@tp)` for a split of 64 over `dp` at
 /// `[1, 2, 32]` and over `tp` at `[2, 32, 1]`), so that one axis's split does not overwrite
@@ -186,18 +205,7 @@ pub(crate) fn write_back(ty: &mut TensorType, before: &Places, after: &Places) {
         }
     }
     for dim in dims {
-        let splits: Vec<(&str, &Dim, &Dim, &Dim)> = after
-            .iter()
-            .filter_map(|(axis, p)| match p {
-                Place::Split {
-                    dim: d,
-                    outer,
-                    size,
-                    inner,
-                } if *d == dim => Some((axis.as_str(), outer, size, inner)),
-                _ => None,
-            })
-            .collect();
+        let splits = splits_of_dim(after, dim);
         let factors = nested_factors(&splits).unwrap_or_else(|| {
             // Splits that do not nest: the last new one, as written alone.
             let (axis, outer, size, inner) = splits
@@ -216,8 +224,8 @@ pub(crate) fn write_back(ty: &mut TensorType, before: &Places, after: &Places) {
 
 /// The factors of a dim split at each `[outer, size, inner]` over its axis, when the splits
 /// nest (each lies inside the previous one's inner part): outer first, whole gaps between.
-pub(crate) fn nested_factors(splits: &[(&str, &Dim, &Dim, &Dim)]) -> Option<Vec<Factor>> {
-    let mut rest: Vec<(&str, &Dim, &Dim, &Dim)> = splits.to_vec();
+pub(crate) fn nested_factors(splits: &[DimSplit<'_>]) -> Option<Vec<Factor>> {
+    let mut rest: Vec<DimSplit<'_>> = splits.to_vec();
     let mut ordered = Vec::with_capacity(rest.len());
     // The outermost split first: the one whose block (outer × size) divides every other's outer.
     while !rest.is_empty() {

@@ -17,12 +17,13 @@
 use std::collections::BTreeMap;
 
 use tpc_ir::rule::{rule_of, FactorId, FactorKind, FactorRule};
-use tpc_ir::{Dim, Graph, Op, ValueId};
+use tpc_ir::{Graph, Op, ValueId};
 
 use crate::cost::global_bytes;
 use crate::pass::{OptionKind, OptionSpec, Options, Outcome, Pass, Phase};
 use crate::place::{
-    locate_even, nested_factors, place_in, places_of, write_back, FactorSplit, Place, Places,
+    locate_even, nested_factors, place_in, places_of, splits_of_dim, write_back, FactorSplit,
+    Place, Places,
 };
 use crate::{PassContext, Result};
 use tpc_ir::syntax::type_string;
@@ -51,34 +52,22 @@ impl State {
         if places.contains_key(axis) {
             return false;
         }
-        if let Place::Split { dim, .. } = &p {
+        if let Place::Split {
+            dim,
+            outer,
+            size,
+            inner,
+        } = &p
+        {
             let ds = g.ty(v).sharding.dims.get(*dim);
             let closed =
                 ds.is_some_and(|d| d.closed || d.factors.iter().any(|f| !f.axes.is_empty()));
             // Another axis's split of the dim leaves room only when the two nest (one inside
             // the other's inner part: `(2@dp, 32@tp)`).
-            let mut splits: Vec<(&str, &Dim, &Dim, &Dim)> = places
-                .iter()
-                .filter_map(|(a, q)| match q {
-                    Place::Split {
-                        dim: d,
-                        outer,
-                        size,
-                        inner,
-                    } if d == dim => Some((a.as_str(), outer, size, inner)),
-                    _ => None,
-                })
-                .collect();
-            let taken = if splits.is_empty() {
-                false
-            } else if let Place::Split {
-                outer, size, inner, ..
-            } = &p
-            {
+            let mut splits = splits_of_dim(places, *dim);
+            let taken = !splits.is_empty() && {
                 splits.push((axis, outer, size, inner));
                 nested_factors(&splits).is_none()
-            } else {
-                true
             };
             if closed || taken {
                 return false;
