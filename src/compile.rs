@@ -438,7 +438,8 @@ fn kernels_json(kernels: &[Kernel]) -> Value {
                 Kernel::Copy(_) => "copy",
                 Kernel::Embedding(_) => "embedding",
                 Kernel::Attention(_) => "attention",
-                Kernel::CrossEntropy(_) => "cross-entropy",
+                Kernel::Pick(_) => "pick",
+                Kernel::Kept(_) => "kept",
             };
             json!({"name": k.name(), "kind": kind})
         })

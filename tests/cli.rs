@@ -281,7 +281,7 @@ fn compile_propagates_and_reports_passes() {
             "--pipeline",
             "propagate-shardin",
         ],
-        "the passes are: propagate-sharding",
+        "the passes are: decompose-before-sharding, propagate-sharding",
     );
     let out = tpc(
         &["compile", "examples/mlp.ir", "--print-ir-after", "dce"],

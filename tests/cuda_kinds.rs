@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use common::harness;
 use tpc::codegen::cuda::{kernel_source, module_source};
-use tpc::codegen::kir::{CrossEntropy, Embedding, Kernel};
+use tpc::codegen::kir::{Embedding, Kept, Kernel, Pick};
 use tpc::ir::DType;
 
 use kinds::*;
@@ -151,10 +151,17 @@ fn cuda_source_snapshots() {
         snapshot_of(&attention(DType::BF16, true))
     );
     insta::assert_snapshot!(
-        "cuda_cross_entropy",
-        snapshot_of(&Kernel::CrossEntropy(CrossEntropy {
-            name: "xent".into(),
+        "cuda_pick",
+        snapshot_of(&Kernel::Pick(Pick {
+            name: "pick".into(),
             dtype: DType::BF16,
+            ignore_index: -100,
+        }))
+    );
+    insta::assert_snapshot!(
+        "cuda_kept",
+        snapshot_of(&Kernel::Kept(Kept {
+            name: "kept".into(),
             ignore_index: -100,
         }))
     );

@@ -122,6 +122,24 @@ const CASES: &[Case] = &[
     ),
     ("gelu_erf", "%y = gelu(%x)", "%x: T[B, 33]", "T[B, 33]"),
     (
+        "cross_entropy_rows",
+        "%y = cross_entropy(%x, %t)",
+        "%x: T[B, 7], %t: i64[B]",
+        "T[]",
+    ),
+    (
+        "cross_entropy_classes_in_the_middle_ignoring",
+        "%y = cross_entropy(%x, %t) {ignore_index = 1}",
+        "%x: T[B, 7, 5], %t: i64[B, 5]",
+        "T[]",
+    ),
+    (
+        "cross_entropy_one_position",
+        "%y = cross_entropy(%x, %t)",
+        "%x: T[7], %t: i64[]",
+        "T[]",
+    ),
+    (
         "gelu_tanh",
         "%y = gelu(%x) {approximate = tanh}",
         "%x: T[B, 33]",
@@ -139,11 +157,11 @@ const COMPOSITES: &[&str] = &[
     "mean",
     "dropout",
     "gelu",
+    "cross_entropy",
 ];
 
-/// The ops code generation lowers as they are. `sdpa` (and `sdpa_stats`) and `cross_entropy`
-/// are primitives too: their kernels are single passes (flash attention, one online
-/// log-sum-exp per row) that a decomposition would only split.
+/// The ops code generation lowers as they are. `sdpa` (and `sdpa_stats`) is a primitive too:
+/// its kernel is one pass (flash attention) that a decomposition would only split.
 const PRIMITIVES: &[&str] = &[
     "abs",
     "add",
@@ -155,7 +173,6 @@ const PRIMITIVES: &[&str] = &[
     "cast",
     "concat",
     "cos",
-    "cross_entropy",
     "div",
     "embedding",
     "eq",
@@ -165,6 +182,7 @@ const PRIMITIVES: &[&str] = &[
     "ge",
     "gt",
     "inv_count",
+    "kept",
     "le",
     "linear",
     "log",
@@ -180,6 +198,7 @@ const PRIMITIVES: &[&str] = &[
     "not",
     "or",
     "permute",
+    "pick",
     "pow",
     "rand_like",
     "reciprocal",
@@ -335,6 +354,9 @@ fn spread(inputs: BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
     inputs
         .into_iter()
         .map(|(name, t)| {
+            if !t.dtype().is_float() {
+                return (name, t);
+            }
             let k = 3.0 / t.max_abs().max(1e-6) as f32;
             let values = t.to_f32_vec().iter().map(|x| x * k).collect();
             let scaled = Tensor::from_f32(t.dtype(), t.shape().to_vec(), values).expect("tensor");

@@ -273,6 +273,14 @@ impl HostBuilder<'_> {
                 let (ids, table) = (ops[0], ops[1]);
                 let ts = self.shape(table).to_vec();
                 let rows = product(self.shape(ids))?;
+                let rowpos = self.table(
+                    format!("table rows of %{}", g.name(table)),
+                    ts[0].clone(),
+                    TableSpec::Positions {
+                        ty: g.ty(table).clone(),
+                        dim: 0,
+                    },
+                );
                 let args = vec![
                     SymArg::Buffer(self.buf(ids)?),
                     SymArg::Buffer(self.buf(table)?),
@@ -280,6 +288,8 @@ impl HostBuilder<'_> {
                     SymArg::Int(rows),
                     SymArg::Int(ts[1].clone()),
                     SymArg::Int(ts[0].clone()),
+                    SymArg::Int(g.ty(table).shape[0].clone()),
+                    SymArg::Buffer(rowpos),
                 ];
                 self.launch(*kernel, args);
             }
@@ -326,30 +336,44 @@ impl HostBuilder<'_> {
                 ];
                 self.launch(*kernel, args);
             }
-            Segment::CrossEntropy { kernel, value } => {
+            Segment::Pick { kernel, value } => {
                 let ops = g.operands(*value);
-                let ls = self.shape(ops[0]).to_vec();
-                let class_dim = if ls.len() == 1 { 0 } else { 1 };
-                let outer = product(&ls[..class_dim])?;
-                let inner = product(&ls[class_dim + 1..])?;
-                let positions = outer.mul(&inner).map_err(self.dim(*value))?;
-                let contiguous = inner == Dim::constant(1);
-                let partials = self.table(
-                    format!("cross-entropy partials of %{}", g.name(*value)),
-                    Dim::constant(0),
-                    TableSpec::CrossEntropyPartials {
-                        positions,
-                        contiguous,
+                let dim = match g.op(*value) {
+                    Op::Pick(p) => p.dim,
+                    other => {
+                        return Err(self.fail(*value, format!("`{}` is not `pick`", other.name())))
+                    }
+                };
+                let xs = self.shape(ops[0]).to_vec();
+                let outer = product(&xs[..dim])?;
+                let inner = product(&xs[dim + 1..])?;
+                let pos = self.table(
+                    format!("entries of %{} along dim {dim}", g.name(ops[0])),
+                    xs[dim].clone(),
+                    TableSpec::Positions {
+                        ty: g.ty(ops[0]).clone(),
+                        dim,
                     },
                 );
                 let args = vec![
                     SymArg::Buffer(self.buf(ops[0])?),
                     SymArg::Buffer(self.buf(ops[1])?),
                     SymArg::Buffer(self.new_buffer(*value)),
-                    SymArg::Buffer(partials),
                     SymArg::Int(outer),
-                    SymArg::Int(ls[class_dim].clone()),
+                    SymArg::Int(xs[dim].clone()),
                     SymArg::Int(inner),
+                    SymArg::Int(g.ty(ops[0]).shape[dim].clone()),
+                    SymArg::Buffer(pos),
+                ];
+                self.launch(*kernel, args);
+            }
+            Segment::Kept { kernel, value } => {
+                let target = g.operands(*value)[0];
+                let count = product(self.shape(target))?;
+                let args = vec![
+                    SymArg::Buffer(self.buf(target)?),
+                    SymArg::Buffer(self.new_buffer(*value)),
+                    SymArg::Int(count),
                 ];
                 self.launch(*kernel, args);
             }

@@ -11,13 +11,13 @@
 //! - `linear`/`matmul` become GEMMs, with the bias and a following tanh-gelu in the epilogue
 //!   (the gelu `decompose` keeps whole, [`gemm_epilogue_gelu`]).
 //! - permute, slice, concat become strided copies; `reshape` is a view of its operand's buffer.
-//! - `embedding`, `sdpa`, `cross_entropy` get their own kernels; collectives stay alone.
+//! - `embedding`, `sdpa`, `pick` and `kept` get their own kernels; collectives stay alone.
 //!
 //! Segmentation reads the global (sharded) graph, so one set of kernels serves every rank: the
 //! ranks differ only in the extents, offsets and tables they pass (see `build.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use tpc_ir::ops::{BinaryOp, Cast, CrossEntropy, Full, InvCount, RandLike, Reduce, Sdpa};
+use tpc_ir::ops::{BinaryOp, Cast, Full, InvCount, Kept, Pick, RandLike, Reduce, Sdpa};
 use tpc_ir::{DType, Dim, Graph, Op, ReduceKind, ReduceOp, ValueId};
 use tpc_passes::decompose::gemm_epilogue_gelu;
 
@@ -75,7 +75,11 @@ pub enum Segment {
         kernel: usize,
         value: ValueId,
     },
-    CrossEntropy {
+    Pick {
+        kernel: usize,
+        value: ValueId,
+    },
+    Kept {
         kernel: usize,
         value: ValueId,
     },
@@ -491,13 +495,23 @@ pub fn segment(g: &Graph) -> Result<Plan> {
                     value: v,
                 }
             }
-            Op::CrossEntropy(CrossEntropy { ignore_index }) => {
-                let k = Kernel::CrossEntropy(kir::CrossEntropy {
-                    name: name("cross_entropy"),
-                    dtype,
+            Op::Pick(Pick { ignore_index, .. }) => {
+                let k = Kernel::Pick(kir::Pick {
+                    name: name("pick"),
+                    dtype: g.ty(g.operand_slice(v)[0]).dtype,
                     ignore_index: *ignore_index,
                 });
-                Segment::CrossEntropy {
+                Segment::Pick {
+                    kernel: add(&mut kernels, k),
+                    value: v,
+                }
+            }
+            Op::Kept(Kept { ignore_index }) => {
+                let k = Kernel::Kept(kir::Kept {
+                    name: name("kept"),
+                    ignore_index: *ignore_index,
+                });
+                Segment::Kept {
                     kernel: add(&mut kernels, k),
                     value: v,
                 }
@@ -510,7 +524,8 @@ pub fn segment(g: &Graph) -> Result<Plan> {
             | Op::LayerNorm(_)
             | Op::RmsNorm(_)
             | Op::Dropout(_)
-            | Op::Gelu(_) => {
+            | Op::Gelu(_)
+            | Op::CrossEntropy(_) => {
                 return Err(unsupported(
                     g,
                     v,

@@ -15,7 +15,8 @@
 //! - [`Copy`]: a strided copy (permute, slice, concat, materialized broadcast).
 //! - [`Embedding`]: rows of a table gathered by index.
 //! - [`Attention`]: scaled dot-product attention, tiled with an online softmax.
-//! - [`CrossEntropy`]: mean cross-entropy of logits against class indices.
+//! - [`Pick`]: the entry of each target along a dim (cross-entropy's target logit), and
+//!   [`Kept`]: the targets not ignored.
 
 use std::fmt;
 
@@ -149,8 +150,11 @@ pub struct Copy {
     pub rank: usize,
 }
 
-/// `out[r, :] = table[ids[r], :]` for `rows` ids and rows of `width` elements; an id outside
-/// `0..vocab` is an error on the CPU and gives a row of zeros on the GPU.
+/// `out[r, :] = table[ids[r], :]` for `rows` ids and rows of `width` elements. The table holds
+/// `vocab` rows whose global indices are the increasing `rowpos` (all of them, or a rank's
+/// piece: vocabulary parallelism); an id it does not hold gives a row of zeros, so the ranks'
+/// results sum to the lookup. An id outside `0..global_vocab` is an error on the CPU and gives
+/// zeros on the GPU.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Embedding {
     pub name: String,
@@ -174,18 +178,21 @@ pub struct Attention {
     pub lse: bool,
 }
 
-/// Mean over non-ignored targets of `logsumexp(logits[o, :, i]) - logits[o, t, i]`, logits laid
-/// out `[outer, classes, inner]`, targets `[outer, inner]` (i64); all ignored gives NaN. The
-/// single result is stored in `dtype`.
-///
-/// One launch of many blocks: each block sums the terms of its positions into `partials` (a
-/// scratch of [`cross_entropy_partials`] i64 the host zeroes once: a counter of blocks done,
-/// then each block's f64 total and count); the last block to finish adds them up in block order,
-/// so the result does not depend on which block ran when, and zeroes the counter again.
+/// `out[o, i] = x[o, l, i]` (in f32) for `x` laid out `[outer, n, inner]` and i64 targets
+/// `[outer, inner]`, where `l` is the local entry whose global index (`pos`, increasing) is the
+/// target; 0 for a target this piece does not hold (another rank's classes) and for
+/// `ignore_index`. A target outside `0..global_n` is an error on the CPU and gives 0 on the GPU.
 #[derive(Clone, Debug, PartialEq)]
-pub struct CrossEntropy {
+pub struct Pick {
     pub name: String,
     pub dtype: DType,
+    pub ignore_index: i64,
+}
+
+/// `out[i] = target[i] != ignore_index` as f32 1 or 0.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kept {
+    pub name: String,
     pub ignore_index: i64,
 }
 
@@ -196,7 +203,8 @@ pub enum Kernel {
     Copy(Copy),
     Embedding(Embedding),
     Attention(Attention),
-    CrossEntropy(CrossEntropy),
+    Pick(Pick),
+    Kept(Kept),
 }
 
 /// What a kernel parameter is.
@@ -267,7 +275,8 @@ impl Kernel {
             Kernel::Copy(k) => k.name.clear(),
             Kernel::Embedding(k) => k.name.clear(),
             Kernel::Attention(k) => k.name.clear(),
-            Kernel::CrossEntropy(k) => k.name.clear(),
+            Kernel::Pick(k) => k.name.clear(),
+            Kernel::Kept(k) => k.name.clear(),
         }
         format!("{k:?}")
     }
@@ -278,7 +287,8 @@ impl Kernel {
             Kernel::Copy(k) => &k.name,
             Kernel::Embedding(k) => &k.name,
             Kernel::Attention(k) => &k.name,
-            Kernel::CrossEntropy(k) => &k.name,
+            Kernel::Pick(k) => &k.name,
+            Kernel::Kept(k) => &k.name,
         }
     }
 
@@ -288,12 +298,14 @@ impl Kernel {
     ///   if `global_index`, then `s<i>` per scalar argument, then `r<i>` per seed.
     /// - Copy: `in`, `out`, `n<d>` per dim, `in_base`, `is<d>` per dim, `out_base`, `os<d>` per
     ///   dim.
-    /// - Embedding: `ids` (i64 input), `table`, `out`, `rows`, `width`, `vocab`.
+    /// - Embedding: `ids` (i64 input), `table`, `out`, `rows`, `width`, `vocab`, `global_vocab`,
+    ///   `rowpos` (table of the `vocab` rows' global indices).
     /// - Attention: `q`, `k`, `v`, `out` (f32 `[batch, sq]` for the log-sum-exp), `batch`, `sq`,
     ///   `sk`, `d`, `dv`, `scale` (float),
     ///   `qpos` (table of `sq` global query positions).
-    /// - CrossEntropy: `logits`, `target` (i64 input), `out`, `partials` (i64 scratch),
-    ///   `outer`, `classes`, `inner`.
+    /// - Pick: `x`, `target` (i64 input), `out` (f32), `outer`, `n`, `inner`, `global_n`,
+    ///   `pos` (table of the `n` entries' global indices).
+    /// - Kept: `target` (i64 input), `out` (f32), `count`.
     pub fn params(&self) -> Vec<Param> {
         use ParamKind::*;
         match self {
@@ -334,6 +346,8 @@ impl Kernel {
                 param("rows", Int),
                 param("width", Int),
                 param("vocab", Int),
+                param("global_vocab", Int),
+                param("rowpos", Table),
             ],
             Kernel::Attention(k) => vec![
                 param("q", Input(k.dtype)),
@@ -348,14 +362,20 @@ impl Kernel {
                 param("scale", Float),
                 param("qpos", Table),
             ],
-            Kernel::CrossEntropy(k) => vec![
-                param("logits", Input(k.dtype)),
+            Kernel::Pick(k) => vec![
+                param("x", Input(k.dtype)),
                 param("target", Input(DType::I64)),
-                param("out", Output(k.dtype)),
-                param("partials", Output(DType::I64)),
+                param("out", Output(DType::F32)),
                 param("outer", Int),
-                param("classes", Int),
+                param("n", Int),
                 param("inner", Int),
+                param("global_n", Int),
+                param("pos", Table),
+            ],
+            Kernel::Kept(_) => vec![
+                param("target", Input(DType::I64)),
+                param("out", Output(DType::F32)),
+                param("count", Int),
             ],
         }
     }
@@ -401,36 +421,12 @@ impl Kernel {
                 block: 128,
                 shared_bytes: 0,
             },
-            // outer, classes, inner
-            Kernel::CrossEntropy(_) => LaunchDims {
-                grid: [cross_entropy_blocks(at(0) * at(2), at(2) == 1), 1, 1],
-                block: BLOCK,
-                shared_bytes: 0,
-            },
+            // outer, n, inner
+            Kernel::Pick(_) => plain(at(0) * at(2)),
+            // count
+            Kernel::Kept(_) => plain(at(0)),
         }
     }
-}
-
-/// Most blocks of a cross-entropy launch (the last block adds up one partial per block).
-pub const CROSS_ENTROPY_MAX_GRID: u64 = 1024;
-
-/// Blocks of a cross-entropy launch over `positions` targets: a warp per position where the
-/// classes are contiguous (`contiguous`), else a thread per position.
-pub fn cross_entropy_blocks(positions: u64, contiguous: bool) -> u32 {
-    let per_block = if contiguous {
-        BLOCK as u64 / 32
-    } else {
-        BLOCK as u64
-    };
-    positions
-        .div_ceil(per_block)
-        .clamp(1, CROSS_ENTROPY_MAX_GRID) as u32
-}
-
-/// Elements of a cross-entropy launch's `partials` scratch for `blocks` blocks: the counter,
-/// then a total and a count per block.
-pub fn cross_entropy_partials(blocks: u32) -> usize {
-    1 + 2 * blocks as usize
 }
 
 impl fmt::Display for Value {
@@ -533,11 +529,12 @@ impl fmt::Display for Kernel {
                 if k.causal { " causal" } else { "" },
                 if k.lse { " log-sum-exp" } else { "" }
             ),
-            Kernel::CrossEntropy(k) => write!(
+            Kernel::Pick(k) => write!(
                 f,
-                "kernel @{} cross_entropy {} ignore_index={}",
+                "kernel @{} pick {} ignore_index={}",
                 k.name, k.dtype, k.ignore_index
             ),
+            Kernel::Kept(k) => write!(f, "kernel @{} kept ignore_index={}", k.name, k.ignore_index),
         }
     }
 }

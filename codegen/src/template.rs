@@ -53,8 +53,6 @@ pub enum TableSpec {
     GlobalOffsets { ty: TensorType, dim: usize },
     /// The global index of every local index of dim `dim` of this rank's piece.
     Positions { ty: TensorType, dim: usize },
-    /// A cross-entropy launch's zeroed scratch for `positions` positions.
-    CrossEntropyPartials { positions: Dim, contiguous: bool },
 }
 
 impl TableSpec {
@@ -67,7 +65,6 @@ impl TableSpec {
                 .dims
                 .get(*dim)
                 .is_some_and(|ds| ds.factors.iter().any(|f| !f.axes.is_empty())),
-            TableSpec::CrossEntropyPartials { .. } => false,
         }
     }
 }
@@ -227,11 +224,6 @@ fn rank_table(
     let (ty, dim, global_offsets) = match table {
         TableSpec::GlobalOffsets { ty, dim } => (ty, *dim, true),
         TableSpec::Positions { ty, dim } => (ty, *dim, false),
-        TableSpec::CrossEntropyPartials { .. } => {
-            return Err(fail(
-                "a cross-entropy scratch is not a table of the rank".into(),
-            ))
-        }
     };
     let (global, idx) = piece_indices(ty, bindings, coords).map_err(|e| fail(e.to_string()))?;
     let stride: usize = if global_offsets {
@@ -321,19 +313,7 @@ impl HostTemplate {
                 SymStep::Free { buf } => Step::Free { buf: *buf },
                 SymStep::Table { buf, table } => {
                     let name = &self.buffers[buf.0].name;
-                    let values = match table {
-                        TableSpec::GlobalOffsets { .. } | TableSpec::Positions { .. } => {
-                            rank_table(table, name, bindings, &coords, rank)?
-                        }
-                        TableSpec::CrossEntropyPartials {
-                            positions,
-                            contiguous,
-                        } => {
-                            let n = b.size(positions, || format!("the positions of {name}"))?;
-                            let blocks = crate::kir::cross_entropy_blocks(n as u64, *contiguous);
-                            vec![0; crate::kir::cross_entropy_partials(blocks)]
-                        }
-                    };
+                    let values = rank_table(table, name, bindings, &coords, rank)?;
                     buffers[buf.0].shape = vec![values.len()];
                     Step::Table {
                         buf: *buf,
@@ -548,16 +528,9 @@ impl fmt::Display for Printed<'_> {
             match s {
                 SymStep::Input { buf: b, param } => writeln!(f, "  input {} <- %{param}", buf(b))?,
                 SymStep::Alloc { buf: b } => writeln!(f, "  alloc {}", buf(b))?,
-                SymStep::Table { buf: b, table } => {
+                SymStep::Table { buf: b, .. } => {
                     let x = &h.buffers[b.0];
-                    match table {
-                        TableSpec::CrossEntropyPartials { positions, .. } => writeln!(
-                            f,
-                            "  table {b}: i64[blocks for {positions} positions] ({})",
-                            x.name
-                        )?,
-                        _ => writeln!(f, "  table {b}: i64[{}] ({})", dims(&x.shape), x.name)?,
-                    }
+                    writeln!(f, "  table {b}: i64[{}] ({})", dims(&x.shape), x.name)?;
                 }
                 SymStep::Launch { kernel, args } => {
                     let k = &self.kernels[*kernel];

@@ -64,6 +64,8 @@ pub struct Expander<'g> {
     /// expander for a primitive costs nothing.
     nodes: &'g [ValueId],
     added: Vec<ValueId>,
+    /// Before sharding: every value added is left unannotated, for propagation to lay out.
+    unannotated: bool,
 }
 
 impl<'g> Expander<'g> {
@@ -80,7 +82,15 @@ impl<'g> Expander<'g> {
             names,
             nodes,
             added: Vec::new(),
+            unannotated: false,
         }
+    }
+
+    /// An expander for a program before sharding: the layouts decompositions name are ignored
+    /// and every value added is unannotated.
+    pub fn before_sharding(mut self) -> Expander<'g> {
+        self.unannotated = true;
+        self
     }
 
     /// Operand `i` of the composite, if it has one.
@@ -128,7 +138,11 @@ impl<'g> Expander<'g> {
         }
         let (dtype, shape) = results.remove(0);
         let mut ty = TensorType::new(dtype, shape);
-        ty.sharding = layout.sharding(&ty.shape);
+        ty.sharding = if self.unannotated {
+            Sharding::replicated(ty.rank())
+        } else {
+            layout.sharding(&ty.shape)
+        };
         let name = self.fresh(op.name());
         let node = Node {
             name,
@@ -197,6 +211,31 @@ impl<'g> Expander<'g> {
             keepdim: true,
         });
         self.add(op, &[x], layout)
+    }
+
+    /// The reduction of `x` over `dims`, dropping them, laid out as `x` on the dims it keeps.
+    pub fn reduce(
+        &mut self,
+        kind: ReduceKind,
+        x: ValueId,
+        dims: &[usize],
+    ) -> Result<ValueId, InferError> {
+        let t = self.ty(x);
+        let kept: Vec<usize> = (0..t.rank()).filter(|d| !dims.contains(d)).collect();
+        let like = TensorType {
+            dtype: t.dtype,
+            shape: kept.iter().map(|&d| t.shape[d].clone()).collect(),
+            sharding: Sharding {
+                dims: kept.iter().map(|&d| t.sharding.dims[d].clone()).collect(),
+                partial: Vec::new(),
+            },
+        };
+        let op = Op::Reduce(Reduce {
+            kind,
+            dims: dims.to_vec(),
+            keepdim: false,
+        });
+        self.add(op, &[x], Layout::Like(like))
     }
 
     /// `x` broadcast to `to`'s shape, laid out as `to`.

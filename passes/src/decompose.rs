@@ -54,17 +54,39 @@ pub fn run(g: &mut Graph, keep_gemm_gelu: bool) -> Result<bool> {
                 continue;
             }
         }
-        changed |= expand(g, &mut names, v, 0)?;
+        changed |= expand(g, &mut names, v, 0, false)?;
+    }
+    Ok(changed)
+}
+
+/// Decomposes the composites whose definition asks to be sharded as their decomposition
+/// ([`tpc_ir::OpDef::decompose_before_sharding`]), leaving every new value unannotated.
+pub fn run_before_sharding(g: &mut Graph) -> Result<bool> {
+    let mut names: BTreeSet<String> = g.values().iter().map(|&v| g.name(v).to_string()).collect();
+    let mut changed = false;
+    for v in g.values().to_vec() {
+        if g.contains(v) && g.op(v).def().decompose_before_sharding() {
+            changed |= expand(g, &mut names, v, 0, true)?;
+        }
     }
     Ok(changed)
 }
 
 /// Decomposes the statement of `v` if its op is a composite, then the composites its
 /// decomposition used.
-fn expand(g: &mut Graph, names: &mut BTreeSet<String>, v: ValueId, depth: usize) -> Result<bool> {
+fn expand(
+    g: &mut Graph,
+    names: &mut BTreeSet<String>,
+    v: ValueId,
+    depth: usize,
+    before_sharding: bool,
+) -> Result<bool> {
     let op = g.op(v).clone();
     let nodes = g.statement_of(v);
     let mut e = Expander::new(g, names, &nodes);
+    if before_sharding {
+        e = e.before_sharding();
+    }
     let finals = op.def().decompose(&mut e);
     let added = e.finish();
     let finals = finals.map_err(|err| bug(g.name(v), &op, &err.message))?;
@@ -104,7 +126,7 @@ fn expand(g: &mut Graph, names: &mut BTreeSet<String>, v: ValueId, depth: usize)
     }
     let live: Vec<ValueId> = added.into_iter().filter(|&a| g.contains(a)).collect();
     for a in live {
-        expand(g, names, a, depth + 1)?;
+        expand(g, names, a, depth + 1, before_sharding)?;
     }
     Ok(true)
 }
@@ -165,5 +187,33 @@ impl Pass for Decompose {
 
     fn run(&self, g: &mut Graph, _cx: &PassContext) -> Result<Outcome> {
         run(g, self.keep_gemm_gelu).map(Outcome::changed)
+    }
+}
+
+/// `decompose-before-sharding` as a [`Pass`]: on the global program, the composites that shard
+/// better as their stages (cross-entropy: with the classes split, a partial max and two partial
+/// sums of one value per position instead of gathering the logits).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DecomposeBeforeSharding;
+
+impl Pass for DecomposeBeforeSharding {
+    fn name(&self) -> &'static str {
+        "decompose-before-sharding"
+    }
+
+    fn description(&self) -> &'static str {
+        "write the composites that shard as their stages (cross_entropy) as primitive ops, before sharding"
+    }
+
+    fn requires(&self) -> Phase {
+        Phase::Global
+    }
+
+    fn produces(&self) -> Option<Phase> {
+        None
+    }
+
+    fn run(&self, g: &mut Graph, _cx: &PassContext) -> Result<Outcome> {
+        run_before_sharding(g).map(Outcome::changed)
     }
 }

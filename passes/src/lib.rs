@@ -96,7 +96,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The passes that shard a program, in order: what `tpc compile` and `tpc run --devices` run
 /// unless told otherwise.
-pub const DEFAULT_PIPELINE: &str = "propagate-sharding,insert-resharding,reorder-sharded-axis";
+pub const DEFAULT_PIPELINE: &str =
+    "decompose-before-sharding,propagate-sharding,insert-resharding,reorder-sharded-axis";
 
 /// What passes (and the phase verifier) may read besides the graph: the manager's context, the
 /// same for every pass of a pipeline.

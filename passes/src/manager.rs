@@ -8,7 +8,7 @@ use tpc_ir::verify::verify;
 use tpc_ir::{Diagnostic, Graph};
 
 use crate::dce::Dce;
-use crate::decompose::Decompose;
+use crate::decompose::{Decompose, DecomposeBeforeSharding};
 use crate::insert_resharding::InsertResharding;
 use crate::lower_to_local::{LocalProgram, LowerToLocal};
 use crate::pass::{Options, Pass, Phase};
@@ -21,6 +21,7 @@ use crate::{Error, PassContext, Result};
 /// anywhere).
 pub fn registry() -> Vec<Box<dyn Pass>> {
     vec![
+        Box::new(DecomposeBeforeSharding),
         Box::new(PropagateSharding::default()),
         Box::new(InsertResharding),
         Box::new(ReorderShardedAxis::default()),

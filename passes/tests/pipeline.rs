@@ -123,7 +123,7 @@ fn options_parse_as_mlir_writes_them() {
     );
     // The existing pipelines parse as before.
     let pm = PassManager::parse(tpc_passes::DEFAULT_PIPELINE).expect("pipeline");
-    assert_eq!(pm.pass_names().len(), 3);
+    assert_eq!(pm.pass_names().len(), 4);
 }
 
 #[test]

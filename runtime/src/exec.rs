@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use tpc_ir::ops::{
-    Cast, Concat, CrossEntropy, Dropout, Full, Gelu, InvCount, Permute, RandLike, Reduce, Slice,
-    Softmax,
+    Cast, Concat, CrossEntropy, Dropout, Full, Gelu, InvCount, Kept, Permute, RandLike, Reduce,
+    Slice, Softmax,
 };
 use tpc_ir::{DType, Graph, Op, ReduceKind, ValueId, ValueMap};
 
@@ -126,6 +126,8 @@ pub(crate) struct Globals<'a> {
     pub offsets: Option<&'a [usize]>,
     /// The global positions of the piece's queries (sdpa's causal mask).
     pub positions: Option<&'a [usize]>,
+    /// The global extent of the dim `positions` index (an embedding's global vocabulary).
+    pub position_extent: Option<usize>,
     /// The global count of the reduced elements (a mean's divisor).
     pub reduced_count: Option<usize>,
 }
@@ -191,7 +193,8 @@ pub(crate) fn eval(
                 .get(1)
                 .map(|&w| g.name(w).to_string())
                 .unwrap_or_default();
-            lookup::embedding(args[0], args[1], &w_name, out_shape)?
+            let rows = globals.positions.zip(globals.position_extent);
+            lookup::embedding(args[0], args[1], &w_name, out_shape, rows)?
         }
         Op::Sdpa(sdpa) => linalg::sdpa(
             args[0],
@@ -211,6 +214,11 @@ pub(crate) fn eval(
         }
         // Collectives move data between ranks; on the global value they are the identity.
         Op::Collective { .. } => args[0].clone(),
+        Op::Pick(pick) => {
+            let held = globals.positions.zip(globals.position_extent);
+            lookup::pick(args[0], args[1], *pick, held, out_shape)?
+        }
+        Op::Kept(Kept { ignore_index }) => lookup::kept(args[0], *ignore_index)?,
         Op::CrossEntropy(CrossEntropy { ignore_index }) => {
             lookup::cross_entropy(args[0], args[1], *ignore_index)?
         }

@@ -64,8 +64,8 @@ pub fn bind_symbols(
     Ok(out)
 }
 
-/// The range an i64 parameter is drawn from: valid indices for its first embedding or
-/// cross-entropy use, else [0, 2).
+/// The range an i64 parameter is drawn from: valid indices for its first embedding,
+/// cross-entropy or pick use, else [0, 2).
 fn int_range(g: &Graph, p: tpc_ir::ValueId, bindings: &Bindings) -> i64 {
     for u in g.users(p) {
         let ops = g.operands(u);
@@ -80,6 +80,11 @@ fn int_range(g: &Graph, p: tpc_ir::ValueId, bindings: &Bindings) -> i64 {
                     let lt = g.ty(*l);
                     let c = if lt.rank() == 1 { 0 } else { 1 };
                     return lt.shape[c].eval(bindings).unwrap_or(2).max(1);
+                }
+            }
+            Op::Pick(pick) if ops.get(1) == Some(&p) => {
+                if let Some(x) = ops.first() {
+                    return g.ty(*x).shape[pick.dim].eval(bindings).unwrap_or(2).max(1);
                 }
             }
             _ => {}

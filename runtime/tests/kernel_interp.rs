@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use tpc_codegen::kir::{
-    Attention, Copy, CrossEntropy, Embedding, Expr, Fused, Input, Kernel, Output, Scalar, Value,
+    Attention, Copy, Embedding, Expr, Fused, Input, Kept, Kernel, Output, Pick, Scalar, Value,
 };
 use tpc_ir::ops::{BinaryOp, UnaryOp};
 use tpc_ir::{parse, DType, ReduceOp, SourceFile};
@@ -929,10 +929,38 @@ fn embedding_gathers_rows() {
             A::Int(6),
             A::Int(5),
             A::Int(7),
+            A::Int(7),
+            A::In(Data::I64((0..7).collect())),
         ]
     };
     let got = launch(&k, args(&ids));
     assert_bits(&got[0], &want[0], "embedding");
+    // Rows 2..5 of the 7 (a rank's piece): ids it does not hold give zero rows.
+    let piece =
+        Tensor::from_f32(DType::BF16, vec![3, 5], w.to_f32_vec()[10..25].to_vec()).expect("tensor");
+    let got = launch(
+        &k,
+        vec![
+            A::In(ids.data().clone()),
+            A::In(piece.data().clone()),
+            A::Out(DType::BF16, 30),
+            A::Int(6),
+            A::Int(5),
+            A::Int(3),
+            A::Int(7),
+            A::In(Data::I64(vec![2, 3, 4])),
+        ],
+    );
+    let full = want[0].to_f32_vec();
+    let masked: Vec<f32> = full
+        .chunks(5)
+        .zip([0, 6, 3, 3, 1, 2])
+        .flat_map(|(row, id)| {
+            row.iter()
+                .map(move |&x| if (2..5).contains(&id) { x } else { 0.0 })
+        })
+        .collect();
+    assert_eq!(floats(&got[0]), masked, "a piece of the table");
     let bad = ints(&[2, 3], vec![0, 6, 7, 3, 1, 2]);
     match try_launch(&k, args(&bad)) {
         Err(Error::Value(m)) => {
@@ -1100,48 +1128,59 @@ fn causal_attention_masks_by_global_query_positions() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cross-entropy
+// Pick and kept (cross-entropy's stages)
 
 #[test]
-fn cross_entropy_with_ignore_index() {
+fn pick_and_kept_with_ignore_index() {
     for dtype in [DType::F32, DType::BF16] {
-        let logits = values(dtype, &[4, 5, 3], 34, 3.0);
+        let x = values(dtype, &[4, 5, 3], 34, 3.0);
         let target = ints(&[4, 3], vec![0, 4, -100, 2, 2, 1, -100, 3, 0, 4, 1, 2]);
         let dt = dtype_name(dtype);
         let src = format!(
-            "func @f(%x: {dt}[4, 5, 3], %t: i64[4, 3]) -> {dt}[] {{\n  %y = cross_entropy(%x, %t) {{ignore_index = -100}}\n  return %y\n}}\n"
+            "func @f(%x: {dt}[4, 5, 3], %t: i64[4, 3]) -> (f32[4, 3], f32[4, 3]) {{\n  %y = pick(%x, %t) {{dim = 1}}\n  %k = kept(%t)\n  return %y, %k\n}}\n"
         );
-        let want = reference(&src, &[("x", &logits), ("t", &target)]);
-        let k = Kernel::CrossEntropy(CrossEntropy {
-            name: "k_ce".into(),
+        let want = reference(&src, &[("x", &x), ("t", &target)]);
+        let k = Kernel::Pick(Pick {
+            name: "k_pick".into(),
             dtype,
             ignore_index: -100,
         });
         let args = |t: &Tensor| {
             vec![
-                A::In(logits.data().clone()),
+                A::In(x.data().clone()),
                 A::In(t.data().clone()),
-                A::Out(dtype, 1),
-                A::Out(DType::I64, 3),
+                A::Out(DType::F32, 12),
                 A::Int(4),
                 A::Int(5),
                 A::Int(3),
+                A::Int(5),
+                A::In(Data::I64((0..5).collect())),
             ]
         };
         let got = launch(&k, args(&target));
-        assert_bits(&got[0], &want[0], &format!("cross_entropy {dtype}"));
-        // All ignored: NaN.
-        let got = launch(&k, args(&ints(&[4, 3], vec![-100; 12])));
-        assert!(floats(&got[0])[0].is_nan());
+        assert_bits(&got[0], &want[0], &format!("pick {dtype}"));
         // Out of range: the reference's error.
         let bad = ints(&[4, 3], vec![0, 4, -100, 2, 5, 1, -100, 3, 0, 4, 1, 2]);
         match try_launch(&k, args(&bad)) {
             Err(Error::Value(m)) => assert_eq!(
                 m,
-                "cross_entropy target 5 at position 4 is out of range for 5 classes"
+                "`pick` target 5 at position 4 is out of range for 5 entries"
             ),
             other => panic!("want a value error, got {:?}", other.map(|_| ())),
         }
+        let kept = Kernel::Kept(Kept {
+            name: "k_kept".into(),
+            ignore_index: -100,
+        });
+        let got = launch(
+            &kept,
+            vec![
+                A::In(target.data().clone()),
+                A::Out(DType::F32, 12),
+                A::Int(12),
+            ],
+        );
+        assert_bits(&got[0], &want[1], "kept");
     }
 }
 
@@ -1307,23 +1346,24 @@ fn argument_mismatches_are_internal_errors() {
         ),
         "q holds 8 elements, but the extents address 6",
     );
-    // Cross-entropy's target of the wrong length.
-    let ce = Kernel::CrossEntropy(CrossEntropy {
-        name: "k_ce".into(),
+    // Pick's target of the wrong length.
+    let pick = Kernel::Pick(Pick {
+        name: "k_pick".into(),
         dtype: DType::F32,
         ignore_index: -1,
     });
     internal(
         try_launch(
-            &ce,
+            &pick,
             vec![
                 A::In(Data::Float(vec![0.0; 6])),
                 A::In(Data::I64(vec![0; 3])),
-                A::Out(DType::F32, 1),
-                A::Out(DType::I64, 3),
+                A::Out(DType::F32, 2),
                 A::Int(2),
                 A::Int(3),
                 A::Int(1),
+                A::Int(3),
+                A::In(Data::I64(vec![0, 1, 2])),
             ],
         ),
         "target holds 3 elements, but the extents address 2",

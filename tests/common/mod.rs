@@ -48,11 +48,12 @@ pub fn load_primitive(path: &Path) -> tpc::Graph {
 }
 
 /// The sharding passes' filetest directories (and `decompose`'s, which shard first).
-pub const PASS_DIRS: [&str; 4] = [
+pub const PASS_DIRS: [&str; 5] = [
     "tests/passes/propagate-sharding",
     "tests/passes/insert-resharding",
     "tests/passes/reorder-sharded-axis",
     "tests/passes/decompose",
+    "tests/passes/decompose-before-sharding",
 ];
 
 /// The device count a pass case runs on: its mesh's fixed sizes when all are fixed (`mesh dp =

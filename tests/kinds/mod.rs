@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use tpc::codegen::kir::{
-    Attention, Copy, CrossEntropy, Embedding, Expr, Fused, Input, Kernel, Output, Scalar, Value,
+    Attention, Copy, Embedding, Expr, Fused, Input, Kept, Kernel, Output, Pick, Scalar, Value,
 };
 use tpc::ir::ops::{BinaryOp, UnaryOp};
 use tpc::ir::{DType, ReduceOp};
@@ -355,11 +355,15 @@ pub fn all_kernels() -> Vec<Kernel> {
         ks.push(attention_lse(dtype, true));
     }
     for (dtype, ignore) in [(DType::F32, -100), (DType::BF16, i64::MIN)] {
-        ks.push(Kernel::CrossEntropy(CrossEntropy {
-            name: format!("xent_{dtype}"),
+        ks.push(Kernel::Pick(Pick {
+            name: format!("pick_{dtype}"),
             dtype,
             ignore_index: ignore,
         }));
     }
+    ks.push(Kernel::Kept(Kept {
+        name: "kept".into(),
+        ignore_index: -100,
+    }));
     ks
 }

@@ -1,5 +1,7 @@
-//! Embedding lookups: `out[r * width + c] = table[ids[r] * width + c]`, a row of zeros for an id
-//! outside `0..vocab` (the CPU executor reports such an id as an error; a kernel cannot).
+//! Embedding lookups: `out[r * width + c] = table[l * width + c]` where `l` is the local row
+//! holding global row `ids[r]` (found by binary search in the increasing `rowpos`), a row of
+//! zeros for an id the table does not hold: another rank's rows (vocabulary parallelism), or one
+//! outside the vocabulary (the CPU executor reports that as an error; a kernel cannot).
 
 use super::{storage, Code};
 use crate::kir::{Embedding, Kernel};
@@ -7,7 +9,7 @@ use crate::kir::{Embedding, Kernel};
 pub(super) fn source(k: &Kernel, e: &Embedding) -> String {
     let mut c = Code::default();
     c.line(format!(
-        "// {}: embedding rows of {}; an id outside 0..vocab gives zeros",
+        "// {}: embedding rows of {}; an id this table does not hold gives zeros",
         e.name, e.dtype
     ));
     c.open(super::signature(k));
@@ -16,8 +18,13 @@ pub(super) fn source(k: &Kernel, e: &Embedding) -> String {
     c.line("const long long r = i / width;");
     c.line("const long long col = i - r * width;");
     c.line("const long long id = ids[r];");
+    c.line("long long lo = 0, hi = vocab;");
+    c.open("while (lo < hi)");
+    c.line("const long long mid = lo + (hi - lo) / 2;");
+    c.line("if (rowpos[mid] < id) lo = mid + 1; else hi = mid;");
+    c.close();
     c.line(format!(
-        "out[i] = (id >= 0 && id < vocab) ? table[id * width + col] : ({})0;",
+        "out[i] = (lo < vocab && rowpos[lo] == id) ? table[lo * width + col] : ({})0;",
         storage(e.dtype)
     ));
     c.close();

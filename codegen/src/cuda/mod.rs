@@ -3,7 +3,7 @@
 //! instruction (f16), so NVRTC compiles it with nothing but itself.
 //!
 //! One file per kernel kind writes that kind (`fused`: pointwise and row kernels, `copy`,
-//! `embedding`, `attention`, `cross_entropy`); this file holds what they share: the prelude of
+//! `embedding`, `attention`, `pick`); this file holds what they share: the prelude of
 //! device helpers every module starts with, a small line writer, and the C spelling of dtypes,
 //! loads, stores and the body's expressions. Every kernel's C parameter list is written from
 //! [`Kernel::params`], so the source and the host agree on the order by construction.
@@ -17,9 +17,9 @@ use crate::kir::{Expr, Fused, Kernel, Param, ParamKind, Scalar};
 
 mod attention;
 mod copy;
-mod cross_entropy;
 mod embedding;
 mod fused;
+mod pick;
 
 pub use attention::ATTENTION_MAX_HEAD_DIM;
 
@@ -347,6 +347,7 @@ pub fn kernel_source(k: &Kernel) -> String {
         Kernel::Copy(c) => copy::source(k, c),
         Kernel::Embedding(e) => embedding::source(k, e),
         Kernel::Attention(a) => attention::source(k, a),
-        Kernel::CrossEntropy(c) => cross_entropy::source(k, c),
+        Kernel::Pick(p) => pick::pick_source(k, p),
+        Kernel::Kept(kept) => pick::kept_source(k, kept),
     }
 }

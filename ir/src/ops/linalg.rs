@@ -1,6 +1,8 @@
 //! Contractions: `matmul`, `linear`, and scaled dot-product attention (`sdpa`).
 
-use super::{float_key, keyed, one, AttrValue, GlobalContext, Op, OpDef, OpSpec, ResultType};
+use super::{
+    float_key, keyed, one, AttrValue, DimOf, GlobalContext, Op, OpDef, OpSpec, ResultType,
+};
 use crate::dim::Dim;
 use crate::dtype::DType;
 use crate::infer::{arity, need_float, same_dtype, InferError};
@@ -278,7 +280,7 @@ impl OpDef for Sdpa {
         // A rank holding some of the queries masks by their global positions.
         GlobalContext {
             // Dim 2 from the end of q: its sequence.
-            positions: self.causal.then_some((0, 2)),
+            positions: self.causal.then_some((0, DimOf::FromEnd(2))),
             ..GlobalContext::default()
         }
     }

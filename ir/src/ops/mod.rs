@@ -26,7 +26,7 @@ mod source;
 
 pub use collective::{Collective, CollectiveOp};
 pub use linalg::{Linear, Matmul, Sdpa, SdpaScale};
-pub use loss::CrossEntropy;
+pub use loss::{CrossEntropy, Kept, Pick};
 pub use norm::{LayerNorm, RmsNorm};
 pub use pointwise::{BinaryOp, Cast, Gelu, GeluApprox, UnaryOp, Where, BINARY_OPS, UNARY_OPS};
 pub use random::{Dropout, RandLike};
@@ -52,11 +52,29 @@ pub struct GlobalContext {
     /// The global (row-major) index of every element it computes: random draws are keyed by it,
     /// so that any split draws the same numbers as one device.
     pub element_index: bool,
-    /// `(operand, k)`: the global positions along dim `k` from the end of that operand (causal
-    /// attention masks by the queries' global positions, dim 2 from the end of `q`).
-    pub positions: Option<(usize, usize)>,
+    /// `(operand, dim)`: the global positions along that dim of that operand (causal attention
+    /// masks by the queries' global positions, dim 2 from the end of `q`; an embedding looks up
+    /// the table rows it holds).
+    pub positions: Option<(usize, DimOf)>,
     /// The global element count of the reduced dims (a mean divides by it, not by the piece's).
     pub reduced_count: bool,
+}
+
+/// A dim of a tensor, counted from either end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DimOf {
+    FromStart(usize),
+    FromEnd(usize),
+}
+
+impl DimOf {
+    /// The dim in a tensor of rank `rank`, if it has it.
+    pub fn of_rank(self, rank: usize) -> Option<usize> {
+        match self {
+            DimOf::FromStart(d) => (d < rank).then_some(d),
+            DimOf::FromEnd(k) => rank.checked_sub(k),
+        }
+    }
 }
 
 /// The vector-Jacobian product of an op: filled in by the gradients work (issue 15). Until then
@@ -115,6 +133,13 @@ pub trait OpDef: std::fmt::Debug {
     /// `decompose` pass puts them in the op's place. `Ok(None)`: the op is primitive.
     fn decompose(&self, _e: &mut Expander<'_>) -> Result<Option<Vec<ValueId>>, InferError> {
         Ok(None)
+    }
+
+    /// Whether the compile pipeline writes the op as its decomposition before sharding
+    /// (`decompose-before-sharding`), so that its stages shard on their own: a loss whose
+    /// classes may be split (cross-entropy's partial max and sums).
+    fn decompose_before_sharding(&self) -> bool {
+        false
     }
 
     /// The vector-Jacobian product, for reverse-mode gradients (not yet: issue 15).
@@ -225,6 +250,10 @@ pub enum Op {
     InvCount(InvCount),
     /// `cross_entropy(logits, target) {ignore_index}`
     CrossEntropy(CrossEntropy),
+    /// `pick(x, target) {dim, ignore_index}`: the target's entry along `dim`.
+    Pick(Pick),
+    /// `kept(target) {ignore_index}`: 1 where the target is not ignored.
+    Kept(Kept),
     /// A collective that the sharding passes insert.
     Collective(CollectiveOp),
 }
@@ -258,6 +287,8 @@ impl Op {
             Op::Full(x) => x,
             Op::InvCount(x) => x,
             Op::CrossEntropy(x) => x,
+            Op::Pick(x) => x,
+            Op::Kept(x) => x,
             Op::Collective(x) => x,
         }
     }

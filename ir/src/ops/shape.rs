@@ -1,13 +1,13 @@
 //! Ops that move elements without computing: `broadcast`, `reshape`, `permute`, `slice`,
 //! `concat`, `split`, and the row gather `embedding`.
 
-use super::{one, AttrValue, Op, OpDef, OpSpec, ResultType};
+use super::{one, AttrValue, DimOf, GlobalContext, Op, OpDef, OpSpec, ResultType};
 use crate::dim::Dim;
 use crate::dtype::DType;
 use crate::infer::{arity, broadcast_shapes, check_axis, resolve_reshape, same_dtype, InferError};
 use crate::rule::{reshape_factors, FactorId, FactorKind, FactorRule, PartialFlow};
 use crate::syntax::attrs::{AttrError, AttrReader};
-use crate::types::{shape_string, TensorType};
+use crate::types::{shape_string, ReduceOp, TensorType};
 
 /// `broadcast(x) {shape = [...]}`: numpy rules, aligned from the right. `implicit` marks the
 /// ones the parser made for a broadcasting operand; the source printer folds them back.
@@ -423,14 +423,22 @@ impl OpDef for Embedding {
     fn rule(&self, xs: &[&TensorType], _: &[Dim], _: usize) -> FactorRule {
         use FactorKind::*;
         let mut r = FactorRule::default();
-        // Splitting the table's rows would need a masked lookup and a sum: not yet, so whole.
+        // A rank holding some of the table's rows looks up the ids it holds and writes zeros for
+        // the others (vocabulary parallelism): the rows are a sum over the ranks.
         let ids: Vec<Vec<FactorId>> = xs[0].shape.iter().map(|d| r.dim_factor(d, Pass)).collect();
-        let rows = r.dim_factor(&xs[1].shape[0], Replicated);
+        let rows = r.dim_factor(&xs[1].shape[0], Reduction(ReduceOp::Sum));
         let cols = r.dim_factor(&xs[1].shape[1], Pass);
         r.operands = vec![ids.clone(), vec![rows, cols.clone()]];
         r.result = ids;
         r.result.push(cols);
         r
+    }
+    fn global_context(&self, _: usize) -> GlobalContext {
+        // The global index of each table row the rank holds: the ids it looks up.
+        GlobalContext {
+            positions: Some((1, DimOf::FromStart(0))),
+            ..GlobalContext::default()
+        }
     }
 }
 

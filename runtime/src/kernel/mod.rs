@@ -8,11 +8,11 @@
 
 mod attention;
 mod copy;
-mod cross_entropy;
 mod draw;
 mod embedding;
 mod fused;
 mod lut;
+mod pick;
 
 use tpc_codegen::kir::{Fused, Kernel, ParamKind};
 use tpc_ir::DType;
@@ -120,7 +120,8 @@ pub(crate) fn run_views(k: &Kernel, args: Vec<VArg<'_>>) -> Result<()> {
         Kernel::Copy(c) => copy::run(c, &mut a),
         Kernel::Embedding(e) => embedding::run(e, &mut a),
         Kernel::Attention(at) => attention::run(at, &mut a),
-        Kernel::CrossEntropy(c) => cross_entropy::run(c, &mut a),
+        Kernel::Pick(p) => pick::run_pick(p, &mut a),
+        Kernel::Kept(kept) => pick::run_kept(kept, &mut a),
     }
 }
 
