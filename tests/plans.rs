@@ -18,7 +18,9 @@ fn main() {
         sequence_parallel_block_scatters_and_gathers_instead_of_allreducing,
         sequence_parallel_block_gathers_weights_when_activations_are_larger,
         dp_tp_mlp_reduces_over_tp_only,
-        dropout_on_a_broadcast_needs_no_collective
+        dropout_on_a_broadcast_needs_no_collective,
+        llama_block_with_grouped_query_heads_needs_two_allreduces,
+        vocabulary_parallel_embedding_head_and_loss_never_gather_the_vocabulary
     ];
     let mut files = common::ir_files("examples");
     for dir in common::PASS_DIRS {
@@ -131,6 +133,35 @@ fn split_qkv_of_unequal_widths_needs_one_allreduce_and_no_gather() {
 
 fn block_needs_two_allreduces() {
     assert_eq!(plan("block.ir").0, only("allreduce", "tp", 2));
+}
+
+/// A Llama layer: rotary embeddings, 8 kv heads repeated for 16 query heads, SwiGLU. With one kv
+/// head per device, repeat_kv's reshape back to 16 heads is the same layout written two ways:
+/// nothing is gathered, and the layer moves Megatron's two allreduces of [2, 128, 1024] bf16.
+fn llama_block_with_grouped_query_heads_needs_two_allreduces() {
+    let (counts, report) = plan("llama_block.ir");
+    assert_eq!(counts, only("allreduce", "tp", 2));
+    assert_eq!(
+        report["totals"]["allreduce"]["bytes_per_device"],
+        2 * (2 * 128 * 1024 * 2)
+    );
+}
+
+/// GPT-2's embedding, tied head and shifted loss with the table split on the vocabulary (50257
+/// rows, unevenly over 8): one allreduce of the looked-up [2, 128, 768] bf16, and three of one f32
+/// per predicted position (2 × 127: the max, the sum of exponentials, the target's logit), where
+/// gathering the table or the logits would move megabytes.
+fn vocabulary_parallel_embedding_head_and_loss_never_gather_the_vocabulary() {
+    let (counts, report) = plan("lm_head_loss.ir");
+    assert_eq!(counts, only("allreduce", "tp", 4));
+    let bytes: Vec<u64> = report["collectives"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| c["bytes_per_device"].as_u64().unwrap_or(0))
+        .collect();
+    let position = 2 * 127 * 4;
+    assert_eq!(bytes, [2 * 128 * 768 * 2, position, position, position]);
 }
 
 fn sequence_parallel_block_scatters_and_gathers_instead_of_allreducing() {

@@ -67,30 +67,42 @@ pub fn bind_symbols(
 /// The range an i64 parameter is drawn from: valid indices for its first embedding,
 /// cross-entropy or pick use, else [0, 2).
 fn int_range(g: &Graph, p: tpc_ir::ValueId, bindings: &Bindings) -> i64 {
+    index_range(g, p, bindings, 0).unwrap_or(2)
+}
+
+/// The range of valid indices for the first use of `p` as indices, looking through the ops that
+/// only move elements (the shifted labels of a causal-LM loss are a slice, then a reshape).
+fn index_range(g: &Graph, p: tpc_ir::ValueId, bindings: &Bindings, depth: usize) -> Option<i64> {
+    const MAX_DEPTH: usize = 8;
     for u in g.users(p) {
         let ops = g.operands(u);
         match g.op(u) {
             Op::Embedding(_) if ops.first() == Some(&p) => {
                 if let Some(w) = ops.get(1) {
-                    return g.ty(*w).shape[0].eval(bindings).unwrap_or(2).max(1);
+                    return Some(g.ty(*w).shape[0].eval(bindings).unwrap_or(2).max(1));
                 }
             }
             Op::CrossEntropy { .. } if ops.get(1) == Some(&p) => {
                 if let Some(l) = ops.first() {
                     let lt = g.ty(*l);
                     let c = if lt.rank() == 1 { 0 } else { 1 };
-                    return lt.shape[c].eval(bindings).unwrap_or(2).max(1);
+                    return Some(lt.shape[c].eval(bindings).unwrap_or(2).max(1));
                 }
             }
             Op::Pick(pick) if ops.get(1) == Some(&p) => {
                 if let Some(x) = ops.first() {
-                    return g.ty(*x).shape[pick.dim].eval(bindings).unwrap_or(2).max(1);
+                    return Some(g.ty(*x).shape[pick.dim].eval(bindings).unwrap_or(2).max(1));
+                }
+            }
+            Op::Slice(_) | Op::Reshape(_) | Op::Permute(_) | Op::Split(_) if depth < MAX_DEPTH => {
+                if let Some(n) = index_range(g, u, bindings, depth + 1) {
+                    return Some(n);
                 }
             }
             _ => {}
         }
     }
-    2
+    None
 }
 
 /// Inputs for every parameter, drawn deterministically from `seed` with one Philox stream per
