@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use tpc_ir::{Dim, TensorType};
+use tpc_ir::ops::CollectiveOp;
+use tpc_ir::{Collective, Dim, Graph, Op, TensorType};
 
 /// The value a symbol counts as when the user bound none.
 pub const UNBOUND_SYMBOL: i64 = 128;
@@ -37,6 +38,43 @@ pub fn global_bytes(ty: &TensorType, symbols: &BTreeMap<String, i64>) -> f64 {
         .fold(ty.dtype.size_bytes() as f64, |acc, d| {
             acc * extent(d, symbols)
         })
+}
+
+/// The bytes a collective of `kind` moves on an axis of `n` ranks, counted in whole tensors of
+/// `bytes` (the larger side): a gather or a reduce_scatter moves the tensor once, an allreduce
+/// twice (a reduce_scatter and a gather), an all_to_all a rank's piece, a `shard` nothing.
+pub fn collective_bytes(kind: Collective, bytes: f64, n: Option<i64>) -> f64 {
+    match kind {
+        Collective::AllReduce(_) => 2.0 * bytes,
+        Collective::AllGather | Collective::ReduceScatter(_) => bytes,
+        Collective::AllToAll => bytes / n.unwrap_or(2).max(1) as f64,
+        Collective::Shard => 0.0,
+    }
+}
+
+/// What a resharded program moves in all, by [`collective_bytes`]: what decides between
+/// whole plans.
+pub fn plan_bytes(
+    g: &Graph,
+    symbols: &BTreeMap<String, i64>,
+    axis_sizes: &BTreeMap<String, i64>,
+) -> f64 {
+    g.values()
+        .iter()
+        .filter_map(|&v| match g.op(v) {
+            Op::Collective(CollectiveOp { kind, axis }) => {
+                let operand = g.operand_slice(v).first().copied()?;
+                let bytes =
+                    global_bytes(g.ty(v), symbols).max(global_bytes(g.ty(operand), symbols));
+                Some(collective_bytes(
+                    *kind,
+                    bytes,
+                    axis_sizes.get(axis).copied(),
+                ))
+            }
+            _ => None,
+        })
+        .sum()
 }
 
 #[cfg(test)]

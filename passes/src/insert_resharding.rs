@@ -23,6 +23,7 @@ use tpc_ir::ops::{Broadcast, CollectiveOp, Linear};
 use tpc_ir::rule::{rule_of, FactorKind};
 use tpc_ir::{Collective, Dim, Graph, Node, Op, ReduceOp, Sharding, TensorType, ValueId};
 
+use crate::cost::{collective_bytes, global_bytes};
 use crate::place::{
     locate, locate_even, nested_factors, place_in, places_of, same_layout, split_factors,
     splits_of_dim, Names, Place,
@@ -118,6 +119,11 @@ struct Resharder {
     warnings: Vec<Diagnostic>,
     /// Mesh axis sizes when known, to see that two writings of a split are one layout.
     axis_sizes: BTreeMap<String, i64>,
+    /// Symbol values the cost model sizes tensors at.
+    symbols: BTreeMap<String, i64>,
+    /// The ops resharding made to compute a value in another layout: their types are not the
+    /// user's, so gathering them undoes no annotation.
+    made_ops: std::collections::BTreeSet<ValueId>,
 }
 
 impl Resharder {
@@ -132,7 +138,7 @@ impl Resharder {
         to: &Target,
     ) -> Result<ValueId> {
         let ty = with_place(g.ty(x), axis, to).map_err(|e| refused(g, x, before, axis, e))?;
-        if kind == Collective::AllGather && g.node(x).explicit_type {
+        if kind == Collective::AllGather && g.node(x).explicit_type && !self.made_ops.contains(&x) {
             self.warn_undone(g, x, before, axis);
         }
         let name = self.names.fresh(&format!("{}.{}", g.name(x), kind.name()));
@@ -220,6 +226,18 @@ impl Resharder {
 
     /// What the op producing `v` needs of each operand on `axis`, from its result's layout.
     fn needs(&self, g: &Graph, v: ValueId, axis: &str) -> Result<Option<Vec<Target>>> {
+        let place = places_of(g.ty(v)).get(axis).cloned();
+        self.needs_as(g, v, place.as_ref(), axis)
+    }
+
+    /// [`Resharder::needs`] were `v` laid out as `place` on `axis`.
+    fn needs_as(
+        &self,
+        g: &Graph,
+        v: ValueId,
+        place: Option<&Place>,
+        axis: &str,
+    ) -> Result<Option<Vec<Target>>> {
         let rule = rule_of(g, v);
         let operands = g.operands(v);
         let whole = || vec![None; operands.len()];
@@ -235,7 +253,7 @@ impl Resharder {
                 })
                 .collect::<Vec<_>>()
         };
-        Ok(Some(match places_of(g.ty(v)).get(axis) {
+        Ok(Some(match place {
             None => whole(),
             Some(Place::Fixed) => return Ok(None),
             Some(Place::Split {
@@ -422,6 +440,156 @@ impl Resharder {
         Ok(())
     }
 
+    /// The bytes converting `ty` on `axis` to `to` moves, by the collectives [`Resharder::convert`]
+    /// inserts ([`collective_bytes`]).
+    fn conversion_bytes(&self, ty: &TensorType, axis: &str, to: &Target) -> f64 {
+        let from = places_of(ty).get(axis).cloned();
+        let n = self.axis_sizes.get(axis).copied();
+        let whole = global_bytes(ty, &self.symbols);
+        let kind = match (&from, to) {
+            (Some(a), Some(b)) if same_layout(a, b, n) => return 0.0,
+            (a, b) if a == b => return 0.0,
+            (Some(Place::Fixed), _) | (_, Some(Place::Fixed)) | (None, _) => return 0.0,
+            (Some(Place::Partial(ReduceOp::Sum)), Some(Place::Split { .. })) => {
+                Collective::ReduceScatter(ReduceOp::Sum)
+            }
+            (Some(Place::Partial(op)), _) => Collective::AllReduce(*op),
+            (Some(Place::Split { dim: a, .. }), Some(Place::Split { dim: b, .. })) if a != b => {
+                Collective::AllToAll
+            }
+            _ => Collective::AllGather,
+        };
+        collective_bytes(kind, whole, n)
+    }
+
+    /// The one collective converting a value laid out `from` on an axis into `to`, if one does.
+    fn single_conversion(from: &Target, to: &Target) -> Option<Collective> {
+        match (from, to) {
+            (Some(Place::Partial(op)), None) => Some(Collective::AllReduce(*op)),
+            (Some(Place::Partial(ReduceOp::Sum)), Some(Place::Split { .. })) => {
+                Some(Collective::ReduceScatter(ReduceOp::Sum))
+            }
+            (Some(Place::Split { .. }), None) => Some(Collective::AllGather),
+            (None, Some(Place::Split { .. })) => Some(Collective::Shard),
+            (Some(Place::Split { dim: a, .. }), Some(Place::Split { dim: b, .. })) if a != b => {
+                Some(Collective::AllToAll)
+            }
+            _ => None,
+        }
+    }
+
+    /// Where the operands of `v` disagree with its layout on `axis`, the cheaper of the two
+    /// plans: converting the operands to what `v`'s layout needs, or computing `v` in the layout
+    /// its operands give (`%h.sharded`) and converting that result once (a declared
+    /// `3072!` hidden layer is computed split from split weights and gathered, not computed
+    /// from gathered weights). Returns the op now computing `v`.
+    fn compute_where_cheaper(&mut self, g: &mut Graph, v: ValueId, axis: &str) -> Result<ValueId> {
+        if g.op(v).num_results() > 1 || matches!(g.op(v), Op::Collective(_) | Op::Param(_)) {
+            return Ok(v);
+        }
+        let have = places_of(g.ty(v)).get(axis).cloned();
+        let operands = g.operands(v);
+        let cost_of = |r: &Self, needs: &[Target]| -> f64 {
+            operands
+                .iter()
+                .zip(needs)
+                .filter(|(&x, need)| !r.made.contains_key(&(x, axis.to_string(), (*need).clone())))
+                .map(|(&x, need)| r.conversion_bytes(g.ty(x), axis, need))
+                .sum()
+        };
+        let Ok(Some(needs)) = self.needs(g, v, axis) else {
+            return Ok(v);
+        };
+        let here = cost_of(self, &needs);
+        if here == 0.0 {
+            return Ok(v);
+        }
+        // The layouts the operands give the result: each operand's split, found in the rule.
+        let rule = rule_of(g, v);
+        let n = self.axis_sizes.get(axis).copied();
+        let mut alternatives: Vec<Place> = Vec::new();
+        for (&x, dims) in operands.iter().zip(&rule.operands) {
+            let Some(Place::Split {
+                dim,
+                outer,
+                size,
+                inner,
+            }) = places_of(g.ty(x)).get(axis).cloned()
+            else {
+                continue;
+            };
+            let Some(s) = dims
+                .get(dim)
+                .and_then(|fs| locate_even(&rule, fs, &outer, &size, &inner, n))
+            else {
+                continue;
+            };
+            let alt = match rule.factors[s.factor].kind {
+                // A bias would be added on every rank of a partial linear.
+                FactorKind::Reduction(_)
+                    if matches!(g.op(v), Op::Linear(_)) && operands.len() == 3 =>
+                {
+                    None
+                }
+                FactorKind::Reduction(op) => Some(Place::Partial(op)),
+                FactorKind::Pass => rule
+                    .result
+                    .iter()
+                    .enumerate()
+                    .find(|(_, fs)| fs.contains(&s.factor))
+                    .and_then(|(d, fs)| place_in(&rule, d, fs, &s)),
+                _ => None,
+            };
+            if let Some(alt) = alt {
+                if Some(&alt) != have.as_ref() && !alternatives.contains(&alt) {
+                    alternatives.push(alt);
+                }
+            }
+        }
+        let mut best: Option<(f64, TensorType, Collective)> = None;
+        for alt in alternatives {
+            let target = Some(alt.clone());
+            let Some(kind) = Self::single_conversion(&target, &have) else {
+                continue;
+            };
+            let Ok(ty) = with_place(g.ty(v), axis, &target) else {
+                continue;
+            };
+            let Ok(Some(alt_needs)) = self.needs_as(g, v, Some(&alt), axis) else {
+                continue;
+            };
+            let cost = cost_of(self, &alt_needs) + self.conversion_bytes(&ty, axis, &have);
+            if cost < here && best.as_ref().is_none_or(|(b, ..)| cost < *b) {
+                best = Some((cost, ty, kind));
+            }
+        }
+        let Some((_, ty, kind)) = best else {
+            return Ok(v);
+        };
+        let node = g.node(v).clone();
+        let computed = Node {
+            name: self.names.fresh(&format!("{}.sharded", node.name)),
+            op: node.op.clone(),
+            result: node.result,
+            ty,
+            span: node.span,
+            explicit_type: true,
+        };
+        let w = g.insert_before(v, computed, &operands);
+        for i in (0..operands.len()).rev() {
+            g.remove_operand_edge(v, i);
+        }
+        g.set_operand(v, 0, w);
+        g.node_mut(v).op = Op::Collective(CollectiveOp {
+            kind,
+            axis: axis.to_string(),
+        });
+        g.node_mut(v).result = 0;
+        self.made_ops.insert(w);
+        self.changed = true;
+        Ok(w)
+    }
+
     /// `linear(x, w, b)` with a partial result becomes `linear(x, w)` (partial), then
     /// `add(.., b)` on the reduced value, so that the bias is added once.
     fn split_bias(&mut self, g: &mut Graph, v: ValueId) -> Result<Vec<ValueId>> {
@@ -519,6 +687,8 @@ fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<Outcome> {
         names: Names::of(g),
         warnings: Vec::new(),
         axis_sizes: cx.axis_sizes.clone(),
+        symbols: cx.symbols.clone(),
+        made_ops: std::collections::BTreeSet::new(),
     };
     let ops: Vec<ValueId> = g
         .values()
@@ -528,9 +698,14 @@ fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<Outcome> {
         .collect();
     for v in ops {
         for u in r.split_bias(g, v)? {
+            // Where its operands would give it another layout at fewer bytes moved, the op
+            // computes there and its result is converted after.
+            let mut u = u;
+            for axis in &axes {
+                u = r.compute_where_cheaper(g, u, axis)?;
+            }
             // A layout the op cannot make locally (a split it keeps whole) is made whole and
             // sharded after; each axis at most once.
-            let mut u = u;
             for _ in 0..=axes.len() {
                 match r.fix(g, u) {
                     Err(Error::NotLocal { axis, .. }) => u = r.shard_after(g, u, &axis)?,
@@ -657,6 +832,8 @@ pub fn check_local(g: &Graph, axis_sizes: &BTreeMap<String, i64>) -> Vec<Diagnos
         names: Names::default(),
         warnings: Vec::new(),
         axis_sizes: axis_sizes.clone(),
+        symbols: BTreeMap::new(),
+        made_ops: std::collections::BTreeSet::new(),
     };
     for &v in g.values() {
         if matches!(g.op(v), Op::Param { .. } | Op::Collective { .. }) {
