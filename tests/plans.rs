@@ -183,12 +183,15 @@ fn sequence_parallel_block_scatters_and_gathers_instead_of_allreducing() {
 }
 
 /// With a batch of 64 sequences of 1024 the activations outweigh the weights, and the same
-/// annotations make propagation gather the weights instead (the FSDP-like plan): the choice is
-/// by bytes at the bound sizes, not by a fixed preference.
+/// annotations make the plan gather the weights instead (the QKV projection on the local
+/// sequence, then an all_to_all to heads; the MLP FSDP-like): the choice is by bytes at the bound
+/// sizes, not by a fixed preference.
 fn sequence_parallel_block_gathers_weights_when_activations_are_larger() {
     let mut g = common::load(&common::root().join("examples/block_seqpar.ir"));
     let mut pm = PassManager::parse(tpc::passes::DEFAULT_PIPELINE).expect("pipeline");
     pm.context.symbols = tpc::parse_bindings("B=64,S=1024").expect("bindings");
+    // As `tpc compile --devices 8` runs the passes: an all_to_all's bytes depend on the ranks.
+    pm.context.axis_sizes = [("tp".to_string(), 8)].into_iter().collect();
     pm.run(&mut g).expect("passes");
     let gathered: Vec<String> = g
         .values()

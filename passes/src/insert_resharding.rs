@@ -675,7 +675,7 @@ impl Resharder {
 
 /// Inserts the collectives `g`'s layouts need; the outcome carries the warnings (an annotated
 /// split undone by an allgather).
-fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<Outcome> {
+pub(crate) fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<Outcome> {
     let axes: Vec<String> = g.mesh.axes.iter().map(|a| a.name.clone()).collect();
     if axes.is_empty() {
         return Ok(Outcome::changed(false));

@@ -12,7 +12,9 @@
 //! Propagation only adds: user annotations are never overridden, closed dims (`768!`) are never
 //! split, a dim holds at most one propagated split, and the first placement a value gets wins
 //! (values are visited in program order, then in reverse), so the result never depends on hash
-//! order.
+//! order. Where an op's tensors proposed different splits, the choice is revisited by a bounded
+//! search that reshards the whole program for each alternative and keeps the plan moving the
+//! fewest bytes.
 
 use std::collections::BTreeMap;
 
@@ -22,8 +24,8 @@ use tpc_ir::{Graph, Op, ValueId};
 use crate::cost::global_bytes;
 use crate::pass::{OptionKind, OptionSpec, Options, Outcome, Pass, Phase};
 use crate::place::{
-    locate_even, nested_factors, place_in, places_of, splits_of_dim, write_back, FactorSplit,
-    Place, Places,
+    locate_even, nested_factors, place_in, places_of, same_layout, splits_of_dim, write_back,
+    FactorSplit, Place, Places,
 };
 use crate::{PassContext, Result};
 use tpc_ir::syntax::type_string;
@@ -39,6 +41,19 @@ struct State {
     /// one: an op is visited again only when one of its tensors changed since its last visit.
     clock: u64,
     stamp: Vec<u64>,
+    /// Choices the whole-plan search made: at (op, axis), follow this split.
+    forced: BTreeMap<(usize, String), FactorSplit>,
+    /// Where splits disagreed and the choice placed something: the points the search may
+    /// revisit, in the order met.
+    conflicts: Vec<Conflict>,
+}
+
+/// An op where its tensors' splits on an axis disagreed, with the candidates.
+#[derive(Clone, Debug)]
+struct Conflict {
+    op: usize,
+    axis: String,
+    candidates: Vec<FactorSplit>,
 }
 
 impl State {
@@ -100,10 +115,11 @@ impl State {
     /// to the first (operands in order, then the result).
     fn choose(
         &self,
+        op: usize,
         rule: &FactorRule,
         tensors: &[(ValueId, &Vec<Vec<FactorId>>, bool)],
         axis: &str,
-    ) -> Option<FactorSplit> {
+    ) -> (Option<FactorSplit>, Vec<FactorSplit>) {
         let mut candidates: Vec<FactorSplit> = Vec::new();
         for (t, dims, _) in tensors {
             if let Some(Place::Split {
@@ -123,8 +139,9 @@ impl State {
                         self.axis_sizes.get(axis).copied(),
                     )
                 }) {
+                    let n = self.axis_sizes.get(axis).copied();
                     if rule.factors[s.factor].kind != FactorKind::Replicated
-                        && !candidates.contains(&s)
+                        && !candidates.iter().any(|c| same_split(c, &s, n))
                     {
                         candidates.push(s);
                     }
@@ -132,16 +149,21 @@ impl State {
             }
         }
         if candidates.len() <= 1 {
-            return candidates.pop();
+            return (candidates.pop(), Vec::new());
         }
-        let mut best: Option<(f64, FactorSplit)> = None;
-        for c in candidates {
-            let cost = self.resharding_bytes(rule, tensors, axis, &c);
-            if best.as_ref().is_none_or(|(b, _)| cost < *b) {
-                best = Some((cost, c));
+        if let Some(f) = self.forced.get(&(op, axis.to_string())) {
+            if candidates.contains(f) {
+                return (Some(f.clone()), candidates);
             }
         }
-        best.map(|(_, c)| c)
+        let mut best: Option<(f64, FactorSplit)> = None;
+        for c in &candidates {
+            let cost = self.resharding_bytes(rule, tensors, axis, c);
+            if best.as_ref().is_none_or(|(b, _)| cost < *b) {
+                best = Some((cost, c.clone()));
+            }
+        }
+        (best.map(|(_, c)| c), candidates)
     }
 
     /// The bytes of the op's tensors that hold a place on `axis` other than the one the split
@@ -179,6 +201,7 @@ impl State {
     fn through(
         &mut self,
         g: &Graph,
+        op: usize,
         v: ValueId,
         rule: &FactorRule,
         operands: &[ValueId],
@@ -192,9 +215,12 @@ impl State {
         tensors.push((v, &rule.result, true));
         let mut changed = false;
         for axis in axes {
-            let Some(split) = self.choose(rule, &tensors, axis) else {
+            let (chosen, candidates) = self.choose(op, rule, &tensors, axis);
+            let Some(split) = chosen else {
                 continue;
             };
+            let before = changed;
+            changed = false;
             let kind = rule.factors[split.factor].kind;
             for (t, dims, is_result) in &tensors {
                 if *is_result {
@@ -214,9 +240,34 @@ impl State {
                     changed |= self.offer(g, *t, axis, p);
                 }
             }
+            // A choice between disagreeing splits that placed something: the search may try
+            // the others.
+            if changed
+                && candidates.len() > 1
+                && !self.conflicts.iter().any(|c| c.op == op && c.axis == *axis)
+            {
+                self.conflicts.push(Conflict {
+                    op,
+                    axis: axis.clone(),
+                    candidates,
+                });
+            }
+            changed |= before;
         }
         changed
     }
+}
+
+/// Whether two splits of an op's factors put the same elements on each of `n` ranks (two
+/// writings of one head split, `64@tp` and `(8@tp, 8)`, are one candidate, not a conflict).
+fn same_split(a: &FactorSplit, b: &FactorSplit, n: Option<i64>) -> bool {
+    let place = |s: &FactorSplit| Place::Split {
+        dim: 0,
+        outer: s.outer.clone(),
+        size: s.size.clone(),
+        inner: s.inner.clone(),
+    };
+    a.factor == b.factor && same_layout(&place(a), &place(b), n)
 }
 
 /// Every factor the program splits over several axes written as one factor per axis
@@ -248,6 +299,10 @@ fn one_axis_per_factor_everywhere(g: &mut Graph, cx: &crate::PassContext) -> boo
     changed
 }
 
+/// How many other choices the whole-plan search tries at most: each costs a propagation and a
+/// resharding of the whole program.
+const MAX_TRIALS: usize = 16;
+
 pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
     let axes: Vec<String> = g.mesh.axes.iter().map(|a| a.name.clone()).collect();
     if axes.is_empty() {
@@ -256,8 +311,96 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
     let split_up = one_axis_per_factor_everywhere(g, cx);
     let order: Vec<ValueId> = g.values().to_vec();
     let initial: ValueMap<Places> = order.iter().map(|&v| (v, places_of(g.ty(v)))).collect();
+    // Rules and operands do not change while propagating: compute them once.
+    let ops: Vec<(ValueId, FactorRule, Vec<ValueId>)> = order
+        .iter()
+        .filter(|&&v| !matches!(g.op(v), Op::Param { .. } | Op::Collective { .. }))
+        .map(|&v| (v, rule_of(g, v), g.operands(v)))
+        .collect();
+    let program = Program {
+        order: &order,
+        initial: &initial,
+        ops: &ops,
+        axes: &axes,
+    };
+    let mut best = propagate(g, cx, &program, BTreeMap::new());
+    // Where splits disagreed, each op chose by the bytes its own tensors would move. Decide by
+    // the whole plan instead: try the other choices, one point at a time in program order, and
+    // keep one when the resharded program moves fewer bytes in all (ties keep the first).
+    if !best.conflicts.is_empty() {
+        let conflicts = best.conflicts.clone();
+        let mut best_cost = plan_cost(g, cx, &program, &best);
+        let mut trials = 0;
+        'search: for c in &conflicts {
+            for candidate in &c.candidates {
+                let key = (c.op, c.axis.clone());
+                if best.forced.get(&key) == Some(candidate) {
+                    continue;
+                }
+                if trials == MAX_TRIALS {
+                    break 'search;
+                }
+                trials += 1;
+                let mut forced = best.forced.clone();
+                forced.insert(key, candidate.clone());
+                let trial = propagate(g, cx, &program, forced);
+                // The same placements are the same plan.
+                if trial.places == best.places {
+                    continue;
+                }
+                let cost = plan_cost(g, cx, &program, &trial);
+                if cost < best_cost {
+                    best_cost = cost;
+                    best = trial;
+                }
+            }
+        }
+    }
+    let mut changed = false;
+    for &v in &order {
+        let (before, after) = (&initial[&v], &best.places[&v]);
+        if before != after {
+            write_back(&mut g.node_mut(v).ty, before, after);
+            changed = true;
+        }
+    }
+    Ok(changed || split_up)
+}
+
+/// What propagation reads of the program, computed once for every trial.
+struct Program<'a> {
+    order: &'a [ValueId],
+    initial: &'a ValueMap<Places>,
+    ops: &'a [(ValueId, FactorRule, Vec<ValueId>)],
+    axes: &'a [String],
+}
+
+/// The bytes the program moves once resharded with the placements of `state`; a plan
+/// resharding refuses costs infinitely much.
+fn plan_cost(g: &Graph, cx: &crate::PassContext, p: &Program<'_>, state: &State) -> f64 {
+    let mut trial = g.clone();
+    for &v in p.order {
+        let (before, after) = (&p.initial[&v], &state.places[&v]);
+        if before != after {
+            write_back(&mut trial.node_mut(v).ty, before, after);
+        }
+    }
+    match crate::insert_resharding::run(&mut trial, cx) {
+        Ok(_) => crate::cost::plan_bytes(&trial, &cx.symbols, &cx.axis_sizes),
+        Err(_) => f64::INFINITY,
+    }
+}
+
+/// Propagation to a fixed point, following `forced` where its splits are candidates.
+fn propagate(
+    g: &Graph,
+    cx: &crate::PassContext,
+    p: &Program<'_>,
+    forced: BTreeMap<(usize, String), FactorSplit>,
+) -> State {
+    let (order, ops, axes) = (p.order, p.ops, p.axes);
     let mut state = State {
-        places: initial.clone(),
+        places: p.initial.clone(),
         bytes: order
             .iter()
             .map(|&v| (v, global_bytes(g.ty(v), &cx.symbols)))
@@ -265,14 +408,9 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
         axis_sizes: cx.axis_sizes.clone(),
         clock: 0,
         stamp: vec![0; order.iter().map(|v| v.index() + 1).max().unwrap_or(0)],
+        forced,
+        conflicts: Vec::new(),
     };
-
-    // Rules and operands do not change while propagating: compute them once.
-    let ops: Vec<(ValueId, FactorRule, Vec<ValueId>)> = order
-        .iter()
-        .filter(|&&v| !matches!(g.op(v), Op::Param { .. } | Op::Collective { .. }))
-        .map(|&v| (v, rule_of(g, v), g.operands(v)))
-        .collect();
     // Each round adds at least one (value, axis) place, so this many rounds always suffice.
     let limit = order.len() * axes.len() + 1;
     let mut declared_seeded = false;
@@ -282,7 +420,7 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
         if !state.stale(seen[i], *v, operands) {
             return false;
         }
-        let changed = state.through(g, *v, rule, operands, &axes);
+        let changed = state.through(g, i, *v, rule, operands, axes);
         seen[i] = Some(state.clock);
         changed
     };
@@ -318,15 +456,7 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
             break;
         }
     }
-    let mut changed = false;
-    for &v in &order {
-        let (before, after) = (&initial[&v], &state.places[&v]);
-        if before != after {
-            write_back(&mut g.node_mut(v).ty, before, after);
-            changed = true;
-        }
-    }
-    Ok(changed || split_up)
+    state
 }
 
 /// What decides between conflicting splits.
