@@ -18,11 +18,7 @@ pub(super) fn source(k: &Kernel, e: &Embedding) -> String {
     c.line("const long long r = i / width;");
     c.line("const long long col = i - r * width;");
     c.line("const long long id = ids[r];");
-    c.line("long long lo = 0, hi = vocab;");
-    c.open("while (lo < hi)");
-    c.line("const long long mid = lo + (hi - lo) / 2;");
-    c.line("if (rowpos[mid] < id) lo = mid + 1; else hi = mid;");
-    c.close();
+    super::lower_bound(&mut c, "rowpos", "vocab", "id");
     c.line(format!(
         "out[i] = (lo < vocab && rowpos[lo] == id) ? table[lo * width + col] : ({})0;",
         storage(e.dtype)

@@ -340,6 +340,18 @@ pub fn module_source(kernels: &[Kernel]) -> String {
     out
 }
 
+/// The lines that set `lo` to the first of the `n` increasing entries of `table` not below
+/// `key` (`n` when there is none): how a rank finds the local row holding a global index.
+pub(crate) fn lower_bound(c: &mut Code, table: &str, n: &str, key: &str) {
+    c.line(format!("long long lo = 0, hi = {n};"));
+    c.open("while (lo < hi)");
+    c.line("const long long mid = lo + (hi - lo) / 2;");
+    c.line(format!(
+        "if ({table}[mid] < {key}) lo = mid + 1; else hi = mid;"
+    ));
+    c.close();
+}
+
 /// One kernel as CUDA C.
 pub fn kernel_source(k: &Kernel) -> String {
     match k {

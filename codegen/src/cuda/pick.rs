@@ -32,11 +32,7 @@ pub(super) fn pick_source(k: &Kernel, p: &Pick) -> String {
     c.line("const long long o = q / inner;");
     c.line("const long long i = q - o * inner;");
     c.line("const long long t = target[q];");
-    c.line("long long lo = 0, hi = n;");
-    c.open("while (lo < hi)");
-    c.line("const long long mid = lo + (hi - lo) / 2;");
-    c.line("if (pos[mid] < t) lo = mid + 1; else hi = mid;");
-    c.close();
+    super::lower_bound(&mut c, "pos", "n", "t");
     c.line(format!(
         "const bool held = t != {} && lo < n && pos[lo] == t;",
         i64_literal(p.ignore_index)
