@@ -191,4 +191,6 @@ pub enum Emit {
     Ptx,
     /// One rank's host program (`--rank`).
     Host,
+    /// The generated kernels in the kernel IR (what the CUDA C and the interpreter both run).
+    Kernels,
 }

@@ -328,8 +328,11 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
         let file = tpc::SourceFile::new(&name, &text);
         tpc::check_bound_splits(&graph, &axis_sizes, &bindings, &file)?;
     }
-    let needs_codegen =
-        args.out_dir.is_some() || matches!(args.emit, Emit::Cuda | Emit::Ptx | Emit::Host);
+    let needs_codegen = args.out_dir.is_some()
+        || matches!(
+            args.emit,
+            Emit::Cuda | Emit::Ptx | Emit::Host | Emit::Kernels
+        );
     // `--emit local` prints what lower-to-local gives at the end of the pipeline.
     let lower = args.emit == Emit::Local && !needs_codegen && args.report.is_none();
     if lower && args.devices.is_none() {
@@ -418,6 +421,11 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
         match args.emit {
             Emit::Cuda => print!("{}", artifacts.cuda),
             Emit::Ptx => print!("{}", artifacts.ptx("sm_90")?),
+            Emit::Kernels => {
+                for k in artifacts.kernels() {
+                    println!("{k}");
+                }
+            }
             Emit::Host => {
                 let text = if specialize {
                     artifacts.host_text(args.rank)
@@ -473,7 +481,7 @@ pub fn compile(args: CompileArgs) -> Result<ExitCode> {
                 tpc::local::format_local(&graph, program, &sizes, &bindings)
             );
         }
-        Emit::Cuda | Emit::Ptx | Emit::Host => {}
+        Emit::Cuda | Emit::Ptx | Emit::Host | Emit::Kernels => {}
     }
     Ok(ExitCode::SUCCESS)
 }

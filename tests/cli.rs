@@ -10,6 +10,7 @@ use common::harness;
 
 fn main() {
     let mut trials = harness::trials![
+        emit_kernels_prints_the_kernel_ir,
         check_with_devices_resolves_the_mesh,
         errors_are_located_and_exit_1,
         huge_extents_and_garbage_are_errors_not_crashes,
@@ -643,4 +644,33 @@ fn an_allgather_that_undoes_an_annotation_is_a_warning() {
         names[0].starts_with("`%x` is split over `tp` as written"),
         "{names:?}"
     );
+}
+
+/// `--emit kernels` prints every generated kernel in the kernel IR (the host program names them
+/// only); a value clap does not know is a usage error, status 2.
+fn emit_kernels_prints_the_kernel_ir() {
+    let out = tpc(
+        &[
+            "compile",
+            "examples/lm_head_loss.ir",
+            "--devices",
+            "8",
+            "--emit",
+            "kernels",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let kir = text(&out.stdout);
+    for want in [
+        "kernel @k0_embedding_tok embedding bf16",
+        "rows over [n1]",
+        "row.max v0",
+        "pick f32 ignore_index=-100",
+        "kept ignore_index=-100",
+    ] {
+        assert!(kir.contains(want), "{want}\n{kir}");
+    }
+    let bad = tpc(&["compile", "examples/mlp.ir", "--emit", "kernel"], None);
+    assert_eq!(bad.status.code(), Some(2));
 }
