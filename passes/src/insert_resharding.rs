@@ -83,6 +83,44 @@ fn with_place(ty: &TensorType, axis: &str, to: &Target) -> Result<TensorType> {
     Ok(out)
 }
 
+/// The collectives that change a value's layout on an axis of `n` ranks (when known) from one
+/// place to another: the module's table, stated once for inserting them and for counting their
+/// bytes.
+enum Conversion {
+    Nothing,
+    One(Collective),
+    /// Made whole by the first, then cut by the second.
+    ThroughWhole(Collective, Collective),
+    /// A pending reduction asked of a value that has none: no collective makes it.
+    MakePartial,
+}
+
+fn conversion(from: &Target, to: &Target, n: Option<i64>) -> Conversion {
+    use Conversion::*;
+    match (from, to) {
+        (Some(a), Some(b)) if same_layout(a, b, n) => Nothing,
+        (a, b) if a == b => Nothing,
+        (Some(Place::Fixed), _) | (_, Some(Place::Fixed)) => Nothing,
+        (Some(Place::Partial(op)), None) => One(Collective::AllReduce(*op)),
+        (Some(Place::Partial(ReduceOp::Sum)), Some(Place::Split { .. })) => {
+            One(Collective::ReduceScatter(ReduceOp::Sum))
+        }
+        (Some(Place::Partial(op)), Some(Place::Split { .. })) => {
+            ThroughWhole(Collective::AllReduce(*op), Collective::Shard)
+        }
+        (Some(Place::Split { .. }), None) => One(Collective::AllGather),
+        (None, Some(Place::Split { .. })) => One(Collective::Shard),
+        (Some(Place::Split { dim: a, .. }), Some(Place::Split { dim: b, .. })) if a != b => {
+            One(Collective::AllToAll)
+        }
+        (Some(Place::Split { .. }), Some(Place::Split { .. })) => {
+            ThroughWhole(Collective::AllGather, Collective::Shard)
+        }
+        (_, Some(Place::Partial(_))) => MakePartial,
+        _ => Nothing,
+    }
+}
+
 /// A layout change of `x` (for `user`, when there is one) that resharding cannot make yet, as a
 /// located error.
 fn refused(g: &Graph, x: ValueId, user: Option<ValueId>, axis: &str, e: Error) -> Error {
@@ -171,54 +209,26 @@ impl Resharder {
     ) -> Result<ValueId> {
         let from = places_of(g.ty(x)).get(axis).cloned();
         let n = self.axis_sizes.get(axis).copied();
-        let same = match (&from, to) {
-            (Some(a), Some(b)) => same_layout(a, b, n),
-            (a, b) => a == b,
-        };
-        if same || matches!(from, Some(Place::Fixed)) || matches!(to, Some(Place::Fixed)) {
+        if matches!(conversion(&from, to, n), Conversion::Nothing) {
             return Ok(x);
         }
         let key = (x, axis.to_string(), to.clone());
         if let Some(&done) = self.made.get(&key) {
             return Ok(done);
         }
-        let out = match (&from, to) {
-            (Some(Place::Partial(op)), None) => {
-                self.collective(g, before, x, axis, Collective::AllReduce(*op), to)?
+        let out = match conversion(&from, to, n) {
+            Conversion::Nothing => x,
+            Conversion::One(kind) => self.collective(g, before, x, axis, kind, to)?,
+            Conversion::ThroughWhole(first, then) => {
+                let whole = self.collective(g, before, x, axis, first, &None)?;
+                self.collective(g, before, whole, axis, then, to)?
             }
-            (Some(Place::Partial(ReduceOp::Sum)), Some(Place::Split { .. })) => self.collective(
-                g,
-                before,
-                x,
-                axis,
-                Collective::ReduceScatter(ReduceOp::Sum),
-                to,
-            )?,
-            (Some(Place::Partial(op)), Some(Place::Split { .. })) => {
-                let whole =
-                    self.collective(g, before, x, axis, Collective::AllReduce(*op), &None)?;
-                self.collective(g, before, whole, axis, Collective::Shard, to)?
-            }
-            (Some(Place::Split { .. }), None) => {
-                self.collective(g, before, x, axis, Collective::AllGather, to)?
-            }
-            (None, Some(Place::Split { .. })) => {
-                self.collective(g, before, x, axis, Collective::Shard, to)?
-            }
-            (Some(Place::Split { dim: a, .. }), Some(Place::Split { dim: b, .. })) if a != b => {
-                self.collective(g, before, x, axis, Collective::AllToAll, to)?
-            }
-            (Some(Place::Split { .. }), Some(Place::Split { .. })) => {
-                let whole = self.collective(g, before, x, axis, Collective::AllGather, &None)?;
-                self.collective(g, before, whole, axis, Collective::Shard, to)?
-            }
-            (_, Some(Place::Partial(_))) => {
+            Conversion::MakePartial => {
                 return Err(Error::Unsupported(format!(
                     "making %{} partial over `{axis}`",
                     g.name(x)
                 )));
             }
-            _ => x,
         };
         self.made.insert(key, out);
         Ok(out)
@@ -446,35 +456,12 @@ impl Resharder {
         let from = places_of(ty).get(axis).cloned();
         let n = self.axis_sizes.get(axis).copied();
         let whole = global_bytes(ty, &self.symbols);
-        let kind = match (&from, to) {
-            (Some(a), Some(b)) if same_layout(a, b, n) => return 0.0,
-            (a, b) if a == b => return 0.0,
-            (Some(Place::Fixed), _) | (_, Some(Place::Fixed)) | (None, _) => return 0.0,
-            (Some(Place::Partial(ReduceOp::Sum)), Some(Place::Split { .. })) => {
-                Collective::ReduceScatter(ReduceOp::Sum)
+        match conversion(&from, to, n) {
+            Conversion::Nothing | Conversion::MakePartial => 0.0,
+            Conversion::One(kind) => collective_bytes(kind, whole, n),
+            Conversion::ThroughWhole(first, then) => {
+                collective_bytes(first, whole, n) + collective_bytes(then, whole, n)
             }
-            (Some(Place::Partial(op)), _) => Collective::AllReduce(*op),
-            (Some(Place::Split { dim: a, .. }), Some(Place::Split { dim: b, .. })) if a != b => {
-                Collective::AllToAll
-            }
-            _ => Collective::AllGather,
-        };
-        collective_bytes(kind, whole, n)
-    }
-
-    /// The one collective converting a value laid out `from` on an axis into `to`, if one does.
-    fn single_conversion(from: &Target, to: &Target) -> Option<Collective> {
-        match (from, to) {
-            (Some(Place::Partial(op)), None) => Some(Collective::AllReduce(*op)),
-            (Some(Place::Partial(ReduceOp::Sum)), Some(Place::Split { .. })) => {
-                Some(Collective::ReduceScatter(ReduceOp::Sum))
-            }
-            (Some(Place::Split { .. }), None) => Some(Collective::AllGather),
-            (None, Some(Place::Split { .. })) => Some(Collective::Shard),
-            (Some(Place::Split { dim: a, .. }), Some(Place::Split { dim: b, .. })) if a != b => {
-                Some(Collective::AllToAll)
-            }
-            _ => None,
         }
     }
 
@@ -549,7 +536,7 @@ impl Resharder {
         let mut best: Option<(f64, TensorType, Collective)> = None;
         for alt in alternatives {
             let target = Some(alt.clone());
-            let Some(kind) = Self::single_conversion(&target, &have) else {
+            let Conversion::One(kind) = conversion(&target, &have, n) else {
                 continue;
             };
             let Ok(ty) = with_place(g.ty(v), axis, &target) else {

@@ -317,9 +317,14 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
         .filter(|&&v| !matches!(g.op(v), Op::Param { .. } | Op::Collective { .. }))
         .map(|&v| (v, rule_of(g, v), g.operands(v)))
         .collect();
+    let bytes: ValueMap<f64> = order
+        .iter()
+        .map(|&v| (v, global_bytes(g.ty(v), &cx.symbols)))
+        .collect();
     let program = Program {
         order: &order,
         initial: &initial,
+        bytes: &bytes,
         ops: &ops,
         axes: &axes,
     };
@@ -371,6 +376,7 @@ pub fn run(g: &mut Graph, cx: &crate::PassContext) -> Result<bool> {
 struct Program<'a> {
     order: &'a [ValueId],
     initial: &'a ValueMap<Places>,
+    bytes: &'a ValueMap<f64>,
     ops: &'a [(ValueId, FactorRule, Vec<ValueId>)],
     axes: &'a [String],
 }
@@ -401,10 +407,7 @@ fn propagate(
     let (order, ops, axes) = (p.order, p.ops, p.axes);
     let mut state = State {
         places: p.initial.clone(),
-        bytes: order
-            .iter()
-            .map(|&v| (v, global_bytes(g.ty(v), &cx.symbols)))
-            .collect(),
+        bytes: p.bytes.clone(),
         axis_sizes: cx.axis_sizes.clone(),
         clock: 0,
         stamp: vec![0; order.iter().map(|v| v.index() + 1).max().unwrap_or(0)],

@@ -124,10 +124,9 @@ pub fn run(
 pub(crate) struct Globals<'a> {
     /// The global flat index of each element of the result piece.
     pub offsets: Option<&'a [usize]>,
-    /// The global positions of the piece's queries (sdpa's causal mask).
-    pub positions: Option<&'a [usize]>,
-    /// The global extent of the dim `positions` index (an embedding's global vocabulary).
-    pub position_extent: Option<usize>,
+    /// The global index of each of the piece's entries along the dim the op asks for, and that
+    /// dim's global extent (sdpa's query positions, the table rows an embedding holds).
+    pub positions: Option<(&'a [usize], usize)>,
     /// The global count of the reduced elements (a mean's divisor).
     pub reduced_count: Option<usize>,
 }
@@ -193,8 +192,7 @@ pub(crate) fn eval(
                 .get(1)
                 .map(|&w| g.name(w).to_string())
                 .unwrap_or_default();
-            let rows = globals.positions.zip(globals.position_extent);
-            lookup::embedding(args[0], args[1], &w_name, out_shape, rows)?
+            lookup::embedding(args[0], args[1], &w_name, out_shape, globals.positions)?
         }
         Op::Sdpa(sdpa) => linalg::sdpa(
             args[0],
@@ -202,7 +200,7 @@ pub(crate) fn eval(
             args[2],
             sdpa,
             node.result,
-            globals.positions,
+            globals.positions.map(|(p, _)| p),
             out_shape,
         )?,
         Op::RandLike(RandLike { seed }) => random::rand_like(args[0], *seed, offset)?,
@@ -214,10 +212,7 @@ pub(crate) fn eval(
         }
         // Collectives move data between ranks; on the global value they are the identity.
         Op::Collective { .. } => args[0].clone(),
-        Op::Pick(pick) => {
-            let held = globals.positions.zip(globals.position_extent);
-            lookup::pick(args[0], args[1], *pick, held, out_shape)?
-        }
+        Op::Pick(pick) => lookup::pick(args[0], args[1], *pick, globals.positions, out_shape)?,
         Op::Kept(Kept { ignore_index }) => lookup::kept(args[0], *ignore_index)?,
         Op::CrossEntropy(CrossEntropy { ignore_index }) => {
             lookup::cross_entropy(args[0], args[1], *ignore_index)?

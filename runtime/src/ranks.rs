@@ -118,13 +118,11 @@ impl Rank<'_> {
                 op => {
                     let need = op.def().global_context(g.node(v).result);
                     let offsets = need.element_index.then(|| flat_offsets(shape, idx));
-                    let positioned = need.positions.and_then(|(operand, dim)| {
+                    let positions = need.positions.and_then(|(operand, dim)| {
                         let piece = &program.values[operands.get(operand)?];
                         let dim = dim.of_rank(piece.indices.len())?;
                         Some((piece.indices[dim].as_slice(), piece.global_shape[dim]))
                     });
-                    let positions = positioned.map(|(p, _)| p);
-                    let position_extent = positioned.map(|(_, n)| n);
                     let reduced_count = if need.reduced_count {
                         Some(reduced_count(g, v, self.bindings)?)
                     } else {
@@ -133,7 +131,6 @@ impl Rank<'_> {
                     let globals = Globals {
                         offsets: offsets.as_deref(),
                         positions,
-                        position_extent,
                         reduced_count,
                     };
                     eval(g, v, &args, &local, self.bindings, &globals)?
